@@ -1,0 +1,154 @@
+"""``kdrl-mini`` command line (also ``python -m kdrl_mini``).
+
+    kdrl-mini train --config kdrl [--max-steps N] [--output-dir DIR] [--resume] [--seed S]
+    kdrl-mini eval --run DIR | --student PATH [--split test|ood|both] [--n N]
+    kdrl-mini reproduce [--output-dir DIR] [--steps N] [--full] [--seeds 0 1 2]
+    kdrl-mini build-world [--root data] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .trainer import Trainer
+
+    cfg = load_config(args.config, max_steps=args.max_steps, output_dir=args.output_dir, seed=args.seed,
+                      threads=args.threads)
+    log = Trainer(cfg).train(resume=args.resume)
+    evals = [l for l in log if "split" in l]
+    for e in evals[-2:]:
+        print(f"{e['split']:>5}: accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}")
+    print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
+    return 0
+
+
+def _eval(args) -> int:
+    from . import models
+    from .config import TrainConfig, load_config
+    from .trainer import Trainer, World, load_world
+
+    if args.run:
+        run = Path(args.run)
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run} is not a run folder (no config.yaml); pass the --output-dir of a train run")
+        cfg = load_config(run / "config.yaml")
+    else:
+        cfg = TrainConfig(student_path=args.student, teacher_path=args.teacher or args.student)
+    world = load_world(cfg)
+    if args.run:
+        _load_trained_weights(world, Path(args.run))
+    trainer = Trainer(cfg, world)
+    splits = ("test", "ood") if args.split == "both" else (args.split,)
+    for split in splits:
+        r = trainer.evaluate(split, args.n)
+        print(f"{split:>5}: accuracy {r['eval_accuracy']:.3f}  length {r['eval_length']:.1f}  (n={args.n or cfg.eval_size})")
+    return 0
+
+
+def _load_trained_weights(world, run: Path) -> None:
+    """Put a finished run's trainable weights (adapter or full) into the freshly loaded student."""
+    import torch
+
+    ckpt = run / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint.pt in {run}; the run may not have reached its first checkpoint")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["trainable"]
+    named = dict(world.student.named_parameters())
+    with torch.no_grad():
+        for n, v in state.items():
+            named[n].copy_(v)
+
+
+def _reproduce(args) -> int:
+    from . import study
+    from .config import load_config
+    from .plotting import comparison_figure
+
+    out = Path(args.output_dir or ("data/results" if args.full else "runs/reproduce"))
+    base = load_config("kdrl", threads=args.threads)
+    if args.steps:
+        base = base.replace(max_steps=args.steps)
+    plan = study.variants(base.beta) if args.full else study.brief_variants()
+    if args.only:
+        plan = {k: v for k, v in plan.items() if k in args.only}
+    seeds = args.seeds if args.seeds else ([0, 1, 2] if args.full else [0])
+    t0 = time.time()
+    records = study.run_study(out, plan, seeds, base)
+    table = study.aggregate(records)
+    study.write_table(table, out / "table.csv")
+    print(study.format_table(table))
+    runs = {name: out / "runs" / name / f"seed{seeds[0]}" for name in plan if name in study.BASELINES}
+    comparison_figure(runs, out / "comparison.png")
+    print(f"\n{len(records)} runs in {time.time() - t0:.0f} s; table {out / 'table.csv'}, plot {out / 'comparison.png'}")
+    return 0
+
+
+def _build_world(args) -> int:
+    from .world import build_world
+
+    report = build_world(args.root, seed=args.seed, threads=args.threads)
+    print(json.dumps({k: v for k, v in report.items() if k in ("teacher", "student", "build_seconds")}, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdrl-mini", description="GRPO, KD and KDRL on a tiny world you can train on a laptop.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one config (grpo, kd-fkl, kd-rkl, kdrl or a YAML file)")
+    t.add_argument("--config", required=True, help="YAML path or shipped name: grpo, kd-fkl, kd-rkl, kdrl")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--output-dir")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="greedy accuracy of a trained run or a checkpoint folder")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a train run folder")
+    src.add_argument("--student", help="a model folder (e.g. data/models/teacher)")
+    e.add_argument("--teacher", help="teacher folder (only for vocabulary checks with --student)")
+    e.add_argument("--split", default="both", choices=["test", "ood", "both"])
+    e.add_argument("--n", type=int, help="rows evaluated (default: config eval_size)")
+    e.set_defaults(func=_eval)
+
+    r = sub.add_parser("reproduce", help="GRPO vs KD vs KDRL on the shipped world; --full runs the whole study")
+    r.add_argument("--output-dir")
+    r.add_argument("--steps", type=int, help="training steps per run (default: the kdrl config's max_steps)")
+    r.add_argument("--full", action="store_true", help="every variant of the paper's comparisons, 3 seeds")
+    r.add_argument("--seeds", type=int, nargs="+")
+    r.add_argument("--only", nargs="+", help="restrict to these variant names")
+    r.set_defaults(func=_reproduce)
+
+    b = sub.add_parser("build-world", help="rebuild the tiny world's data, tokenizer, teacher and student")
+    b.add_argument("--root", default="data")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=_build_world)
+
+    for sp in (t, e, r, b):
+        sp.add_argument("--threads", type=int, help="torch CPU threads")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"kdrl-mini {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Loading students and teachers: full precision, 4-bit NF4 + LoRA, 8-bit; CUDA or CPU.
+
+The same functions load the shipped tiny world (``data/models/...``) and any local Hugging Face
+checkpoint pair (e.g. a Qwen2.5-0.5B student and a Qwen2.5-1.5B teacher on a GPU machine).
+Nothing here downloads: paths must be local folders.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+QUANT_CHOICES = ("none", "4bit", "8bit")
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapter settings (peft). ``target_modules="all-linear"`` adapts every linear layer."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    extra_trainable: list[str] = field(default_factory=list)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def quiet_bitsandbytes() -> None:
+    """Silence bitsandbytes' per-matmul float16-cast notice on CPU (real errors still raise)."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def check_model_dir(path: str | Path, role: str) -> Path:
+    """Fail early, with the fix, when ``path`` holds no Hugging Face checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{role} checkpoint folder {path} does not exist; pass a local folder made by "
+            f"save_pretrained (the tiny world ships data/models/teacher and data/models/student; "
+            f"rebuild them with `kdrl-mini build-world`)")
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    if not (path / "config.json").is_file() or not has_weights:
+        raise FileNotFoundError(
+            f"{path} holds no {role} model (needs config.json and *.safetensors weights); "
+            f"point to a folder written by model.save_pretrained(...)")
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint folder (left padding for batched generation)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _quant_config(quantization: str, compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=False)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_causal_lm(path: str | Path, quantization: str = "none", device: str | None = None,
+                   role: str = "model", dtype: torch.dtype | None = None):
+    """``AutoModelForCausalLM.from_pretrained`` on a local folder, optionally quantised.
+
+    quantization: "none" (fp32 on CPU, bf16 on CUDA unless ``dtype``), "4bit" (NF4) or "8bit"
+    (LLM.int8), both through bitsandbytes, which runs on CUDA and (>= 0.50) on CPU.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per weight file drowns the kit's own progress bars
+    if quantization not in QUANT_CHOICES:
+        raise ValueError(f"quantization={quantization!r}: choose one of {QUANT_CHOICES}")
+    path = check_model_dir(path, role)
+    dev = pick_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    kwargs = {"dtype": dtype}
+    if quantization != "none":
+        quiet_bitsandbytes()
+        kwargs["quantization_config"] = _quant_config(quantization, dtype)
+        # bitsandbytes places weights at load time; an explicit map keeps everything on one device.
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if quantization == "none":
+        model.to(dev)
+    return model
+
+
+def disable_cpu_4bit_repacking(model) -> int:
+    """Keep 4-bit LoRA gradients right after eval-mode generation on CPU.
+
+    On CPUs with avx512_bf16, the first eval-mode no-grad forward through a bitsandbytes
+    ``Linear4bit`` repacks its weight for a faster kernel; later backward passes through the
+    repacked weight give wrong gradients or fail. That is exactly GRPO's generate-then-train
+    loop, so trainable 4-bit models opt out. Returns how many layers were changed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def load_student(path: str | Path, quantization: str = "4bit", lora: LoraSpec | None = LoraSpec(),
+                 device: str | None = None, gradient_checkpointing: bool = False):
+    """The trainable student: base weights (4-bit NF4 by default) + LoRA adapters.
+
+    ``lora=None`` trains all weights (only allowed without quantisation: quantised weights
+    cannot be trained directly).
+    """
+    model = load_causal_lm(path, quantization, device, role="student")
+    if lora is None:
+        if quantization != "none":
+            raise ValueError(f"a {quantization} student needs LoRA adapters: quantised weights are frozen; "
+                             f"pass a LoraSpec or quantization='none'")
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        disable_cpu_4bit_repacking(model)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, task_type="CAUSAL_LM",
+                        modules_to_save=lora.extra_trainable or None)
+    return get_peft_model(model, config)
+
+
+def load_teacher(path: str | Path, quantization: str = "8bit", device: str | None = None):
+    """The frozen teacher (8-bit by default), in eval mode with gradients off."""
+    model = load_causal_lm(path, quantization, device, role="teacher")
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def vocab_size_of(model) -> int:
+    """Rows of the output embedding (what the logits index)."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_same_vocab(student, teacher, tokenizer=None) -> None:
+    """KD compares distributions over one vocabulary: refuse a mismatched pair with the fix."""
+    vs, vt = vocab_size_of(student), vocab_size_of(teacher)
+    if vs != vt:
+        raise ValueError(
+            f"teacher vocabulary ({vt}) differs from student ({vs}): KD needs one tokenizer; "
+            f"load both from the same model family (same tokenizer files)")
+    if tokenizer is not None and len(tokenizer) > vs:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the models' vocabulary has {vs}; "
+                         f"use the tokenizer saved with these checkpoints")
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as stored elements x 2."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.dtype == torch.uint8 and hasattr(p, "quant_state"):
+            n *= 2  # two 4-bit weights per stored byte
+        total += n
+    return trainable, total

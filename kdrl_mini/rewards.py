@@ -1,0 +1,104 @@
+"""Rule-based rewards for GSM8K-style answers ("... #### 42"): correctness and format.
+
+Completions come from a model being trained, so anything may arrive (None, bytes, megabytes of
+junk): every function here returns 0 for it instead of raising.
+"""
+
+import math
+
+import torch
+
+MARKER = "####"
+
+
+def _as_text(text) -> str | None:
+    if isinstance(text, str):
+        return text
+    if isinstance(text, (bytes, bytearray)):
+        return bytes(text).decode("utf-8", errors="ignore")
+    return None
+
+
+def _marker_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.lstrip().startswith(MARKER)]
+
+
+def extract_answer(text) -> str | None:
+    """The answer on the last line that starts with "####", stripped, commas removed.
+
+    "Step 1 ...\\n#### 1,234" -> "1234". Returns None when there is no such line, the line
+    holds no answer, or ``text`` is not text.
+    """
+    text = _as_text(text)
+    if not text:
+        return None
+    lines = _marker_lines(text)
+    if not lines:
+        return None
+    answer = lines[-1][len(MARKER):].strip().replace(",", "")
+    return answer or None
+
+
+def _gold(answer) -> str | None:
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        return str(answer)
+    answer = _as_text(answer)
+    if answer is None:
+        return None
+    # GSM8K gold fields hold the whole worked solution ending in "#### <n>".
+    if MARKER in answer:
+        return extract_answer(answer)
+    return answer.strip().replace(",", "") or None
+
+
+def _number(s: str) -> float | None:
+    try:
+        x = float(s)
+    except (ValueError, OverflowError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def correctness_reward(text, answer) -> float:
+    """1.0 if the extracted answer equals the gold answer, else 0.0.
+
+    Numbers compare by value ("42" == "42.0" == "4.2e1"), anything else as case-insensitive
+    strings. ``answer`` may be a number, a bare answer or a full GSM8K solution.
+    """
+    pred, gold = extract_answer(text), _gold(answer)
+    if pred is None or gold is None:
+        return 0.0
+    p, g = _number(pred), _number(gold)
+    if p is not None and g is not None:
+        return float(math.isclose(p, g, rel_tol=1e-9, abs_tol=1e-9))
+    return float(pred.lower() == gold.lower())
+
+
+def format_reward(text) -> float:
+    """1.0 when the completion ends with exactly one well-formed "#### <answer>" line.
+
+    Well-formed: the last non-empty line starts with "####", followed by a non-empty answer
+    without further "#", and no other line starts with "####".
+    """
+    text = _as_text(text)
+    if not text or not text.strip():
+        return 0.0
+    lines = _marker_lines(text)
+    last = text.strip().splitlines()[-1].strip()
+    if len(lines) != 1 or lines[0] != last:
+        return 0.0
+    answer = last[len(MARKER):].strip()
+    return float(bool(answer) and "#" not in answer)
+
+
+def reward(text, answer, format_weight: float = 0.0) -> float:
+    r"""r = correctness + format_weight * format, each in {0, 1}."""
+    return correctness_reward(text, answer) + format_weight * format_reward(text)
+
+
+def batch_rewards(texts, answers, format_weight: float = 0.0) -> torch.Tensor:
+    """Rewards of B completions against their B gold answers -> FloatTensor [B]."""
+    texts, answers = list(texts), list(answers)
+    if len(texts) != len(answers):
+        raise ValueError(f"{len(texts)} completions but {len(answers)} answers: pass one answer per completion")
+    return torch.tensor([reward(t, a, format_weight) for t, a in zip(texts, answers)], dtype=torch.float32)

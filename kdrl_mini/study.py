@@ -1,0 +1,194 @@
+"""The comparisons of the KDRL paper, re-run on the tiny world: runs, aggregation, claims.
+
+``run_study`` trains every (variant, seed) pair into ``out_dir/runs/<variant>/seed<k>``; a
+finished run (``final.json`` present) is skipped and an interrupted one resumes from its
+checkpoint, so the study itself is resumable. ``aggregate`` turns the per-run files into a
+table of mean +- 95% CI over seeds, and ``judge_claims`` states, per claim of the paper, whether
+the ordering reproduces here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, load_config
+from .trainer import Trainer, read_metrics
+
+BASELINES = ("grpo", "kd-fkl", "kd-rkl", "kdrl")
+
+
+def variants(beta: float) -> dict[str, dict]:
+    """Named config overrides for the full study, on top of the shipped ``kdrl`` config.
+
+    ``beta`` is the study's reference coefficient; the coefficient sweep spans it by 4x.
+    """
+    algo = lambda a: {"algorithm": a}  # noqa: E731
+    return {
+        "grpo": algo("grpo"),
+        "kd-fkl": algo("kd-fkl"),
+        "kd-rkl": algo("kd-rkl"),
+        "kdrl": {},                                   # k2, KL in loss, constant beta, KD on all
+        "kdrl-k1": {"kl_kind": "k1"},
+        "kdrl-k3": {"kl_kind": "k3"},
+        "kdrl-exact": {"kl_kind": "exact"},
+        "kdrl-reward": {"kl_mode": "reward", "kl_kind": "k1"},
+        f"kdrl-beta{beta / 4:g}": {"beta": beta / 4},
+        f"kdrl-beta{beta * 4:g}": {"beta": beta * 4},
+        "kdrl-anneal": {"beta": beta * 4, "beta_end": beta / 4, "beta_schedule": "linear"},
+        "kdrl-incorrect": {"kd_strategy": "incorrect"},
+        "kdrl-failed-groups": {"kd_strategy": "failed-groups"},
+    }
+
+
+def brief_variants() -> dict[str, dict]:
+    """The README's main job: the four methods, one seed."""
+    return {name: {"algorithm": name} for name in BASELINES}
+
+
+def final_metrics(run_dir: Path) -> dict:
+    """Last eval of each split + training-curve summaries of a finished run."""
+    steps, evals = read_metrics(run_dir)
+    last = {}
+    for e in evals:
+        last[e["split"]] = e
+    tail = steps[-max(1, len(steps) // 5):]  # last 20% of steps
+    mean = lambda k: sum(s.get(k, float("nan")) for s in tail) / len(tail)  # noqa: E731
+    return {
+        "test_accuracy": last["test"]["eval_accuracy"],
+        "ood_accuracy": last["ood"]["eval_accuracy"],
+        "test_length": last["test"]["eval_length"],
+        "ood_length": last["ood"]["eval_length"],
+        "final_exact_kl": mean("exact_kl"),
+        "step_time": sum(s["step_time"] for s in steps) / len(steps),
+        "steps": len(steps),
+    }
+
+
+def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int], base: TrainConfig,
+              progress: bool = True) -> list[dict]:
+    """Train every (variant, seed); skip finished runs, resume interrupted ones."""
+    out_dir = Path(out_dir)
+    jobs = [(name, seed) for name in plan for seed in seeds]
+    records = []
+    world = None
+    bar = tqdm(jobs, desc="study", disable=not progress)
+    for name, seed in bar:
+        run = out_dir / "runs" / name / f"seed{seed}"
+        bar.set_postfix(run=f"{name}/seed{seed}")
+        if not (run / "final.json").exists():
+            cfg = base.replace(seed=seed, output_dir=str(run), **plan[name])
+            cfg.validate()
+            trainer = Trainer(cfg, world=_fresh_student(world, cfg))
+            world = trainer.world
+            trainer.train(resume=(run / "checkpoint.pt").exists(), progress=False)
+            (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **final_metrics(run)}, indent=1))
+            (run / "checkpoint.pt").unlink(missing_ok=True)  # the study keeps metrics, not weights
+        records.append(json.loads((run / "final.json").read_text()))
+    return records
+
+
+def _fresh_student(world, cfg: TrainConfig):
+    """Reuse the loaded teacher, tokenizer and data; load a new student for every run."""
+    if world is None:
+        return None
+    from . import models
+    from .trainer import World
+
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    lora = models.LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora_r > 0 else None
+    student = models.load_student(cfg.student_path, cfg.student_quant, lora, cfg.device)
+    return World(student, world.teacher, world.tokenizer, world.train, world.test, world.ood)
+
+
+# ---------------------------------------------------------------- aggregation
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (0 for a single value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, 0.0
+    t = T95.get(len(values) - 1, 1.96)
+    return m, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+METRICS = ("test_accuracy", "ood_accuracy", "test_length", "ood_length", "final_exact_kl", "step_time")
+
+
+def collect(out_dir: str | Path) -> list[dict]:
+    """Every ``final.json`` under ``out_dir/runs`` (sorted by variant, seed)."""
+    files = sorted(Path(out_dir).glob("runs/*/seed*/final.json"))
+    return [json.loads(f.read_text()) for f in files]
+
+
+def aggregate(records: list[dict]) -> dict[str, dict]:
+    """variant -> {metric: (mean, ci95), "seeds": [...]}, variants in first-seen order."""
+    table: dict[str, dict] = {}
+    for name in dict.fromkeys(r["variant"] for r in records):
+        rows = [r for r in records if r["variant"] == name]
+        entry = {"seeds": sorted(r["seed"] for r in rows)}
+        for k in METRICS:
+            entry[k] = mean_ci([r[k] for r in rows])
+        table[name] = entry
+    return table
+
+
+def write_table(table: dict[str, dict], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "seeds"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "ci95")])
+        for name, e in table.items():
+            w.writerow([name, len(e["seeds"])] + [f"{v:.4f}" for k in METRICS for v in e[k]])
+
+
+def format_table(table: dict[str, dict]) -> str:
+    """Markdown table: accuracy and lengths as mean +- CI."""
+    head = "| variant | seeds | test acc | ood acc | test length | exact KL | s/step |\n|---|---|---|---|---|---|---|"
+    rows = []
+    for name, e in table.items():
+        f = lambda k, d=3: f"{e[k][0]:.{d}f} ± {e[k][1]:.{d}f}"  # noqa: E731
+        rows.append(f"| {name} | {len(e['seeds'])} | {f('test_accuracy')} | {f('ood_accuracy')} | "
+                    f"{f('test_length', 1)} | {f('final_exact_kl')} | {e['step_time'][0]:.2f} |")
+    return "\n".join([head] + rows)
+
+
+# ---------------------------------------------------------------- claims
+@dataclass
+class Claim:
+    """``better`` should beat ``worse`` on ``metric`` (``higher`` is better unless False)."""
+
+    text: str
+    paper: str
+    better: str
+    worse: str
+    metric: str = "test_accuracy"
+    higher: bool = True
+
+
+def judge(claim: Claim, records: list[dict]) -> dict:
+    """Paired by seed: the claim reproduces when the 95% CI of the difference excludes 0 in the
+    claimed direction, is contradicted when it excludes 0 the other way, else inconclusive."""
+    by = {(r["variant"], r["seed"]): r[claim.metric] for r in records}
+    seeds = sorted({s for (v, s) in by if v == claim.better} & {s for (v, s) in by if v == claim.worse})
+    if not seeds:
+        return {"verdict": "not run", "diff": None, "ci95": None, "seeds": 0}
+    sign = 1 if claim.higher else -1
+    diffs = [sign * (by[(claim.better, s)] - by[(claim.worse, s)]) for s in seeds]
+    m, ci = mean_ci(diffs)
+    if len(diffs) >= 2 and m - ci > 0:
+        verdict = "reproduced"
+    elif len(diffs) >= 2 and m + ci < 0:
+        verdict = "not reproduced (reversed)"
+    else:
+        verdict = "inconclusive"
+    return {"verdict": verdict, "diff": m, "ci95": ci, "seeds": len(diffs)}

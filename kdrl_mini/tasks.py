@@ -1,0 +1,152 @@
+"""The tiny world's reasoning task: chained 2-digit addition and subtraction.
+
+A problem is a chain ``a op b op c`` (in-domain: 3 operands) that must be solved one
+operation per line, GSM8K style, ending with a final line ``#### <answer>``::
+
+    prompt:   "Compute 47+38-19.\\n"
+    teacher:  "47+38=85\\n85-19=66\\ncheck 66+19=85\\n#### 66"   (verbose: re-checks its last step)
+    concise:  "47+38=85\\n85-19=66\\n#### 66"
+
+The teacher is trained on the verbose form, so its answers are longer than needed, as real
+reasoning teachers' are; the student's warm-up uses the concise form. The out-of-domain split
+uses longer chains (4 operands), which no model saw in training.
+
+Data rows are dicts with ``prompt`` and ``answer`` (required), plus ``solution`` (verbose),
+``concise`` and ``n_operands``. They are shipped as JSONL under ``data/`` and loaded with
+:func:`load_split` (Hugging Face ``datasets``), which checks every row.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "test", "ood")
+REQUIRED_FIELDS = ("prompt", "answer")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How problems are drawn.
+
+    n_operands: operands in a chain (in-domain 3, out-of-domain 4).
+    low, high: inclusive range of every operand.
+    """
+
+    n_operands: int = 3
+    low: int = 10
+    high: int = 99
+
+
+IN_DOMAIN = TaskSpec(n_operands=3)
+OUT_OF_DOMAIN = TaskSpec(n_operands=4)
+
+
+def make_problem(rng: random.Random, spec: TaskSpec = IN_DOMAIN) -> dict:
+    """Draw one problem whose running total never goes negative; return a data row."""
+    while True:
+        nums = [rng.randint(spec.low, spec.high) for _ in range(spec.n_operands)]
+        ops = [rng.choice("+-") for _ in range(spec.n_operands - 1)]
+        totals, total = [], nums[0]
+        for op, x in zip(ops, nums[1:]):
+            total = total + x if op == "+" else total - x
+            totals.append(total)
+        if min(totals) >= 0:
+            break
+    expr = str(nums[0]) + "".join(op + str(x) for op, x in zip(ops, nums[1:]))
+    steps, prev = [], nums[0]
+    for op, x, t in zip(ops, nums[1:], totals):
+        steps.append(f"{prev}{op}{x}={t}")
+        prev = t
+    answer = str(totals[-1])
+    # The check undoes the last step with the inverse operation: redundant once the step is right.
+    last_op, last_x = ops[-1], nums[-1]
+    inverse = f"{answer}{'+' if last_op == '-' else '-'}{last_x}={totals[-2] if len(totals) > 1 else nums[0]}"
+    concise = "\n".join(steps) + f"\n#### {answer}"
+    verbose = "\n".join(steps) + f"\ncheck {inverse}\n#### {answer}"
+    return {
+        "prompt": f"Compute {expr}.\n",
+        "answer": answer,
+        "solution": verbose,
+        "concise": concise,
+        "n_operands": spec.n_operands,
+    }
+
+
+def make_split(n: int, seed: int, spec: TaskSpec = IN_DOMAIN, exclude: set[str] | None = None) -> list[dict]:
+    """``n`` distinct problems from ``seed``, skipping any prompt in ``exclude``."""
+    rng = random.Random(seed)
+    seen = set(exclude or ())
+    rows = []
+    while len(rows) < n:
+        row = make_problem(rng, spec)
+        if row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            rows.append(row)
+    return rows
+
+
+def build_world_data(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, n_ood: int = 200, seed: int = 0) -> dict[str, Path]:
+    """Write ``train/test/ood.jsonl`` (disjoint prompts) and return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test = make_split(n_test, seed + 1)
+    train = make_split(n_train, seed, exclude={r["prompt"] for r in test})
+    ood = make_split(n_ood, seed + 2, OUT_OF_DOMAIN)
+    paths = {}
+    for name, rows in (("train", train), ("test", test), ("ood", ood)):
+        paths[name] = out_dir / f"{name}.jsonl"
+        write_jsonl(paths[name], rows)
+    return paths
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+class DataRowError(ValueError):
+    """A data file row that cannot be used; the message names the file and line."""
+
+
+def check_rows(path: str | Path) -> int:
+    """Validate a JSONL task file line by line; return the row count.
+
+    Raises :class:`DataRowError` naming the file, the 1-based line and what is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} not found: rebuild the tiny world with `kdrl-mini build-world`, or pass an existing JSONL file")
+    n = 0
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataRowError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise DataRowError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'answer', got {type(row).__name__}")
+            missing = [k for k in REQUIRED_FIELDS if not isinstance(row.get(k), str) or not row.get(k)]
+            if missing:
+                raise DataRowError(f"{path}:{lineno}: row lacks non-empty string field(s) {missing}; every row needs 'prompt' and 'answer'")
+            n += 1
+    if n == 0:
+        raise DataRowError(f"{path}: no rows; a task file needs at least one JSON line with 'prompt' and 'answer'")
+    return n
+
+
+def load_split(data_dir: str | Path, split: str):
+    """Load ``data_dir/<split>.jsonl`` as a ``datasets.Dataset`` after checking every row."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    import datasets
+
+    path = Path(data_dir) / f"{split}.jsonl"
+    check_rows(path)
+    datasets.disable_progress_bars()
+    return datasets.load_dataset("json", data_files=str(path), split="train")

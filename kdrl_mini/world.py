@@ -1,0 +1,173 @@
+"""Building the shipped tiny world: tokenizer, teacher and weak student, trained here on CPU.
+
+``build_world`` (CLI: ``kdrl-mini build-world``) writes ``data/{train,test,ood}.jsonl``,
+``data/tokenizer``, ``data/models/teacher`` and ``data/models/student`` from a seed:
+1. a character-level tokenizer (``tokenizers`` WordLevel, saved as a HF tokenizer folder);
+2. a Qwen2 teacher pre-trained on the verbose worked solutions until it is strong in-domain;
+3. a smaller Qwen2 student given a brief warm-up on concise solutions, so it is weak but not
+   hopeless (RL has signal but is sample-inefficient).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import string
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import tasks
+from .rollout import sample, teacher_forced_batch, token_logprobs
+
+SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CHARS = string.digits + " \n+-*/=#.,:?()" + string.ascii_lowercase + string.ascii_uppercase
+
+
+def build_tokenizer(out_dir: str | Path):
+    """A character-level tokenizer (one token per character) saved as a HF tokenizer folder."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + list(CHARS))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
+                                  pad_token="<pad>", unk_token="<unk>", padding_side="left")
+    tok.save_pretrained(str(out_dir))
+    return tok
+
+
+@dataclass
+class TinyModelSpec:
+    """A small Qwen2 shape. Parameters ~ 12 * layers * hidden^2 (+ embeddings)."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 384
+
+
+TEACHER_SPEC = TinyModelSpec(hidden_size=128, num_hidden_layers=6, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=512)
+STUDENT_SPEC = TinyModelSpec(hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=288)
+
+
+def tiny_qwen2(spec: TinyModelSpec, tokenizer, seed: int):
+    """A randomly initialised Qwen2ForCausalLM of ``spec`` for ``tokenizer``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0, **asdict(spec))
+    return Qwen2ForCausalLM(cfg)
+
+
+def sft_steps(model, tokenizer, rows: list[dict], field: str, steps: int, batch_size: int, lr: float,
+              seed: int, desc: str, warmup: int = 50, val_rows: list[dict] | None = None,
+              eval_every: int = 250, stop_at: float | None = None) -> tuple[list[float], list[dict]]:
+    """Supervised training on ``row[field]`` completions (cosine LR).
+
+    Every ``eval_every`` steps greedy accuracy on ``val_rows`` is measured; training stops early
+    once it reaches ``stop_at``. Returns (per-step losses, evaluation log).
+    """
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    losses, evals = [], []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for step in bar:
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = lr * max(scale, 0.02)
+        chunk = rng.sample(rows, batch_size)
+        batch = teacher_forced_batch(tokenizer, [r["prompt"] for r in chunk], [r[field] for r in chunk],
+                                     next(model.parameters()).device)
+        logp = token_logprobs(model, batch)
+        loss = -(logp * batch.completion_mask).sum() / batch.completion_mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if val_rows and (step + 1) % eval_every == 0:
+            acc = greedy_eval(model, tokenizer, val_rows)["accuracy"]
+            evals.append({"step": step + 1, "val_accuracy": acc, "loss": loss.item()})
+            print(f"[{desc}] step {step + 1}: loss {loss.item():.4f} val accuracy {acc:.3f}", flush=True)
+            model.train()
+            if stop_at is not None and acc >= stop_at:
+                break
+    model.eval()
+    return losses, evals
+
+
+@torch.no_grad()
+def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 100) -> dict:
+    """Greedy-decoding accuracy and mean completion length (tokens, EOS included) on ``rows``."""
+    from .rewards import batch_rewards
+
+    model.eval()
+    correct, lengths, texts = [], [], []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        b = sample(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens=max_new_tokens, greedy=True)
+        correct += batch_rewards(b.texts, [r["answer"] for r in chunk]).tolist()
+        lengths += b.completion_mask.sum(1).tolist()
+        texts += b.texts
+    return {"accuracy": sum(correct) / len(correct), "mean_length": sum(lengths) / len(lengths),
+            "n": len(rows), "samples": texts[:3]}
+
+
+def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4000, student_steps: int = 600,
+                pretrain_pool: int = 60000, batch_size: int = 64, threads: int | None = None) -> dict:
+    """Build and save the whole tiny world under ``root``; returns the measured report."""
+    if threads:
+        torch.set_num_threads(threads)
+    root = Path(root)
+    t0 = time.time()
+    paths = tasks.build_world_data(root, seed=seed)
+    test_rows = [json.loads(l) for l in open(paths["test"])]
+    ood_rows = [json.loads(l) for l in open(paths["ood"])]
+    exclude = {r["prompt"] for r in test_rows}
+    pool = tasks.make_split(pretrain_pool, seed + 100, exclude=exclude)
+    tok = build_tokenizer(root / "tokenizer")
+
+    val, pool = pool[:200], pool[200:]
+    teacher = tiny_qwen2(TEACHER_SPEC, tok, seed)
+    t_losses, t_evals = sft_steps(teacher, tok, pool, "solution", teacher_steps, batch_size, 2e-3, seed,
+                                  "teacher", val_rows=val, eval_every=250, stop_at=0.97)
+    # The student stops as soon as it is "weak but not hopeless": first check at >= 15% accuracy.
+    student = tiny_qwen2(STUDENT_SPEC, tok, seed + 1)
+    s_losses, s_evals = sft_steps(student, tok, pool, "concise", student_steps, batch_size, 2e-3, seed + 1,
+                                  "student", warmup=20, val_rows=val, eval_every=25, stop_at=0.15)
+
+    report = {"seed": seed, "teacher_steps": teacher_steps, "student_steps": student_steps,
+              "batch_size": batch_size, "build_seconds": None}
+    for name, model, losses, evals in (("teacher", teacher, t_losses, t_evals),
+                                       ("student", student, s_losses, s_evals)):
+        out = root / "models" / name
+        model.save_pretrained(str(out), safe_serialization=True)
+        tok.save_pretrained(str(out))
+        report[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "steps_trained": len(losses),
+            "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
+            "val_curve": evals,
+            "test": greedy_eval(model, tok, test_rows),
+            "ood": greedy_eval(model, tok, ood_rows, max_new_tokens=80),
+        }
+    report["build_seconds"] = round(time.time() - t0, 1)
+    (root / "models" / "world_report.json").write_text(json.dumps(report, indent=2))
+    return report

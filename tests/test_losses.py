@@ -1,0 +1,358 @@
+import math
+
+import pytest
+import torch
+
+from kdrl_mini.advantages import group_advantages
+from kdrl_mini.kl import exact_kl, kl_estimate
+from kdrl_mini.losses import (
+    aggregate,
+    forward_kl_loss,
+    grpo_loss,
+    kd_mask,
+    kdrl_loss,
+    reverse_kl_loss,
+)
+
+NAN, INF = float("nan"), float("inf")
+
+
+# ---------------------------------------------------------------- aggregate
+VALUES = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
+
+
+def test_aggregate_hand_values():
+    assert aggregate(VALUES, MASK, "token-mean").item() == pytest.approx(10 / 4)
+    assert aggregate(VALUES, MASK, "seq-mean").item() == pytest.approx((6 / 3 + 4 / 1) / 2)
+    assert aggregate(VALUES, MASK, "seq-sum-norm").item() == pytest.approx(10 / (2 * 3))
+    assert aggregate(VALUES, MASK, "seq-sum-norm", max_len=5).item() == pytest.approx(10 / (2 * 5))
+
+
+def test_aggregate_ignores_padding_values():
+    garbage = VALUES.clone()
+    garbage[1, 1:] = torch.tensor([NAN, INF])
+    for mode in ("token-mean", "seq-mean", "seq-sum-norm"):
+        assert aggregate(garbage, MASK.bool(), mode).item() == aggregate(VALUES, MASK.float(), mode).item()
+
+
+def test_aggregate_empty_mask_is_zero_with_zero_grad():
+    v = torch.randn(2, 3, requires_grad=True)
+    for mode in ("token-mean", "seq-mean", "seq-sum-norm"):
+        out = aggregate(v, torch.zeros(2, 3), mode)
+        assert out.item() == 0.0
+        (g,) = torch.autograd.grad(out, v)
+        assert torch.equal(g, torch.zeros(2, 3))
+
+
+def test_seq_mean_skips_empty_sequences():
+    v = torch.tensor([[1.0, 2.0], [9.0, 9.0]])
+    assert aggregate(v, torch.tensor([[1, 1], [0, 0]]), "seq-mean").item() == pytest.approx(1.5)
+
+
+def test_aggregate_errors():
+    with pytest.raises(ValueError, match="token-mean, seq-mean, seq-sum-norm"):
+        aggregate(VALUES, MASK, "mean")
+    with pytest.raises(ValueError, match="max_len"):
+        aggregate(VALUES, MASK, "seq-sum-norm", max_len=0)
+
+
+# ---------------------------------------------------------------- grpo_loss
+def test_grpo_on_policy_value_and_gradient():
+    torch.manual_seed(0)
+    old = -torch.rand(2, 3)
+    logp = old.clone().requires_grad_()
+    adv = torch.tensor([1.0, -2.0])
+    loss, metrics = grpo_loss(logp, old, adv, MASK)
+    # ratio = 1: L = -(3 * 1 + 1 * (-2)) / 4 ; dL/dlogp = -A / 4 on response tokens
+    assert loss.item() == pytest.approx(-0.25)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.25, -0.25, -0.25], [0.5, 0.0, 0.0]]))
+    assert metrics == {"policy_loss": pytest.approx(-0.25), "clip_frac": 0.0, "ratio_mean": pytest.approx(1.0)}
+
+
+def _ratios_case():
+    ratio = torch.tensor([[1.5, 0.5, 0.5, 1.5, 1.1]], dtype=torch.float64)
+    adv = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0]], dtype=torch.float64)
+    old = torch.full_like(ratio, -1.0)
+    logp = (old + ratio.log()).requires_grad_()
+    return ratio, adv, old, logp
+
+
+def test_grpo_clipping_stops_gradient_only_where_it_should():
+    ratio, adv, old, logp = _ratios_case()
+    loss, metrics = grpo_loss(logp, old, adv, torch.ones(1, 5))
+    loss.backward()
+    # token 0: A>0, rho>1+eps -> clipped, no grad;   token 1: A<0, rho<1-eps -> clipped, no grad
+    # token 2: A>0, rho<1-eps and token 3: A<0, rho>1+eps -> unclipped branch is the minimum
+    # token 4: inside the trust region.  d(-rho A / N)/dlogp = -rho A / N
+    expected = -ratio * adv / 5
+    expected[0, :2] = 0.0
+    torch.testing.assert_close(logp.grad, expected)
+    assert metrics["clip_frac"] == pytest.approx(2 / 5)
+    assert metrics["ratio_mean"] == pytest.approx(ratio.mean().item())
+    clipped_obj = torch.tensor([1.2, -0.8, 0.5, -1.5, 1.1], dtype=torch.float64)
+    assert loss.item() == pytest.approx(-clipped_obj.mean().item())
+
+
+def test_clip_eps_high_is_asymmetric():
+    ratio = torch.tensor([[1.25, 0.75]])
+    adv = torch.tensor([[1.0, -1.0]])
+    old = torch.zeros(1, 2)
+    grads = {}
+    for high in (None, 0.28):
+        logp = ratio.log().requires_grad_()
+        grpo_loss(logp, old, adv, torch.ones(1, 2), clip_eps=0.2, clip_eps_high=high)[0].backward()
+        grads[high] = logp.grad
+    assert grads[None][0, 0] == 0.0  # 1.25 > 1.2: clipped
+    assert grads[0.28][0, 0].item() == pytest.approx(-1.25 / 2)  # 1.25 < 1.28: still learning
+    # the lower bound is untouched by clip_eps_high: 0.75 < 0.8 with A<0 stays clipped
+    assert grads[None][0, 1] == 0.0 and grads[0.28][0, 1] == 0.0
+
+
+def test_grpo_masked_tokens_get_zero_grad_even_with_garbage_padding():
+    torch.manual_seed(1)
+    logp = torch.tensor([[-0.5, -1.0, NAN], [-0.2, -INF, 3.0]], requires_grad=True)
+    old = torch.tensor([[-0.4, -1.1, -INF], [-0.3, NAN, INF]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    loss, metrics = grpo_loss(logp, old, torch.tensor([1.0, -1.0]), mask)
+    loss.backward()
+    assert torch.isfinite(loss) and all(math.isfinite(v) for v in metrics.values())
+    assert torch.equal(logp.grad[mask == 0], torch.zeros(3))
+    assert (logp.grad[mask == 1] != 0).all()
+
+
+def test_grpo_gradcheck():
+    old = torch.tensor([[-1.0, -2.0, -0.5, -1.5], [-0.7, -0.3, -2.2, -1.0]], dtype=torch.float64)
+    # log-ratios inside and outside [log 0.8, log 1.2], all away from the clip boundaries
+    offsets = torch.tensor([[0.05, -0.1, 0.4, -0.5], [0.1, -0.4, 0.3, 0.0]], dtype=torch.float64)
+    logp = (old + offsets).requires_grad_()
+    adv = torch.tensor([1.3, -0.7], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    for agg in ("token-mean", "seq-mean", "seq-sum-norm"):
+        assert torch.autograd.gradcheck(lambda lp: grpo_loss(lp, old, adv, mask, loss_agg=agg)[0], (logp,))
+
+
+def test_grpo_per_token_advantages_match_broadcast():
+    torch.manual_seed(2)
+    old = -torch.rand(2, 3)
+    logp = old + 0.3 * torch.randn(2, 3)
+    adv = torch.tensor([0.5, -1.5])
+    a, _ = grpo_loss(logp, old, adv, MASK, loss_agg="seq-mean")
+    b, _ = grpo_loss(logp, old, adv[:, None].expand(2, 3), MASK, loss_agg="seq-mean")
+    assert a.item() == b.item()
+
+
+# ---------------------------------------------------------------- kd_mask
+REWARDS = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_kd_mask_strategies_on_hand_made_rewards():
+    assert torch.equal(kd_mask(REWARDS, 4, "all"), torch.ones(12))
+    assert torch.equal(kd_mask(REWARDS, 4, "incorrect"), 1.0 - REWARDS)
+    assert torch.equal(kd_mask(REWARDS, 4, "failed-groups"), torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4))
+
+
+def test_kd_mask_threshold():
+    r = torch.tensor([0.6, 0.4, 0.4, 0.4])
+    assert torch.equal(kd_mask(r, 2, "incorrect", threshold=0.5), torch.tensor([0.0, 1.0, 1.0, 1.0]))
+    assert torch.equal(kd_mask(r, 2, "failed-groups", threshold=0.5), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert torch.equal(kd_mask(r, 2, "incorrect"), torch.ones(4))  # nothing reaches 1.0
+
+
+def test_kd_mask_errors():
+    with pytest.raises(ValueError, match="all, incorrect, failed-groups"):
+        kd_mask(REWARDS, 4, "correct")
+    with pytest.raises(ValueError, match="whole number of groups"):
+        kd_mask(REWARDS, 5, "failed-groups")
+
+
+# ---------------------------------------------------------------- KD losses
+def _kd_batch(seed=3, B=3, T=4, V=6):
+    torch.manual_seed(seed)
+    logits = torch.randn(B, T, V, requires_grad=True)
+    teacher_logits = torch.randn(B, T, V)
+    tokens = torch.randint(0, V, (B, T, 1))
+    logp = torch.log_softmax(logits, -1).gather(-1, tokens).squeeze(-1)
+    teacher_logp = torch.log_softmax(teacher_logits, -1).gather(-1, tokens).squeeze(-1)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]][:B])
+    return logits, teacher_logits, logp, teacher_logp, mask
+
+
+def test_reverse_kl_loss_value_weights_and_grad():
+    _, _, logp, teacher_logp, mask = _kd_batch()
+    logp = logp.detach().requires_grad_()
+    w = torch.tensor([1.0, 0.0, 1.0])
+    loss, metrics = reverse_kl_loss(logp, teacher_logp, mask, "k2", kd_weights=w)
+    d = (logp - teacher_logp).detach()
+    n = mask.sum()
+    assert loss.item() == pytest.approx(((w[:, None] * 0.5 * d**2) * mask).sum().item() / n.item(), rel=1e-6)
+    assert metrics["kl"] == pytest.approx(((0.5 * d**2) * mask).sum().item() / n.item(), rel=1e-6)
+    loss.backward()
+    # d/dlogp of k2 = d; response 1 is not distilled, padding never is
+    torch.testing.assert_close(logp.grad, w[:, None] * d * mask / n)
+
+
+def test_reverse_kl_loss_exact_kind_uses_full_distributions():
+    logits, teacher_logits, logp, teacher_logp, mask = _kd_batch()
+    teacher_logits.requires_grad_()
+    loss, metrics = reverse_kl_loss(logp, teacher_logp, mask, "exact", logits, teacher_logits)
+    expected = (exact_kl(logits, teacher_logits) * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, expected)
+    assert metrics["kl"] == pytest.approx(expected.item(), rel=1e-6)
+    assert metrics["exact_kl"] == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert logits.grad.abs().sum() > 0
+    assert teacher_logits.grad is None  # the teacher is frozen
+
+
+def test_forward_kl_loss_is_nll():
+    logp = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, NAN, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    loss, metrics = forward_kl_loss(logp, mask)
+    assert loss.item() == pytest.approx(3.5 / 3)
+    assert metrics["nll"] == pytest.approx(3.5 / 3)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, -mask.float() / 3)
+
+
+# ---------------------------------------------------------------- kdrl_loss
+def _rl_batch(seed=4, dtype=torch.float32):
+    torch.manual_seed(seed)
+    B, T = 6, 5
+    old = -torch.rand(B, T, dtype=dtype) * 2
+    logp = (old + 0.3 * torch.randn(B, T, dtype=dtype)).requires_grad_()
+    teacher = -torch.rand(B, T, dtype=dtype) * 2
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype=dtype)
+    lengths = torch.tensor([5, 3, 1, 4, 2, 5])
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    return logp, old, teacher, rewards, mask
+
+
+@pytest.mark.parametrize("kl_mode", ["loss", "reward"])
+@pytest.mark.parametrize("strategy", ["all", "incorrect"])
+def test_kdrl_beta_zero_is_exactly_grpo(kl_mode, strategy):
+    logp, old, teacher, rewards, mask = _rl_batch()
+    ref_loss, _ = grpo_loss(logp, old, group_advantages(rewards, 3), mask)
+    (ref_grad,) = torch.autograd.grad(ref_loss, logp)
+    loss, metrics = kdrl_loss(logp, old, teacher, rewards, mask, 3, beta=0.0, kl_mode=kl_mode, kd_strategy=strategy)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert torch.equal(loss, ref_loss)
+    assert torch.equal(grad, ref_grad)
+    assert metrics["beta"] == 0.0
+
+
+def test_kdrl_loss_mode_adds_weighted_kl():
+    logp, old, teacher, rewards, mask = _rl_batch()
+    beta = 0.05
+    loss, metrics = kdrl_loss(logp, old, teacher, rewards, mask, 3, beta, kl_kind="k3", kd_strategy="incorrect")
+    pg, _ = grpo_loss(logp, old, group_advantages(rewards, 3), mask)
+    w = (rewards < 1).float()[:, None]
+    kd = (w * kl_estimate(logp, teacher, "k3") * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, pg + beta * kd)
+    g, g_ref = (torch.autograd.grad(x, logp)[0] for x in (loss, pg + beta * kd))
+    torch.testing.assert_close(g, g_ref)
+    assert metrics["loss"] == pytest.approx(loss.item())
+    assert metrics["policy_loss"] == pytest.approx(pg.item())
+
+
+def test_kdrl_reward_mode_hand_computed():
+    # two responses, both correct: raw advantages are 0. Response 0 is far from the teacher
+    # (sum_t log pi_old - log pi_T = 2), response 1 agrees with it (0).
+    teacher = torch.tensor([[-2.0, -2.0], [-1.0, -1.0]])
+    old = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])
+    logp = old.clone().requires_grad_()
+    teacher_g = teacher.clone().requires_grad_()
+    rewards, mask, beta = torch.tensor([1.0, 1.0]), torch.ones(2, 2), 0.1
+    loss, _ = kdrl_loss(logp, old, teacher_g, rewards, mask, 2, beta, kl_mode="reward", adv_scale="none")
+    loss.backward()
+    # r' = r - beta * sum_t k1 = [0.8, 1.0] -> A = [-0.1, 0.1]; on-policy dL/dlogp = -A / 4
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.025, 0.025], [-0.025, -0.025]]))
+    assert teacher_g.grad is None  # the shaped reward is a constant
+
+
+def test_kdrl_reward_mode_matches_formula_and_respects_kd_mask():
+    logp, old, teacher, rewards, mask = _rl_batch()
+    beta, losses = 0.2, {}
+    for strategy in ("all", "incorrect", "failed-groups"):
+        w = kd_mask(rewards, 3, strategy)
+        shaped = rewards - beta * w * ((old - teacher) * mask).sum(-1)
+        expected, _ = grpo_loss(logp, old, group_advantages(shaped, 3), mask)
+        losses[strategy], metrics = kdrl_loss(
+            logp, old, teacher, rewards, mask, 3, beta, kl_mode="reward", kd_strategy=strategy
+        )
+        torch.testing.assert_close(losses[strategy], expected)
+        assert metrics["adv_std"] == pytest.approx(group_advantages(shaped, 3).std().item(), rel=1e-5)
+    raw, _ = grpo_loss(logp, old, group_advantages(rewards, 3), mask)
+    assert not torch.isclose(losses["all"], raw)
+    # every group of [1, 0, 0 | 1, 1, 1] has a success: "failed-groups" distils nothing
+    assert torch.equal(losses["failed-groups"], raw)
+
+
+def test_kdrl_metrics():
+    logp, old, teacher, rewards, mask = _rl_batch()
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    _, m = kdrl_loss(logp, old, teacher, rewards, mask, 3, 0.01, kd_strategy="incorrect")
+    # KD on responses 1, 2, 3 with lengths 3, 1, 4 out of 5+3+1+4+2+5 = 20 tokens
+    assert m["kd_frac"] == pytest.approx(8 / 20)
+    assert m["kd_masked_frac"] == pytest.approx(12 / 20)
+    assert m["beta"] == 0.01
+    expected_keys = {
+        "loss", "policy_loss", "kl", "clip_frac", "ratio_mean", "kd_frac", "kd_masked_frac", "beta", "adv_std"
+    }
+    assert expected_keys <= set(m) and "exact_kl" not in m
+    assert all(isinstance(v, float) for v in m.values())
+    d = (logp - teacher).detach()
+    assert m["kl"] == pytest.approx(((0.5 * d**2) * mask).sum().item() / 20, rel=1e-5)
+
+
+def test_kdrl_exact_kl_metric_and_kind():
+    logits, teacher_logits, logp, teacher_logp, mask = _kd_batch(B=2)
+    rewards = torch.tensor([1.0, 0.0])
+    loss, m = kdrl_loss(
+        logp, logp.detach(), teacher_logp, rewards, mask, 2, 0.1, kl_kind="topk",
+        logits=logits, teacher_logits=teacher_logits, top_k=3,
+    )
+    expected_kd = (exact_kl(logits, teacher_logits, top_k=3) * mask).sum() / mask.sum()
+    assert m["kl"] == pytest.approx(expected_kd.item(), rel=1e-5)
+    expected_exact = (exact_kl(logits, teacher_logits) * mask).sum() / mask.sum()
+    assert m["exact_kl"] == pytest.approx(expected_exact.item(), rel=1e-5)
+    assert m["loss"] == pytest.approx(m["policy_loss"] + 0.1 * m["kl"], rel=1e-5)
+
+
+def test_kdrl_without_teacher_logits():
+    logp, old, teacher, rewards, mask = _rl_batch()
+    # a GRPO baseline (beta = 0) may be configured with an exact KL it cannot compute
+    loss, m = kdrl_loss(logp, old, teacher, rewards, mask, 3, 0.0, kl_kind="exact")
+    assert torch.isfinite(loss) and math.isnan(m["kl"])
+    with pytest.raises(ValueError, match="logits"):
+        kdrl_loss(logp, old, teacher, rewards, mask, 3, 0.1, kl_kind="exact")
+
+
+def test_kdrl_errors():
+    logp, old, teacher, rewards, mask = _rl_batch()
+    with pytest.raises(ValueError, match="beta"):
+        kdrl_loss(logp, old, teacher, rewards, mask, 3, -0.1)
+    with pytest.raises(ValueError, match="loss, reward"):
+        kdrl_loss(logp, old, teacher, rewards, mask, 3, 0.1, kl_mode="advantage")
+    with pytest.raises(ValueError, match="whole number of groups"):
+        kdrl_loss(logp, old, teacher, rewards, mask, 4, 0.1)
+
+
+@pytest.mark.parametrize("kl_mode", ["loss", "reward"])
+def test_kdrl_edge_cases_finite(kl_mode):
+    logp, old, teacher, _, mask = _rl_batch()
+    same = torch.ones(6)
+    for m in (mask, torch.zeros_like(mask)):
+        for kind in ("k1", "k2", "k3"):
+            loss, metrics = kdrl_loss(logp, old, teacher, same, m, 3, 0.1, kl_kind=kind, kl_mode=kl_mode)
+            (g,) = torch.autograd.grad(loss, logp)
+            assert torch.isfinite(loss) and torch.isfinite(g).all()
+            assert all(math.isfinite(v) for v in metrics.values())
+    # padding holding -inf log-probs (a masked vocabulary entry) must not leak into the loss
+    pad = ~mask.bool()
+    loss, _ = kdrl_loss(
+        logp, old.masked_fill(pad, -INF), teacher.masked_fill(pad, -INF), same, mask, 3, 0.1, kl_mode=kl_mode
+    )
+    (g,) = torch.autograd.grad(loss, logp)
+    assert torch.isfinite(loss) and torch.isfinite(g).all() and torch.equal(g[pad], torch.zeros(int(pad.sum())))

@@ -1,0 +1,78 @@
+import json
+import random
+
+import pytest
+
+from kdrl_mini import tasks
+from kdrl_mini.rewards import correctness_reward
+
+
+def _evaluate(prompt: str) -> int:
+    expr = prompt.removeprefix("Compute ").strip().rstrip(".")
+    assert set(expr) <= set("0123456789+-")
+    return eval(expr)  # the expression is digits and +/- only (checked above)
+
+
+def test_generator_is_deterministic():
+    assert tasks.make_split(50, seed=3) == tasks.make_split(50, seed=3)
+    assert tasks.make_split(50, seed=3) != tasks.make_split(50, seed=4)
+
+
+@pytest.mark.parametrize("spec", [tasks.IN_DOMAIN, tasks.OUT_OF_DOMAIN])
+def test_answers_and_worked_solutions_are_correct(spec):
+    rng = random.Random(0)
+    for _ in range(300):
+        row = tasks.make_problem(rng, spec)
+        assert int(row["answer"]) == _evaluate(row["prompt"])
+        for field in ("solution", "concise"):
+            assert correctness_reward(row[field], row["answer"]) == 1.0
+            for line in row[field].splitlines()[:-1]:
+                lhs, rhs = line.removeprefix("check ").split("=")
+                assert eval(lhs) == int(rhs), line
+        assert len(row["solution"]) > len(row["concise"])
+        assert row["n_operands"] == spec.n_operands
+
+
+def test_running_totals_never_negative():
+    rng = random.Random(1)
+    for _ in range(300):
+        row = tasks.make_problem(rng)
+        for line in row["concise"].splitlines()[:-1]:
+            assert int(line.split("=")[1]) >= 0
+
+
+def test_shipped_splits_are_disjoint_and_valid(data_dir):
+    prompts = {}
+    for split in tasks.SPLITS:
+        assert tasks.check_rows(data_dir / f"{split}.jsonl") > 0
+        prompts[split] = {json.loads(l)["prompt"] for l in open(data_dir / f"{split}.jsonl")}
+    assert not prompts["train"] & prompts["test"]
+    ood = [json.loads(l) for l in open(data_dir / "ood.jsonl")]
+    assert all(r["n_operands"] == tasks.OUT_OF_DOMAIN.n_operands for r in ood)
+
+
+def test_load_split_returns_dataset(data_dir):
+    ds = tasks.load_split(data_dir, "test")
+    assert {"prompt", "answer"} <= set(ds.column_names)
+    assert len(ds) == tasks.check_rows(data_dir / "test.jsonl")
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "Compute 1+2.\\n"}', "lacks"),
+    ('{"prompt": "", "answer": "3"}', "lacks"),
+    ("not json", "not valid JSON"),
+    ('["prompt", "answer"]', "expected a JSON object"),
+])
+def test_bad_row_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "train.jsonl"
+    good = json.dumps({"prompt": "Compute 1+2.\n", "answer": "3"})
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(tasks.DataRowError, match=rf"train\.jsonl:2: .*{message}"):
+        tasks.load_split(tmp_path, "train")
+
+
+def test_missing_file_and_unknown_split(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build-world"):
+        tasks.load_split(tmp_path, "test")
+    with pytest.raises(ValueError, match="unknown split"):
+        tasks.load_split(tmp_path, "validation")
