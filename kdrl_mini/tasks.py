@@ -1,15 +1,15 @@
-"""The tiny world's reasoning task: chained 2-digit addition and subtraction.
+"""The tiny world's reasoning task: a chain of additions and subtractions, one step per line.
 
-A problem is a chain ``a op b op c`` (in-domain: 3 operands) that must be solved one
-operation per line, GSM8K style, ending with a final line ``#### <answer>``::
+A problem starts from a 2-digit number and adds or subtracts 1-digit numbers (in-domain: 4
+operands, so 3 steps), solved one operation per line, GSM8K style, ending with ``#### <answer>``::
 
-    prompt:   "Compute 47+38-19.\\n"
-    teacher:  "47+38=85\\n85-19=66\\ncheck 66+19=85\\n#### 66"   (verbose: re-checks its last step)
-    concise:  "47+38=85\\n85-19=66\\n#### 66"
+    prompt:   "Compute 37+8-5+9.\\n"
+    teacher:  "37+8=45\\n45-5=40\\n40+9=49\\ncheck 49-9=40\\n#### 49"   (re-checks its last step)
+    concise:  "37+8=45\\n45-5=40\\n40+9=49\\n#### 49"
 
 The teacher is trained on the verbose form, so its answers are longer than needed, as real
 reasoning teachers' are; the student's warm-up uses the concise form. The out-of-domain split
-uses longer chains (4 operands), which no model saw in training.
+uses longer chains (6 operands, 5 steps), which no model saw in training.
 
 Data rows are dicts with ``prompt`` and ``answer`` (required), plus ``solution`` (verbose),
 ``concise`` and ``n_operands``. They are shipped as JSONL under ``data/`` and loaded with
@@ -31,29 +31,35 @@ REQUIRED_FIELDS = ("prompt", "answer")
 class TaskSpec:
     """How problems are drawn.
 
-    n_operands: operands in a chain (in-domain 3, out-of-domain 4).
-    low, high: inclusive range of every operand.
+    n_operands: operands in a chain (in-domain 4, out-of-domain 6).
+    first_low, first_high: inclusive range of the first (2-digit) operand.
+    step_low, step_high: inclusive range of every later (1-digit) operand.
+    max_total: running totals stay in [0, max_total].
     """
 
-    n_operands: int = 3
-    low: int = 10
-    high: int = 99
+    n_operands: int = 4
+    first_low: int = 10
+    first_high: int = 89
+    step_low: int = 1
+    step_high: int = 9
+    max_total: int = 99
 
 
-IN_DOMAIN = TaskSpec(n_operands=3)
-OUT_OF_DOMAIN = TaskSpec(n_operands=4)
+IN_DOMAIN = TaskSpec(n_operands=4)
+OUT_OF_DOMAIN = TaskSpec(n_operands=6)
 
 
 def make_problem(rng: random.Random, spec: TaskSpec = IN_DOMAIN) -> dict:
-    """Draw one problem whose running total never goes negative; return a data row."""
+    """Draw one problem whose running total stays in [0, max_total]; return a data row."""
     while True:
-        nums = [rng.randint(spec.low, spec.high) for _ in range(spec.n_operands)]
+        nums = [rng.randint(spec.first_low, spec.first_high)]
+        nums += [rng.randint(spec.step_low, spec.step_high) for _ in range(spec.n_operands - 1)]
         ops = [rng.choice("+-") for _ in range(spec.n_operands - 1)]
         totals, total = [], nums[0]
         for op, x in zip(ops, nums[1:]):
             total = total + x if op == "+" else total - x
             totals.append(total)
-        if min(totals) >= 0:
+        if 0 <= min(totals) and max(totals) <= spec.max_total:
             break
     expr = str(nums[0]) + "".join(op + str(x) for op, x in zip(ops, nums[1:]))
     steps, prev = [], nums[0]
@@ -62,8 +68,8 @@ def make_problem(rng: random.Random, spec: TaskSpec = IN_DOMAIN) -> dict:
         prev = t
     answer = str(totals[-1])
     # The check undoes the last step with the inverse operation: redundant once the step is right.
-    last_op, last_x = ops[-1], nums[-1]
-    inverse = f"{answer}{'+' if last_op == '-' else '-'}{last_x}={totals[-2] if len(totals) > 1 else nums[0]}"
+    before_last = totals[-2] if len(totals) > 1 else nums[0]
+    inverse = f"{answer}{'+' if ops[-1] == '-' else '-'}{nums[-1]}={before_last}"
     concise = "\n".join(steps) + f"\n#### {answer}"
     verbose = "\n".join(steps) + f"\ncheck {inverse}\n#### {answer}"
     return {

@@ -3,8 +3,8 @@
 ``build_world`` (CLI: ``kdrl-mini build-world``) writes ``data/{train,test,ood}.jsonl``,
 ``data/tokenizer``, ``data/models/teacher`` and ``data/models/student`` from a seed:
 1. a character-level tokenizer (``tokenizers`` WordLevel, saved as a HF tokenizer folder);
-2. a Qwen2 teacher pre-trained on the verbose worked solutions until it is strong in-domain;
-3. a smaller Qwen2 student given a brief warm-up on concise solutions, so it is weak but not
+2. a Llama-architecture teacher pre-trained on the verbose worked solutions until it is strong in-domain;
+3. a smaller Llama student given a brief warm-up on concise solutions, so it is weak but not
    hopeless (RL has signal but is sample-inefficient).
 """
 
@@ -47,7 +47,7 @@ def build_tokenizer(out_dir: str | Path):
 
 @dataclass
 class TinyModelSpec:
-    """A small Qwen2 shape. Parameters ~ 12 * layers * hidden^2 (+ embeddings)."""
+    """A small Llama shape (RMSNorm, SwiGLU, RoPE, grouped-query attention)."""
 
     hidden_size: int = 128
     num_hidden_layers: int = 4
@@ -62,15 +62,19 @@ STUDENT_SPEC = TinyModelSpec(hidden_size=96, num_hidden_layers=3, num_attention_
                              num_key_value_heads=2, intermediate_size=288)
 
 
-def tiny_qwen2(spec: TinyModelSpec, tokenizer, seed: int):
-    """A randomly initialised Qwen2ForCausalLM of ``spec`` for ``tokenizer``."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def tiny_llama(spec: TinyModelSpec, tokenizer, seed: int):
+    """A randomly initialised LlamaForCausalLM of ``spec`` for ``tokenizer``.
+
+    Llama rather than Qwen2: transformers maps a Qwen2 config to its byte-level BPE tokenizer
+    class, which would silently drop our character tokenizer's whitespace on reload.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0, **asdict(spec))
-    return Qwen2ForCausalLM(cfg)
+    return LlamaForCausalLM(cfg)
 
 
 def sft_steps(model, tokenizer, rows: list[dict], field: str, steps: int, batch_size: int, lr: float,
@@ -145,11 +149,11 @@ def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4
     tok = build_tokenizer(root / "tokenizer")
 
     val, pool = pool[:200], pool[200:]
-    teacher = tiny_qwen2(TEACHER_SPEC, tok, seed)
+    teacher = tiny_llama(TEACHER_SPEC, tok, seed)
     t_losses, t_evals = sft_steps(teacher, tok, pool, "solution", teacher_steps, batch_size, 2e-3, seed,
                                   "teacher", val_rows=val, eval_every=250, stop_at=0.97)
     # The student stops as soon as it is "weak but not hopeless": first check at >= 15% accuracy.
-    student = tiny_qwen2(STUDENT_SPEC, tok, seed + 1)
+    student = tiny_llama(STUDENT_SPEC, tok, seed + 1)
     s_losses, s_evals = sft_steps(student, tok, pool, "concise", student_steps, batch_size, 2e-3, seed + 1,
                                   "student", warmup=20, val_rows=val, eval_every=25, stop_at=0.15)
 

@@ -1,0 +1,132 @@
+"""Loading the shipped world: 4-bit NF4 + LoRA student, 8-bit teacher, and the errors users hit."""
+
+import shutil
+
+import pytest
+import torch
+
+from kdrl_mini import models
+from kdrl_mini.rollout import sample, teacher_forced_batch, token_logprobs
+
+PROMPTS = ["Compute 47+38-19.\n", "Compute 12+80-55.\n"]
+SOLUTIONS = ["47+38=85\n85-19=66\n#### 66", "12+80=92\n92-55=37\n#### 37"]
+
+
+@pytest.fixture(scope="module")
+def student_dir(data_dir):
+    return data_dir / "models" / "student"
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(data_dir):
+    return data_dir / "models" / "teacher"
+
+
+def test_shipped_checkpoints_load_with_auto_classes(student_dir, teacher_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for path in (student_dir, teacher_dir):
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path))
+        assert model.config.vocab_size == len(tok)
+        assert tok.decode(tok("Compute 1+2.\n", add_special_tokens=False)["input_ids"]) == "Compute 1+2.\n"
+
+
+def test_4bit_lora_step_changes_only_adapters(student_dir, tokenizer):
+    torch.manual_seed(0)
+    student = models.load_student(student_dir, "4bit", models.LoraSpec(r=4, alpha=8))
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in student.named_parameters() if p.requires_grad)
+    opt = torch.optim.SGD(trainable, lr=0.5)
+    batch = teacher_forced_batch(tokenizer, PROMPTS, SOLUTIONS, "cpu")
+    loss = -(token_logprobs(student, batch) * batch.completion_mask).sum()
+    loss.backward()
+    opt.step()
+    changed = {n for n, p in student.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed, "the optimiser step changed nothing"
+    assert all("lora_" in n for n in changed), f"frozen weights changed: {sorted(changed)[:3]}"
+    assert any("lora_B" in n for n in changed)
+
+
+def _dequantized_reference(student_4bit, student_dir):
+    """An fp32 model holding the 4-bit model's dequantized weights and the same LoRA adapters."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+
+    ref = models.load_causal_lm(student_dir, "none")
+    ref = get_peft_model(ref, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    ref_params = dict(ref.named_parameters())
+    with torch.no_grad():
+        for name, module in student_4bit.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+                ref_params[name + ".weight"].copy_(w.float())
+        for name, p in student_4bit.named_parameters():
+            if p.requires_grad or "norm" in name or "embed" in name or "bias" in name:
+                ref_params[name].copy_(p.float())
+    return ref
+
+
+def test_4bit_lora_gradients_after_generate_match_dequantized_reference(student_dir, tokenizer):
+    """The CPU trap: an eval-mode generate must not corrupt later 4-bit LoRA gradients."""
+    torch.manual_seed(0)
+    student = models.load_student(student_dir, "4bit", models.LoraSpec(r=4, alpha=8))
+    with torch.no_grad():  # non-zero lora_B so every adapter gets a gradient path through the base
+        for n, p in student.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    ref = _dequantized_reference(student, student_dir)
+    student.eval()
+    sample(student, tokenizer, PROMPTS, group_size=2, max_new_tokens=12)  # the generate step of GRPO
+    grads = []
+    for model in (student, ref):
+        model.train()
+        batch = teacher_forced_batch(tokenizer, PROMPTS, SOLUTIONS, "cpu")
+        loss = -(token_logprobs(model, batch) * batch.completion_mask).sum()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        g4, g32 = grads[0][name], grads[1][name]
+        rel = (g4 - g32).norm() / g32.norm().clamp(min=1e-12)
+        assert rel < 1e-3, f"{name}: relative gradient error {rel:.2e}"
+
+
+def test_8bit_teacher_logits_close_to_full_precision(teacher_dir, tokenizer):
+    from kdrl_mini.kl import exact_kl
+
+    full = models.load_teacher(teacher_dir, "none")
+    int8 = models.load_teacher(teacher_dir, "8bit")
+    batch = teacher_forced_batch(tokenizer, PROMPTS, SOLUTIONS, "cpu")
+    _, l32 = token_logprobs(full, batch, return_logits=True)
+    _, l8 = token_logprobs(int8, batch, return_logits=True)
+    kl = exact_kl(l8, l32)[batch.completion_mask.bool()]
+    print(f"KL(8-bit || fp32) per token: mean {kl.mean():.2e}, max {kl.max():.2e}")
+    assert kl.mean() < 1e-2 and kl.max() < 0.1
+    assert not torch.equal(l8, l32), "8-bit load gave identical logits: quantisation did not happen"
+
+
+def test_missing_checkpoint_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.load_teacher(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no teacher model"):
+        models.load_teacher(tmp_path / "empty")
+
+
+def test_vocab_mismatch_is_refused(student_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    other = AutoModelForCausalLM.from_pretrained(str(student_dir))
+    other.resize_token_embeddings(other.config.vocab_size + 16)
+    other.save_pretrained(str(tmp_path / "bigger"))
+    student = models.load_causal_lm(student_dir)
+    teacher = models.load_teacher(tmp_path / "bigger", "none")
+    with pytest.raises(ValueError, match=r"teacher vocabulary \(\d+\) differs from student \(\d+\)"):
+        models.check_same_vocab(student, teacher)
+
+
+def test_quantised_student_without_lora_is_refused(student_dir):
+    with pytest.raises(ValueError, match="needs LoRA adapters"):
+        models.load_student(student_dir, "4bit", lora=None)
