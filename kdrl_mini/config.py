@@ -45,6 +45,7 @@ class TrainConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0
     format_weight: float = 0.0              # reward = correct + format_weight * well-formed final line
+    chat_template: bool = False             # wrap prompts in the tokenizer's chat template (instruct models)
     # optimisation
     lr: float = 2e-3
     max_steps: int = 100

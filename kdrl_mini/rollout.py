@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .rewards import batch_rewards
+
 
 @dataclass
 class Batch:
@@ -36,10 +38,27 @@ class Batch:
                      self.completion_mask.to(device), self.prompt_len, self.texts)
 
 
+def format_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[str]:
+    """Wrap each prompt as a user turn of the tokenizer's chat template (instruct models)."""
+    if not chat_template:
+        return list(prompts)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template=True but this tokenizer has no chat template; "
+                         "set chat_template: false for base models")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
 def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids and attention mask, both [N, P]."""
+    """Left-padded prompt ids and attention mask, both [N, P].
+
+    Text that already starts with the tokenizer's BOS (e.g. from a chat template) is not given
+    a second one.
+    """
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    bos = tokenizer.bos_token
+    has_bos = bool(bos) and all(p.startswith(bos) for p in prompts)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not has_bos)
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
@@ -112,3 +131,20 @@ def teacher_forced_batch(tokenizer, prompts: list[str], completions: list[str], 
     comp_ids, mask = comp_ids.to(device), mask.to(device)
     return Batch(torch.cat([ids, comp_ids], dim=1), torch.cat([attn, mask.long()], dim=1),
                  mask, ids.shape[1], list(completions))
+
+
+@torch.no_grad()
+def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 100,
+                chat_template: bool = False) -> dict:
+    """Greedy-decoding accuracy and mean completion length (tokens, EOS included) on ``rows``."""
+    model.eval()
+    correct, lengths, texts = [], [], []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        prompts = format_prompts(tokenizer, [r["prompt"] for r in chunk], chat_template)
+        b = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=True)
+        correct += batch_rewards(b.texts, [r["answer"] for r in chunk]).tolist()
+        lengths += b.completion_mask.sum(1).tolist()
+        texts += b.texts
+    return {"accuracy": sum(correct) / len(correct), "mean_length": sum(lengths) / len(lengths),
+            "n": len(rows), "samples": texts[:3]}

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import losses, models, tasks
 from .config import TrainConfig
 from .rewards import batch_rewards
-from .rollout import Batch, sample, teacher_forced_batch, token_logprobs
+from .rollout import Batch, format_prompts, greedy_eval, sample, teacher_forced_batch, token_logprobs
 from .kl import exact_kl
 from .schedules import make_schedule
 
@@ -119,7 +119,7 @@ class Trainer:
     def rollout(self, rows: list[dict]) -> tuple[Batch, torch.Tensor]:
         """Sample completions (the teacher's for kd-fkl, else the student's) and their rewards."""
         cfg, w = self.cfg, self.world
-        prompts = [r["prompt"] for r in rows]
+        prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template)
         policy = w.teacher if cfg.algorithm == "kd-fkl" else w.student
         policy.eval()
         batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
@@ -215,10 +215,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str, n: int | None = None) -> dict:
         """Greedy accuracy and mean response length on the first ``n`` rows of a split."""
-        from .world import greedy_eval
-
         rows = getattr(self.world, split)[: n or self.cfg.eval_size]
-        r = greedy_eval(self.world.student, self.world.tokenizer, rows, max_new_tokens=self.cfg.max_new_tokens + 16)
+        r = greedy_eval(self.world.student, self.world.tokenizer, rows, max_new_tokens=self.cfg.max_new_tokens + 16,
+                        chat_template=self.cfg.chat_template)
         return {"step": self.step, "split": split, "eval_accuracy": r["accuracy"], "eval_length": r["mean_length"]}
 
     # ---------------------------------------------------------------- checkpoints

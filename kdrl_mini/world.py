@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks
-from .rollout import sample, teacher_forced_batch, token_logprobs
+from .rollout import greedy_eval, teacher_forced_batch, token_logprobs
 
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = string.digits + " \n+-*/=#.,:?()" + string.ascii_lowercase + string.ascii_uppercase
@@ -115,23 +115,6 @@ def sft_steps(model, tokenizer, rows: list[dict], field: str, steps: int, batch_
                 break
     model.eval()
     return losses, evals
-
-
-@torch.no_grad()
-def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 100) -> dict:
-    """Greedy-decoding accuracy and mean completion length (tokens, EOS included) on ``rows``."""
-    from .rewards import batch_rewards
-
-    model.eval()
-    correct, lengths, texts = [], [], []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
-        b = sample(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens=max_new_tokens, greedy=True)
-        correct += batch_rewards(b.texts, [r["answer"] for r in chunk]).tolist()
-        lengths += b.completion_mask.sum(1).tolist()
-        texts += b.texts
-    return {"accuracy": sum(correct) / len(correct), "mean_length": sum(lengths) / len(lengths),
-            "n": len(rows), "samples": texts[:3]}
 
 
 def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4000, student_steps: int = 600,
