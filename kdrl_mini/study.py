@@ -10,6 +10,7 @@ the ordering reproduces here.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -19,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, load_config
-from .trainer import Trainer, read_metrics
+from .trainer import Trainer, load_student_for, read_metrics
 
 BASELINES = ("grpo", "kd-fkl", "kd-rkl", "kdrl")
 
@@ -96,17 +97,7 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int], base
 
 def _fresh_student(world, cfg: TrainConfig):
     """Reuse the loaded teacher, tokenizer and data; load a new student for every run."""
-    if world is None:
-        return None
-    from . import models
-    from .trainer import World
-
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    lora = models.LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora_r > 0 else None
-    student = models.load_student(cfg.student_path, cfg.student_quant, lora, cfg.device)
-    return World(student, world.teacher, world.tokenizer, world.train, world.test, world.ood)
+    return None if world is None else dataclasses.replace(world, student=load_student_for(cfg))
 
 
 # ---------------------------------------------------------------- aggregation
@@ -192,3 +183,36 @@ def judge(claim: Claim, records: list[dict]) -> dict:
     else:
         verdict = "inconclusive"
     return {"verdict": verdict, "diff": m, "ci95": ci, "seeds": len(diffs)}
+
+
+def claims(beta: float) -> list[Claim]:
+    """The paper's comparisons as testable orderings. Paper numbers: see docs/paper.md (most
+    come from secondary summaries of the paper and are marked so)."""
+    return [
+        Claim("KDRL beats GRPO in-domain", "+2.6 avg. accuracy (secondary source)", "kdrl", "grpo"),
+        Claim("KDRL beats KD-RKL in-domain", "+1.1 avg. accuracy (secondary source)", "kdrl", "kd-rkl"),
+        Claim("KDRL beats KD-FKL (SFT) in-domain", "+4.7 avg. accuracy (secondary source)", "kdrl", "kd-fkl"),
+        Claim("KDRL generalises better out of domain than KD-FKL", "KD generalises poorly OOD (abstract)",
+              "kdrl", "kd-fkl", metric="ood_accuracy"),
+        Claim("KDRL responses are shorter than KD-FKL's", "shorter than KD (abstract: token efficiency)",
+              "kdrl", "kd-fkl", metric="test_length", higher=False),
+        Claim("k2 in the loss beats k3", "k2 recommended (secondary source)", "kdrl", "kdrl-k3"),
+        Claim("k2 in the loss beats k1", "k1 has no gradient in expectation (math)", "kdrl", "kdrl-k1"),
+        Claim("annealed beta beats a constant beta", "5e-3 -> 1e-3 annealing best (secondary source)",
+              "kdrl-anneal", "kdrl"),
+        Claim("KL in the loss beats KL in the reward", "not confirmed", "kdrl", "kdrl-reward"),
+        Claim("masking KD on correct responses shortens responses", "shorter (secondary source)",
+              "kdrl-incorrect", "kdrl", metric="test_length", higher=False),
+        Claim("masking KD on correct responses keeps accuracy", "no loss (secondary source)",
+              "kdrl-incorrect", "kdrl"),
+    ]
+
+
+def claims_table(records: list[dict], beta: float) -> str:
+    """Markdown table: claim, paper, ours (paired diff +- 95% CI), verdict."""
+    rows = ["| claim | paper | ours: gain in the claimed direction ± 95% CI (seeds) | verdict |", "|---|---|---|---|"]
+    for c in claims(beta):
+        j = judge(c, records)
+        ours = "—" if j["diff"] is None else f"{j['diff']:+.3f} ± {j['ci95']:.3f} ({j['seeds']})"
+        rows.append(f"| {c.text} | {c.paper} | {ours} | {j['verdict']} |")
+    return "\n".join(rows)

@@ -47,12 +47,17 @@ class World:
     ood: list[dict]
 
 
+def load_student_for(cfg: TrainConfig):
+    """A freshly initialised trainable student for ``cfg`` (LoRA init seeded by ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    lora = models.LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora_r > 0 else None
+    return models.load_student(cfg.student_path, cfg.student_quant, lora, cfg.device)
+
+
 def load_world(cfg: TrainConfig) -> World:
     """Load models and data named by ``cfg`` (checks paths, rows and vocabularies)."""
-    torch.manual_seed(cfg.seed)
     tok = models.load_tokenizer(models.check_model_dir(cfg.student_path, "student"))
-    lora = models.LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora_r > 0 else None
-    student = models.load_student(cfg.student_path, cfg.student_quant, lora, cfg.device)
+    student = load_student_for(cfg)
     teacher = models.load_teacher(cfg.teacher_path, cfg.teacher_quant, cfg.device)
     models.check_same_vocab(student, teacher, tok)
     splits = {s: [dict(r) for r in tasks.load_split(cfg.data_dir, s)] for s in tasks.SPLITS}
@@ -100,8 +105,11 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 class Trainer:
-    """Runs one config. ``Trainer(cfg).train()`` does everything; ``world`` may be passed in to
-    reuse loaded models (notebooks do), in which case the student must be freshly loaded."""
+    """Runs one config. ``Trainer(cfg).train()`` does everything.
+
+    ``world`` may be passed in to reuse the loaded teacher and data (notebooks and the study do);
+    give it a fresh student for each run: ``dataclasses.replace(world, student=load_student_for(cfg))``.
+    """
 
     def __init__(self, cfg: TrainConfig, world: World | None = None):
         self.cfg = cfg
