@@ -4,6 +4,7 @@
     kdrl-mini eval --run DIR | --student PATH [--split test|ood|both] [--n N]
     kdrl-mini reproduce [--output-dir DIR] [--steps N] [--full] [--seeds 0 1 2]
     kdrl-mini build-world [--root data] [--seed 0]
+    kdrl-mini real-pair [--steps 3] [--cache-dir .cache/real] [--keep-every 2]
 """
 
 from __future__ import annotations
@@ -102,6 +103,30 @@ def _build_world(args) -> int:
     return 0
 
 
+def _real_pair(args) -> int:
+    from . import models, real
+    from .trainer import Trainer
+
+    cache = Path(args.cache_dir) if args.cache_dir else real.DEFAULT_CACHE
+    t0 = time.time()
+    paths = real.materialize_pair(cache, args.keep_every, seed=args.seed)
+    print(f"pair ready in {time.time() - t0:.0f} s: teacher {paths['teacher']}, student {paths['student']}")
+    overrides = {"max_steps": args.steps, "seed": args.seed, "threads": args.threads, "output_dir": args.output_dir}
+    cfg = real.real_config(cache, args.keep_every, **{k: v for k, v in overrides.items() if v is not None})
+    trainer = Trainer(cfg)
+    log = trainer.train()
+    print(f"{'step':>4} {'reward':>7} {'exact_kl':>9} {'step_s':>7}")
+    for m in (l for l in log if "split" not in l):
+        print(f"{m['step']:>4} {m['reward']:>7.3f} {m['exact_kl']:>9.3f} {m['step_time']:>7.1f}")
+    for e in (l for l in log if "split" in l):
+        print(f"{e['split']:>5}: greedy accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}  (n={cfg.eval_size})")
+    trainable, total = models.trainable_parameters(trainer.world.student)
+    print(f"parameters: teacher {real.parameter_count(paths['teacher']):,}, student {real.parameter_count(paths['student']):,} "
+          f"(LoRA trainable {trainable:,})")
+    print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdrl-mini", description="GRPO, KD and KDRL on a tiny world you can train on a laptop.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -136,7 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_build_world)
 
-    for sp in (t, e, r, b):
+    q = sub.add_parser("real-pair", help="build the SmolLM2-135M teacher / 15-layer student pair offline and run a few KDRL steps")
+    q.add_argument("--steps", type=int, default=3, help="KDRL steps (default 3)")
+    q.add_argument("--cache-dir", help="where the pair, data and run go (default .cache/real in the repository)")
+    q.add_argument("--keep-every", type=int, default=2, help="student keeps every k-th teacher layer (default 2)")
+    q.add_argument("--output-dir", help="run folder (default CACHE_DIR/runs/kdrl)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_real_pair)
+
+    for sp in (t, e, r, b, q):
         sp.add_argument("--threads", type=int, help="torch CPU threads")
     return p
 

@@ -9,7 +9,7 @@ operands, so 3 steps), solved one operation per line, GSM8K style, ending with `
 
 The teacher is trained on the verbose form, so its answers are longer than needed, as real
 reasoning teachers' are; the student's warm-up uses the concise form. The out-of-domain split
-uses longer chains (6 operands, 5 steps), which no model saw in training.
+starts from 90-99 and lets totals cross 100 (3-digit numbers), which no model saw in training.
 
 Data rows are dicts with ``prompt`` and ``answer`` (required), plus ``solution`` (verbose),
 ``concise`` and ``n_operands``. They are shipped as JSONL under ``data/`` and loaded with
@@ -31,7 +31,7 @@ REQUIRED_FIELDS = ("prompt", "answer")
 class TaskSpec:
     """How problems are drawn.
 
-    n_operands: operands in a chain (in-domain 4, out-of-domain 6).
+    n_operands: operands in a chain (4: three steps).
     first_low, first_high: inclusive range of the first (2-digit) operand.
     step_low, step_high: inclusive range of every later (1-digit) operand.
     max_total: running totals stay in [0, max_total].
@@ -46,7 +46,10 @@ class TaskSpec:
 
 
 IN_DOMAIN = TaskSpec(n_operands=4)
-OUT_OF_DOMAIN = TaskSpec(n_operands=6)
+# Out of domain: starting values never seen as a start (90-99) and totals that cross 100
+# (3-digit numbers). Longer chains were tried first: every model failed them outright (the
+# teacher always stops after three steps), which leaves nothing to compare.
+OUT_OF_DOMAIN = TaskSpec(n_operands=4, first_low=90, first_high=99, max_total=109)
 
 
 def make_problem(rng: random.Random, spec: TaskSpec = IN_DOMAIN) -> dict:

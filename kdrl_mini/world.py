@@ -149,6 +149,7 @@ def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4
         tok.save_pretrained(str(out))
         report[name] = {
             "params": sum(p.numel() for p in model.parameters()),
+            "size_mb": sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20,
             "steps_trained": len(losses),
             "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
             "val_curve": evals,
@@ -156,5 +157,55 @@ def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4
             "ood": greedy_eval(model, tok, ood_rows, max_new_tokens=80),
         }
     report["build_seconds"] = round(time.time() - t0, 1)
+    report["vocab_size"] = len(tok)
     (root / "models" / "world_report.json").write_text(json.dumps(report, indent=2))
+    (root / "models" / "README.md").write_text(models_readme(report))
     return report
+
+
+def models_readme(report: dict) -> str:
+    """``data/models/README.md`` from the build report (every number measured by the build)."""
+    rows = []
+    for name in ("teacher", "student"):
+        r = report[name]
+        rows.append(f"| {name} | {r['params']:,} | {r['size_mb']:.1f} MB | {r['steps_trained']} | "
+                    f"{r['test']['accuracy']:.3f} | {r['ood']['accuracy']:.3f} | "
+                    f"{r['test']['mean_length']:.1f} | {r['ood']['mean_length']:.1f} |")
+    t, s = report["teacher"], report["student"]
+    return f"""# The shipped tiny world: teacher and student
+
+Built by `kdrl-mini build-world --seed {report['seed']}` (equivalently `kdrl_mini.world.build_world("data", seed={report['seed']})`)
+in {report['build_seconds'] / 60:.0f} minutes on 2 CPU cores. Every number below comes from that build
+(`data/models/world_report.json`); accuracies are greedy decoding scored by `kdrl_mini.rewards`
+on the first {t['test']['n']} rows of `data/test.jsonl` (in-domain: 4 operands) and
+`data/ood.jsonl` (out-of-domain: starts at 90-99, totals cross 100).
+The build stops at wall-clock-independent criteria (validation accuracy checks), so a rebuild on
+another CPU retraces the same steps; timing varies with the machine and its load.
+
+| model | parameters | safetensors | SFT steps | test accuracy | ood accuracy | test length (tokens) | ood length (tokens) |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+- Both are `LlamaForCausalLM` with the same character-level tokenizer ({report['vocab_size']} tokens,
+  `data/tokenizer`, also saved beside each model). Teacher: hidden {TEACHER_SPEC.hidden_size},
+  {TEACHER_SPEC.num_hidden_layers} layers; student: hidden {STUDENT_SPEC.hidden_size}, {STUDENT_SPEC.num_hidden_layers} layers.
+- The teacher was trained on verbose solutions (a redundant `check` line before the answer), so
+  its answers are longer than needed; training stopped once validation accuracy reached 0.97.
+- The student had a brief warm-up on concise solutions and stopped at the first check with
+  validation accuracy >= 0.15: weak but not hopeless, so RL has signal but is sample-inefficient.
+- Load with `AutoModelForCausalLM.from_pretrained("data/models/teacher")` and
+  `AutoTokenizer.from_pretrained("data/models/teacher")`, or through `kdrl_mini.models`
+  (`load_teacher(path, "8bit")`, `load_student(path, "4bit", LoraSpec())`).
+
+Sample teacher completion (test):
+
+```
+{t['test']['samples'][0]}
+```
+
+Sample student completion (test):
+
+```
+{s['test']['samples'][0]}
+```
+"""

@@ -33,12 +33,13 @@ def test_answers_and_worked_solutions_are_correct(spec):
         assert row["n_operands"] == spec.n_operands
 
 
-def test_running_totals_never_negative():
+@pytest.mark.parametrize("spec", [tasks.IN_DOMAIN, tasks.OUT_OF_DOMAIN])
+def test_running_totals_stay_in_range(spec):
     rng = random.Random(1)
     for _ in range(300):
-        row = tasks.make_problem(rng)
+        row = tasks.make_problem(rng, spec)
         for line in row["concise"].splitlines()[:-1]:
-            assert int(line.split("=")[1]) >= 0
+            assert 0 <= int(line.split("=")[1]) <= spec.max_total
 
 
 def test_shipped_splits_are_disjoint_and_valid(data_dir):
@@ -48,7 +49,9 @@ def test_shipped_splits_are_disjoint_and_valid(data_dir):
         prompts[split] = {json.loads(l)["prompt"] for l in open(data_dir / f"{split}.jsonl")}
     assert not prompts["train"] & prompts["test"]
     ood = [json.loads(l) for l in open(data_dir / "ood.jsonl")]
-    assert all(r["n_operands"] == tasks.OUT_OF_DOMAIN.n_operands for r in ood)
+    assert all(int(r["prompt"].split()[1][:2]) >= tasks.OUT_OF_DOMAIN.first_low for r in ood)
+    totals = [int(line.split("=")[1]) for r in ood for line in r["concise"].splitlines()[:-1]]
+    assert max(totals) >= 100, "the ood split should cross 100"
 
 
 def test_load_split_returns_dataset(data_dir):

