@@ -103,7 +103,22 @@ def load_causal_lm(path: str | Path, quantization: str = "none", device: str | N
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if quantization == "none":
         model.to(dev)
+    elif quantization == "4bit" and dev.type == "cpu":
+        _refuse_misaligned_4bit(model, path)
     return model
+
+
+def _refuse_misaligned_4bit(model, path) -> None:
+    """bitsandbytes' 4-bit CPU path is wrong for layers whose input size is not a multiple of
+    its quantisation block (64): measured on a hidden-96 model, KL(4-bit || fp32) was 3.8 nats
+    per token and accuracy fell from 0.17 to 0. Refuse instead of training on garbage."""
+    import bitsandbytes as bnb
+
+    bad = sorted({m.in_features for m in model.modules()
+                  if isinstance(m, bnb.nn.Linear4bit) and m.in_features % m.weight.quant_state.blocksize})
+    if bad:
+        raise ValueError(f"{path}: 4-bit on CPU needs layer input sizes that are multiples of 64, found {bad}; "
+                         f"load this model with quantization='none' or '8bit', or use hidden sizes that are multiples of 64")
 
 
 def disable_cpu_4bit_repacking(model) -> int:

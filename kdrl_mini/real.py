@@ -13,7 +13,9 @@ instruct model to distil, without a model hub:
 
 Everything lands in ``.cache/real`` under the repository root (git-ignored); both folders load
 through :func:`kdrl_mini.models.load_teacher` / :func:`~kdrl_mini.models.load_student` with no
-special case, and :func:`real_config` is a short KDRL run on them.
+special case, and :func:`real_config` is a short KDRL run on them. The measurement helpers
+(:func:`parameter_count`, :func:`weight_bytes`, :func:`measure_load_fresh`,
+:func:`quantization_kl`, :func:`measure_all`) produce the numbers in ``docs/real_pair.md``.
 """
 
 from __future__ import annotations
@@ -225,8 +227,8 @@ def make_word_problem(rng: random.Random, two_step: bool = False) -> dict:
     """Draw one GSM8K-style word problem; returns a data row (``prompt``, ``answer``, ``solution``).
 
     In domain: one operation on small numbers (a in 2..20 with b in 1..9, or a product of two
-    factors in 2..5): SmolLM2-135M gets about a fifth of these right greedily, so GRPO groups
-    see both rewards. ``two_step``: such an addition or product followed by a subtraction.
+    factors in 2..5): SmolLM2-135M-Instruct answers about a fifth of them right greedily (one
+    in twenty with operands up to 60), so the teacher is useful. ``two_step``: such an addition or product followed by a subtraction.
     Answers are non-negative integers; the prompt ends with :data:`INSTRUCTION` so a correct
     completion's last line is ``#### <answer>``.
     """
@@ -450,29 +452,30 @@ def measure_load_fresh(model_dir: str | Path, role: str, quantization: str, lora
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def quantized_teacher_kl(teacher_dir: str | Path, prompts: list[str], max_new_tokens: int = 32,
-                         chat_template: bool = True) -> list[dict]:
-    """Exact KL(8-bit teacher || fp32 teacher) per token on the fp32 teacher's greedy answers.
+def quantization_kl(model_dir: str | Path, prompts: list[str], quantization: str = "8bit",
+                    max_new_tokens: int = 32, chat_template: bool = True) -> list[dict]:
+    """Exact KL(quantised || fp32) per token of one checkpoint, on the fp32 model's greedy answers.
 
-    For each prompt the fp32 teacher answers greedily (``rollout.sample``); both models then
-    score that batch (``rollout.token_logprobs``, logits [B, T, V]) and
-    ``kl.exact_kl(logits_8bit, logits_fp32)`` gives KL at every completion position [B, T].
-    Returns one dict per prompt: mean and max KL over its completion tokens, and their count.
+    For each prompt the fp32 model answers greedily (``rollout.sample``); the fp32 and the
+    ``quantization`` ("8bit" or "4bit") loads, both frozen, then score that batch
+    (``rollout.token_logprobs``, logits [B, T, V]) and ``kl.exact_kl(logits_q, logits_fp32)``
+    gives the KL at every completion position [B, T]. Returns one dict per prompt: mean and
+    max KL over its completion tokens, and their count.
     """
     from . import models
     from .kl import exact_kl
     from .rollout import format_prompts, sample, token_logprobs
 
-    tok = models.load_tokenizer(teacher_dir)
-    full = models.load_teacher(teacher_dir, "none")
+    tok = models.load_tokenizer(model_dir)
+    full = models.load_teacher(model_dir, "none")
     texts = format_prompts(tok, prompts, chat_template)
     batch = sample(full, tok, texts, max_new_tokens=max_new_tokens, greedy=True)
     with torch.no_grad():
         _, logits_full = token_logprobs(full, batch, return_logits=True)
         del full
-        int8 = models.load_teacher(teacher_dir, "8bit")
-        _, logits_int8 = token_logprobs(int8, batch, return_logits=True)
-    kl = exact_kl(logits_int8, logits_full)  # [B, T]
+        quantized = models.load_teacher(model_dir, quantization)
+        _, logits_q = token_logprobs(quantized, batch, return_logits=True)
+    kl = exact_kl(logits_q, logits_full)  # [B, T]
     mask = batch.completion_mask.bool()
     return [{"prompt": p, "tokens": int(m.sum()), "mean_kl": float(k[m].mean()), "max_kl": float(k[m].max())}
             for p, k, m in zip(prompts, kl, mask)]
@@ -483,9 +486,10 @@ def measure_all(cache_dir: str | Path = DEFAULT_CACHE, n_kl_prompts: int = 4, n_
     """Every number of ``docs/real_pair.md`` except s/step (that comes from ``kdrl-mini real-pair``).
 
     Parameter counts; :func:`measure_load_fresh` for the fp32 and 8-bit teacher and the fp32
-    and 4-bit (+LoRA r=8) student; :func:`quantized_teacher_kl` on the first ``n_kl_prompts``
-    test prompts (32 greedy tokens each); greedy accuracy of the fp32 teacher and the untrained
-    student on the first ``n_eval`` test and OOD rows (64 new tokens, chat template).
+    and 4-bit (+LoRA r=8) student; :func:`quantization_kl` of the 8-bit and 4-bit teacher and
+    the 4-bit student on the first ``n_kl_prompts`` test prompts (32 greedy tokens each);
+    greedy accuracy of the fp32 teacher and the untrained student on the first ``n_eval`` test
+    and OOD rows (64 new tokens, chat template).
     """
     from . import models
     from .rollout import greedy_eval
@@ -498,7 +502,10 @@ def measure_all(cache_dir: str | Path = DEFAULT_CACHE, n_kl_prompts: int = 4, n_
             out["loads"].append(measure_load_fresh(paths[role], role, q, threads=threads))
     test = [dict(r) for r in tasks.load_split(paths["data"], "test")]
     ood = [dict(r) for r in tasks.load_split(paths["data"], "ood")]
-    out["kl_8bit_vs_fp32"] = quantized_teacher_kl(paths["teacher"], [r["prompt"] for r in test[:n_kl_prompts]])
+    prompts = [r["prompt"] for r in test[:n_kl_prompts]]
+    out["kl_teacher_8bit_vs_fp32"] = quantization_kl(paths["teacher"], prompts, "8bit")
+    out["kl_teacher_4bit_vs_fp32"] = quantization_kl(paths["teacher"], prompts, "4bit")
+    out["kl_student_4bit_vs_fp32"] = quantization_kl(paths["student"], prompts, "4bit")
     tok = models.load_tokenizer(paths["teacher"])
     out["greedy_accuracy"] = {}
     for role in ("teacher", "student"):

@@ -58,8 +58,10 @@ class TinyModelSpec:
 
 TEACHER_SPEC = TinyModelSpec(hidden_size=128, num_hidden_layers=6, num_attention_heads=4,
                              num_key_value_heads=2, intermediate_size=512)
-STUDENT_SPEC = TinyModelSpec(hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=288)
+# Every linear layer's input size is a multiple of 64: bitsandbytes' 4-bit CPU kernels are wrong
+# otherwise (see models._refuse_misaligned_4bit).
+STUDENT_SPEC = TinyModelSpec(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=256)
 
 
 def tiny_llama(spec: TinyModelSpec, tokenizer, seed: int):
@@ -117,6 +119,23 @@ def sft_steps(model, tokenizer, rows: list[dict], field: str, steps: int, batch_
     return losses, evals
 
 
+def train_teacher(tok, pool: list[dict], val: list[dict], seed: int, steps: int, batch_size: int):
+    """The teacher: SFT on verbose solutions until validation accuracy reaches 0.97."""
+    teacher = tiny_llama(TEACHER_SPEC, tok, seed)
+    losses, evals = sft_steps(teacher, tok, pool, "solution", steps, batch_size, 2e-3, seed, "teacher",
+                              val_rows=val, eval_every=250, stop_at=0.97)
+    return teacher, losses, evals
+
+
+def train_student(tok, pool: list[dict], val: list[dict], seed: int, steps: int, batch_size: int):
+    """The student: a brief warm-up on concise solutions, stopped at the first check with >= 15%
+    validation accuracy ("weak but not hopeless")."""
+    student = tiny_llama(STUDENT_SPEC, tok, seed + 1)
+    losses, evals = sft_steps(student, tok, pool, "concise", steps, batch_size, 2e-3, seed + 1, "student",
+                              warmup=20, val_rows=val, eval_every=25, stop_at=0.15)
+    return student, losses, evals
+
+
 def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4000, student_steps: int = 600,
                 pretrain_pool: int = 60000, batch_size: int = 64, threads: int | None = None) -> dict:
     """Build and save the whole tiny world under ``root``; returns the measured report."""
@@ -132,13 +151,8 @@ def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4
     tok = build_tokenizer(root / "tokenizer")
 
     val, pool = pool[:200], pool[200:]
-    teacher = tiny_llama(TEACHER_SPEC, tok, seed)
-    t_losses, t_evals = sft_steps(teacher, tok, pool, "solution", teacher_steps, batch_size, 2e-3, seed,
-                                  "teacher", val_rows=val, eval_every=250, stop_at=0.97)
-    # The student stops as soon as it is "weak but not hopeless": first check at >= 15% accuracy.
-    student = tiny_llama(STUDENT_SPEC, tok, seed + 1)
-    s_losses, s_evals = sft_steps(student, tok, pool, "concise", student_steps, batch_size, 2e-3, seed + 1,
-                                  "student", warmup=20, val_rows=val, eval_every=25, stop_at=0.15)
+    teacher, t_losses, t_evals = train_teacher(tok, pool, val, seed, teacher_steps, batch_size)
+    student, s_losses, s_evals = train_student(tok, pool, val, seed, student_steps, batch_size)
 
     report = {"seed": seed, "teacher_steps": teacher_steps, "student_steps": student_steps,
               "batch_size": batch_size, "build_seconds": None}

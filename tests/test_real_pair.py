@@ -115,7 +115,7 @@ def test_4bit_lora_gradients_after_generate_match_dequantized_reference(pair, ro
 
 
 def test_8bit_teacher_is_close_to_fp32(pair, rows):
-    per_prompt = real.quantized_teacher_kl(pair["teacher"], [r["prompt"] for r in rows], max_new_tokens=16)
+    per_prompt = real.quantization_kl(pair["teacher"], [r["prompt"] for r in rows], "8bit", max_new_tokens=16)
     print("KL(8-bit || fp32) per token:", [(round(r["mean_kl"], 4), round(r["max_kl"], 4)) for r in per_prompt])
     tokens = sum(r["tokens"] for r in per_prompt)
     mean = sum(r["mean_kl"] * r["tokens"] for r in per_prompt) / tokens
