@@ -109,9 +109,12 @@ def token_logprobs(model, batch: Batch, return_logits: bool = False, temperature
     Gradients flow when called outside ``torch.no_grad``.
     """
     pos = position_ids_from_mask(batch.attention_mask)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos)
     P = batch.prompt_len
-    logits = out.logits[:, P - 1:-1, :].float() / temperature
+    # Only the positions that predict completion tokens need the (vocabulary-sized) head.
+    keep = batch.input_ids.shape[1] - P + 1
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                logits_to_keep=keep)
+    logits = out.logits[:, :-1, :].float() / temperature
     targets = batch.input_ids[:, P:]
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
