@@ -80,6 +80,8 @@ def _reproduce(args) -> int:
     base = load_config("kdrl", threads=args.threads)
     if args.steps:
         base = base.replace(max_steps=args.steps)
+    if args.full:  # final evaluation only, on every test and ood row: less noise per run
+        base = base.replace(eval_every=0, eval_size=200)
     plan = study.variants(base.beta) if args.full else study.brief_variants()
     if args.only:
         plan = {k: v for k, v in plan.items() if k in args.only}
@@ -89,6 +91,10 @@ def _reproduce(args) -> int:
     table = study.aggregate(records)
     study.write_table(table, out / "table.csv")
     print(study.format_table(table))
+    if args.full:
+        claims = study.claims_table(records, base.beta)
+        (out / "claims.md").write_text(claims + "\n")
+        print("\n" + claims)
     runs = {name: out / "runs" / name / f"seed{seeds[0]}" for name in plan if name in study.BASELINES}
     comparison_figure(runs, out / "comparison.png")
     print(f"\n{len(records)} runs in {time.time() - t0:.0f} s; table {out / 'table.csv'}, plot {out / 'comparison.png'}")

@@ -47,7 +47,7 @@ class TrainConfig:
     format_weight: float = 0.0              # reward = correct + format_weight * well-formed final line
     chat_template: bool = False             # wrap prompts in the tokenizer's chat template (instruct models)
     # optimisation
-    lr: float = 2e-3
+    lr: float = 3e-4
     max_steps: int = 100
     ppo_epochs: int = 1                     # inner passes over each rollout
     clip_eps: float = 0.2
@@ -56,7 +56,7 @@ class TrainConfig:
     adv_scale: str = "std"                  # "none" = Dr. GRPO (centre only)
     max_grad_norm: float = 1.0
     # KD / KDRL
-    beta: float = 0.02                      # KL coefficient (start value when annealed)
+    beta: float = 0.05                      # KL coefficient (start value when annealed)
     beta_end: float | None = None
     beta_schedule: str = "constant"         # one of SCHEDULES
     kl_kind: str = "k2"                     # KL approximation, one of KL_KINDS

@@ -105,6 +105,13 @@ def load_causal_lm(path: str | Path, quantization: str = "none", device: str | N
         model.to(dev)
     elif quantization == "4bit" and dev.type == "cpu":
         _refuse_misaligned_4bit(model, path)
+    if quantization != "none":
+        # Unquantised tensors (embeddings, norms) are views into the checkpoint's memory map,
+        # which keeps every fp32 weight of the file resident; own copies let it go.
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.is_floating_point():
+                    p.data = p.data.clone()
     return model
 
 
