@@ -65,3 +65,31 @@ def comparison_figure(runs: dict[str, str | Path], out_path: str | Path | None =
     if out_path:
         fig.savefig(out_path, dpi=90)
     return fig
+
+
+def bar_with_ci(table: dict, metric: str, variants: list[str], ax=None, title: str | None = None):
+    """Bars of the mean of ``metric`` per variant with 95% CI whiskers (``study.aggregate`` table)."""
+    ax = ax or plt.gca()
+    names = [v for v in variants if v in table]
+    means = [table[v][metric][0] for v in names]
+    cis = [table[v][metric][1] for v in names]
+    ax.bar(range(len(names)), means, yerr=cis, capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title or f"{metric.replace('_', ' ')} (mean ± 95% CI over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def plot_mean_curves(curves: dict, ylabel: str, ax=None, title: str | None = None):
+    """Lines from ``study.learning_curves``: one per variant, mean over seeds."""
+    ax = ax or plt.gca()
+    for name, (xs, ys) in curves.items():
+        ax.plot(xs, ys, label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

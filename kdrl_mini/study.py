@@ -216,3 +216,19 @@ def claims_table(records: list[dict], beta: float) -> str:
         ours = "—" if j["diff"] is None else f"{j['diff']:+.3f} ± {j['ci95']:.3f} ({j['seeds']})"
         rows.append(f"| {c.text} | {c.paper} | {ours} | {j['verdict']} |")
     return "\n".join(rows)
+
+
+def learning_curves(out_dir: str | Path, variants_: list[str], metric: str = "reward", window: int = 5) -> dict:
+    """variant -> (steps, mean over seeds of the smoothed per-step ``metric``) from committed runs."""
+    from .plotting import smooth
+
+    curves = {}
+    for name in variants_:
+        per_seed = []
+        for run in sorted(Path(out_dir).glob(f"runs/{name}/seed*")):
+            steps, _ = read_metrics(run)
+            per_seed.append(smooth([s.get(metric, float("nan")) for s in steps], window))
+        if per_seed:
+            n = min(len(c) for c in per_seed)
+            curves[name] = (list(range(1, n + 1)), [statistics.fmean(c[i] for c in per_seed) for i in range(n)])
+    return curves
