@@ -8,6 +8,7 @@ Nothing here downloads: paths must be local folders.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,3 +208,25 @@ def trainable_parameters(model) -> tuple[int, int]:
             n *= 2  # two 4-bit weights per stored byte
         total += n
     return trainable, total
+
+
+@contextmanager
+def merged_lora(model):
+    """Generate with LoRA folded into a full-precision base (one matmul per layer instead of
+    three), then restore the base weights bit-exactly (unmerging alone would leave rounding
+    residue). Quantised bases and models without LoRA are used as they are."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not layers or not all(m.get_base_layer().weight.is_floating_point() for m in layers):
+        yield model
+        return
+    saved = [(m.get_base_layer().weight, m.get_base_layer().weight.detach().clone()) for m in layers]
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+        with torch.no_grad():
+            for weight, original in saved:
+                weight.copy_(original)

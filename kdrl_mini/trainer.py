@@ -130,7 +130,8 @@ class Trainer:
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template)
         policy = w.teacher if cfg.algorithm == "kd-fkl" else w.student
         policy.eval()
-        batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+        with models.merged_lora(policy):
+            batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
         answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
         return batch, batch_rewards(batch.texts, answers, format_weight=cfg.format_weight)
 

@@ -130,3 +130,21 @@ def test_vocab_mismatch_is_refused(student_dir, tmp_path):
 def test_quantised_student_without_lora_is_refused(student_dir):
     with pytest.raises(ValueError, match="needs LoRA adapters"):
         models.load_student(student_dir, "4bit", lora=None)
+
+
+def test_merged_lora_generation_is_exact_and_restores_weights(student_dir, tokenizer):
+    torch.manual_seed(0)
+    student = models.load_student(student_dir, "none", models.LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    student.eval()
+    torch.manual_seed(1)
+    plain = sample(student, tokenizer, PROMPTS, group_size=2, max_new_tokens=16)
+    torch.manual_seed(1)
+    with models.merged_lora(student):
+        merged = sample(student, tokenizer, PROMPTS, group_size=2, max_new_tokens=16)
+    assert torch.equal(plain.input_ids, merged.input_ids)
+    assert all(torch.equal(p.detach(), before[n]) for n, p in student.named_parameters())
