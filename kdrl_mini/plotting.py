@@ -36,13 +36,15 @@ def smooth(values: list[float], window: int = 5) -> list[float]:
 def plot_curves(runs: dict[str, str | Path], metric: str, ax=None, window: int = 5, split: str | None = None):
     """One line per run of ``metric`` against step; ``split`` selects eval lines (test/ood)."""
     ax = ax or plt.gca()
-    for label, run_dir in runs.items():
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, run_dir) in enumerate(runs.items()):
         steps, evals = read_metrics(run_dir)
         lines = [e for e in evals if e["split"] == split] if split else steps
         xs = [l["step"] for l in lines if metric in l]
         ys = [l[metric] for l in lines if metric in l]
-        if xs:
-            ax.plot(xs, ys if split else smooth(ys, window), marker="o" if split else None, label=label)
+        if xs:  # a run keeps its colour in every panel, even where it has no such metric
+            ax.plot(xs, ys if split else smooth(ys, window), marker="o" if split else None, label=label,
+                    color=colors[i % len(colors)])
     ax.set_xlabel("training step")
     ax.set_ylabel(LABELS.get(metric, metric) + (f" ({split})" if split else ""))
     ax.set_title(f"{LABELS.get(metric, metric)}{' on ' + split if split else ''}")
@@ -60,7 +62,8 @@ def comparison_figure(runs: dict[str, str | Path], out_path: str | Path | None =
     plot_curves(runs, "entropy", axes[1, 0])
     plot_curves(runs, "eval_accuracy", axes[1, 1], split="test")
     plot_curves(runs, "eval_accuracy", axes[1, 2], split="ood")
-    fig.suptitle("GRPO vs KD vs KDRL on the tiny world")
+    fig.suptitle("GRPO vs KD vs KDRL on the tiny world (kd-fkl trains on teacher samples: no rollout "
+                 "reward or length of its own, and its KL is measured on the teacher's samples)", fontsize=10)
     fig.tight_layout()
     if out_path:
         fig.savefig(out_path, dpi=90)
