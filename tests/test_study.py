@@ -1,0 +1,56 @@
+"""The committed reproduction results are what their per-run files say, and the statistics are right."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kdrl_mini import study
+
+RESULTS = Path(__file__).resolve().parents[1] / "data" / "results"
+
+
+def test_mean_ci_matches_the_t_interval():
+    m, h = study.mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0
+    assert math.isclose(h, 4.303 * 1.0 / math.sqrt(3))
+    assert study.mean_ci([5.0]) == (5.0, 0.0)
+
+
+@pytest.mark.parametrize("diffs, verdict", [
+    ([0.10, 0.12, 0.11], "reproduced"),
+    ([-0.10, -0.12, -0.11], "not reproduced (reversed)"),
+    ([0.10, -0.12, 0.02], "inconclusive"),
+])
+def test_judge_pairs_by_seed(diffs, verdict):
+    records = []
+    for seed, d in enumerate(diffs):
+        records.append({"variant": "a", "seed": seed, "test_accuracy": 0.5 + d})
+        records.append({"variant": "b", "seed": seed, "test_accuracy": 0.5})
+    assert study.judge(study.Claim("a beats b", "", "a", "b"), records)["verdict"] == verdict
+    lower = study.Claim("a is shorter", "", "a", "b", higher=False)
+    flipped = {"reproduced": "not reproduced (reversed)", "not reproduced (reversed)": "reproduced"}
+    assert study.judge(lower, records)["verdict"] == flipped.get(verdict, verdict)
+
+
+committed = pytest.mark.skipif(not (RESULTS / "table.csv").exists(), reason="no committed study results")
+
+
+@committed
+def test_each_final_json_matches_its_metrics_file():
+    runs = sorted(RESULTS.glob("runs/*/seed*/final.json"))
+    assert runs
+    for path in runs:
+        saved = json.loads(path.read_text())
+        recomputed = study.final_metrics(path.parent)
+        for key, value in recomputed.items():
+            assert saved[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (path, key)
+
+
+@committed
+def test_committed_table_and_claims_re_aggregate(tmp_path):
+    records = study.collect(RESULTS)
+    study.write_table(study.aggregate(records), tmp_path / "table.csv")
+    assert (tmp_path / "table.csv").read_text() == (RESULTS / "table.csv").read_text()
+    assert study.claims_table(records, beta=0.05) + "\n" == (RESULTS / "claims.md").read_text()
