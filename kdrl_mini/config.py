@@ -15,12 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from .losses import KD_STRATEGIES, KL_MODES, LOSS_AGGS
+from .schedules import SCHEDULES
+
 ALGORITHMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl")
 KL_KINDS = ("k1", "k2", "k3", "exact", "topk")
-KL_MODES = ("loss", "reward")
-KD_STRATEGIES = ("all", "incorrect", "failed-groups")
-SCHEDULES = ("constant", "linear", "cosine")
-LOSS_AGGS = ("token-mean", "seq-mean", "seq-sum-norm")
 ADV_SCALES = ("std", "none")
 QUANTS = ("none", "4bit", "8bit")
 CONFIG_DIR = Path(__file__).parent / "configs"

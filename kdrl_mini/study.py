@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .config import TrainConfig, load_config
 from .trainer import Trainer, load_student_for, read_metrics

@@ -37,7 +37,8 @@ def fit_gaussian(target_logits: torch.Tensor, grid: torch.Tensor, direction: str
         direction="forward": \min KL(q || p)   (mass covering: p must be > 0 wherever q is)
 
     \sigma is parametrised by its log so it stays positive. Returns ``mu``, ``sigma`` and ``kl``
-    (floats, the fitted values and the final KL) and ``history`` (the KL after each step).
+    (floats, the fitted values and the final KL) and ``history`` (the KL at each step, before
+    its update).
     """
     mu = torch.tensor(float(mu0), requires_grad=True)
     log_sigma = torch.tensor(float(sigma0), dtype=torch.float32).log().requires_grad_(True)
@@ -62,9 +63,11 @@ def grid_moments(logits: torch.Tensor, grid: torch.Tensor) -> tuple[float, float
 
 
 def exact_kl_grad(logits: torch.Tensor, ref_logits: torch.Tensor, direction: str) -> torch.Tensor:
-    r"""\nabla_z of the exact KL between softmax(z) and softmax(ref_logits), at z = ``logits`` ([V])."""
-    z = logits.detach().clone().requires_grad_(True)
-    exact_kl(z, ref_logits.detach(), direction).backward()
+    r"""\nabla_z of the exact KL between softmax(z) and softmax(ref_logits), at z = ``logits`` ([V]).
+
+    Computed in float64, like :func:`estimator_grad`, so the two compare to many digits."""
+    z = logits.detach().double().requires_grad_(True)
+    exact_kl(z, ref_logits.detach().double(), direction).backward()
     return z.grad
 
 
@@ -76,11 +79,13 @@ def estimator_grad(logits: torch.Tensor, ref_logits: torch.Tensor, kind: str, n:
         \nabla_z \frac{1}{n} \sum_i k(\log p_z(x_i) - \log q(x_i))
     with k = ``kind`` ("k1", "k2", "k3", see :func:`kdrl_mini.kl.kl_estimate`). The samples do
     not depend on z here, as in training, where the student's tokens are constants of the loss.
+    Float64 throughout: a float32 mean over a million samples drifts by ~1e-3 with the summation
+    order, which would blur the small differences being measured.
     """
     gen = torch.Generator().manual_seed(seed)
-    x = torch.multinomial(torch.softmax(logits.detach(), -1), n, replacement=True, generator=gen)
-    z = logits.detach().clone().requires_grad_(True)
+    z = logits.detach().double().requires_grad_(True)
+    x = torch.multinomial(torch.softmax(z.detach(), -1), n, replacement=True, generator=gen)
     logp = torch.log_softmax(z, -1)[x]
-    ref_logp = torch.log_softmax(ref_logits.detach(), -1)[x]
+    ref_logp = torch.log_softmax(ref_logits.detach().double(), -1)[x]
     kl_estimate(logp, ref_logp, kind).mean().backward()
     return z.grad

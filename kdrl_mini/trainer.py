@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import losses, models, tasks
 from .config import TrainConfig
@@ -214,6 +214,9 @@ class Trainer:
         metrics.update({k: float(v) for k, v in m.items()})
         if not needs_teacher:  # the loss saw a placeholder teacher; its KL is meaningless
             metrics.pop("kl", None)
+        if cfg.algorithm != "kdrl":  # nothing is distilled through the KD mask
+            metrics.pop("kd_frac", None)
+            metrics.pop("kd_masked_frac", None)
         if teacher_logits is not None and "exact_kl" not in m:
             ekl = exact_kl(logits.detach(), teacher_logits)
             metrics["exact_kl"] = float((ekl * mask).sum() / mask.sum().clamp(min=1))
