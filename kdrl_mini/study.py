@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int], base
             trainer.train(resume=(run / "checkpoint.pt").exists(), progress=False)
             (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **final_metrics(run)}, indent=1))
             (run / "checkpoint.pt").unlink(missing_ok=True)  # the study keeps metrics, not weights
+            shutil.rmtree(run / "adapter", ignore_errors=True)
         records.append(json.loads((run / "final.json").read_text()))
     return records
 
