@@ -87,7 +87,8 @@ def _reproduce(args) -> int:
         plan = {k: v for k, v in plan.items() if k in args.only}
     seeds = args.seeds if args.seeds else ([0, 1, 2] if args.full else [0])
     t0 = time.time()
-    records = study.run_study(out, plan, seeds, base)
+    study.run_study(out, plan, seeds, base)
+    records = study.collect(out)  # every finished run in the folder, also from earlier --only calls
     table = study.aggregate(records)
     study.write_table(table, out / "table.csv")
     print(study.format_table(table))
