@@ -261,12 +261,8 @@ def make_word_problem(rng: random.Random, two_step: bool = False) -> dict:
 
 
 def _distinct(n: int, rng: random.Random, two_step: bool, exclude: set[str]) -> list[dict]:
-    rows = []
-    while len(rows) < n:
-        row = make_word_problem(rng, two_step)
-        if row["prompt"] not in exclude:
-            exclude.add(row["prompt"])
-            rows.append(row)
+    rows = tasks.distinct_rows(n, lambda: make_word_problem(rng, two_step), exclude)
+    exclude.update(r["prompt"] for r in rows)
     return rows
 
 

@@ -84,17 +84,22 @@ def make_problem(rng: random.Random, spec: TaskSpec = IN_DOMAIN) -> dict:
     }
 
 
-def make_split(n: int, seed: int, spec: TaskSpec = IN_DOMAIN, exclude: set[str] | None = None) -> list[dict]:
-    """``n`` distinct problems from ``seed``, skipping any prompt in ``exclude``."""
-    rng = random.Random(seed)
+def distinct_rows(n: int, draw, exclude: set[str] | None = None) -> list[dict]:
+    """``n`` rows from ``draw()`` with distinct prompts, none of them in ``exclude``."""
     seen = set(exclude or ())
     rows = []
     while len(rows) < n:
-        row = make_problem(rng, spec)
+        row = draw()
         if row["prompt"] not in seen:
             seen.add(row["prompt"])
             rows.append(row)
     return rows
+
+
+def make_split(n: int, seed: int, spec: TaskSpec = IN_DOMAIN, exclude: set[str] | None = None) -> list[dict]:
+    """``n`` distinct problems from ``seed``, skipping any prompt in ``exclude``."""
+    rng = random.Random(seed)
+    return distinct_rows(n, lambda: make_problem(rng, spec), exclude)
 
 
 def build_world_data(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, n_ood: int = 200, seed: int = 0) -> dict[str, Path]:

@@ -1,10 +1,9 @@
 """Loading the shipped world: 4-bit NF4 + LoRA student, 8-bit teacher, and the errors users hit."""
 
-import shutil
-
 import pytest
 import torch
 
+import helpers_quant
 from kdrl_mini import models
 from kdrl_mini.rollout import sample, teacher_forced_batch, token_logprobs
 
@@ -49,47 +48,18 @@ def test_4bit_lora_step_changes_only_adapters(student_dir, tokenizer):
     assert any("lora_B" in n for n in changed)
 
 
-def _dequantized_reference(student_4bit, student_dir):
-    """An fp32 model holding the 4-bit model's dequantized weights and the same LoRA adapters."""
-    import bitsandbytes as bnb
-    from peft import LoraConfig, get_peft_model
-
-    ref = models.load_causal_lm(student_dir, "none")
-    ref = get_peft_model(ref, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
-    ref_params = dict(ref.named_parameters())
-    with torch.no_grad():
-        for name, module in student_4bit.named_modules():
-            if isinstance(module, bnb.nn.Linear4bit):
-                w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-                ref_params[name + ".weight"].copy_(w.float())
-        for name, p in student_4bit.named_parameters():
-            if p.requires_grad or "norm" in name or "embed" in name or "bias" in name:
-                ref_params[name].copy_(p.float())
-    return ref
-
-
 def test_4bit_lora_gradients_after_generate_match_dequantized_reference(student_dir, tokenizer):
     """The CPU trap: an eval-mode generate must not corrupt later 4-bit LoRA gradients."""
+    lora = models.LoraSpec(r=4, alpha=8)
     torch.manual_seed(0)
-    student = models.load_student(student_dir, "4bit", models.LoraSpec(r=4, alpha=8))
-    with torch.no_grad():  # non-zero lora_B so every adapter gets a gradient path through the base
-        for n, p in student.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
-    ref = _dequantized_reference(student, student_dir)
+    student = models.load_student(student_dir, "4bit", lora)
+    helpers_quant.randomize_lora_b(student)  # so every adapter's gradient passes through the base
+    ref = helpers_quant.dequantized_reference(student, student_dir, lora)
     student.eval()
     sample(student, tokenizer, PROMPTS, group_size=2, max_new_tokens=12)  # the generate step of GRPO
-    grads = []
-    for model in (student, ref):
-        model.train()
-        batch = teacher_forced_batch(tokenizer, PROMPTS, SOLUTIONS, "cpu")
-        loss = -(token_logprobs(model, batch) * batch.completion_mask).sum()
-        loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        g4, g32 = grads[0][name], grads[1][name]
-        rel = (g4 - g32).norm() / g32.norm().clamp(min=1e-12)
+    grads = helpers_quant.lora_gradients(student, tokenizer, PROMPTS, SOLUTIONS)
+    reference = helpers_quant.lora_gradients(ref, tokenizer, PROMPTS, SOLUTIONS)
+    for name, rel in helpers_quant.relative_errors(grads, reference).items():
         assert rel < 1e-3, f"{name}: relative gradient error {rel:.2e}"
 
 
