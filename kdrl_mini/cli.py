@@ -35,9 +35,8 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from . import models
     from .config import TrainConfig, load_config
-    from .trainer import Trainer, World, load_world
+    from .trainer import Trainer, load_world
 
     if args.run:
         run = Path(args.run)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import TrainConfig, load_config
+from .config import TrainConfig
 from .trainer import Trainer, load_student_for, read_metrics
 
 BASELINES = ("grpo", "kd-fkl", "kd-rkl", "kdrl")

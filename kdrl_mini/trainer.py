@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import losses, models, tasks
 from .config import TrainConfig
 from .rewards import batch_rewards
-from .rollout import Batch, format_prompts, greedy_eval, sample, teacher_forced_batch, token_logprobs
+from .rollout import Batch, format_prompts, greedy_eval, sample, token_logprobs
 from .kl import exact_kl
 from .schedules import make_schedule
 
