@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .utils import quiet
+
+    quiet()
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as err:
