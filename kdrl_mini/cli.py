@@ -60,14 +60,12 @@ def _load_trained_weights(world, run: Path) -> None:
     """Put a finished run's trainable weights (adapter or full) into the freshly loaded student."""
     import torch
 
+    from .trainer import load_trainable
+
     ckpt = run / "checkpoint.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint.pt in {run}; the run may not have reached its first checkpoint")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["trainable"]
-    named = dict(world.student.named_parameters())
-    with torch.no_grad():
-        for n, v in state.items():
-            named[n].copy_(v)
+    load_trainable(world.student, torch.load(ckpt, map_location="cpu", weights_only=False)["trainable"], ckpt)
 
 
 def _reproduce(args) -> int:

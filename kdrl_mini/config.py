@@ -10,7 +10,7 @@ An algorithm is a choice of fields, not a separate loop:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -72,7 +72,6 @@ class TrainConfig:
     output_dir: str = "runs/default"
     device: str | None = None               # None = CUDA if available else CPU
     threads: int | None = None              # torch CPU threads (None = torch's default)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.validate()

@@ -33,10 +33,6 @@ class Batch:
     def completion_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len:]
 
-    def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
-                     self.completion_mask.to(device), self.prompt_len, self.texts)
-
 
 def format_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[str]:
     """Wrap each prompt as a user turn of the tokenizer's chat template (instruct models)."""

@@ -124,8 +124,9 @@ class Trainer:
         self.step = 0
 
     # ---------------------------------------------------------------- one step
-    def rollout(self, rows: list[dict]) -> tuple[Batch, torch.Tensor]:
-        """Sample completions (the teacher's for kd-fkl, else the student's) and their rewards."""
+    def rollout(self, rows: list[dict]) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        """Sample completions (the teacher's for kd-fkl, else the student's); returns the batch,
+        rewards [B] and correctness [B] (the same tensor unless a format reward is added)."""
         cfg, w = self.cfg, self.world
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template)
         policy = w.teacher if cfg.algorithm == "kd-fkl" else w.student
@@ -133,7 +134,10 @@ class Trainer:
         with models.merged_lora(policy):
             batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
         answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        return batch, batch_rewards(batch.texts, answers, format_weight=cfg.format_weight)
+        correct = batch_rewards(batch.texts, answers)
+        if not cfg.format_weight:
+            return batch, correct, correct
+        return batch, batch_rewards(batch.texts, answers, format_weight=cfg.format_weight), correct
 
     @torch.no_grad()
     def teacher_scores(self, batch: Batch):
@@ -169,7 +173,7 @@ class Trainer:
         cfg, w = self.cfg, self.world
         t0 = time.perf_counter()
         rows = [w.train[i] for i in self.sampler.next(cfg.prompts_per_step)]
-        batch, rewards = self.rollout(rows)
+        batch, rewards, correct = self.rollout(rows)
         t_roll = time.perf_counter()
         needs_teacher = cfg.algorithm in ("kd-rkl", "kdrl") or cfg.log_teacher_kl
         teacher_logp, teacher_logits = self.teacher_scores(batch) if needs_teacher else (None, None)
@@ -191,11 +195,10 @@ class Trainer:
         t_end = time.perf_counter()
         mask = batch.completion_mask
         n_tok = float(mask.sum())
-        answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
         metrics = {
             "step": self.step + 1,
             "reward": float(rewards.mean()),
-            "accuracy": float(batch_rewards(batch.texts, answers).mean()),
+            "accuracy": float(correct.mean()),
             "response_length": float(mask.sum(1).mean()),
             "loss": float(loss.detach()),
             "beta": float(beta) if cfg.algorithm == "kdrl" else 0.0,
@@ -254,14 +257,7 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume, or point "
                                     f"--output-dir at the folder of the interrupted run")
         state = torch.load(path, map_location="cpu", weights_only=False)
-        named = dict(self.world.student.named_parameters())
-        missing = sorted(set(state["trainable"]) - set(named))
-        if missing:
-            raise ValueError(f"checkpoint {path} does not match this student (unknown weights {missing[:3]}...); "
-                             f"resume with the same config it was written with")
-        with torch.no_grad():
-            for n, v in state["trainable"].items():
-                named[n].copy_(v)
+        load_trainable(self.world.student, state["trainable"], path)
         self.opt.load_state_dict(state["optimizer"])
         self.sampler.load(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -311,6 +307,18 @@ class Trainer:
             student.save_pretrained(str(self.out / "adapter"))
         else:
             torch.save(_trainable_state(student), self.out / "trainable.pt")
+
+
+def load_trainable(model, trainable: dict, source) -> None:
+    """Copy a checkpoint's trainable weights (adapters or full) into a freshly loaded model."""
+    named = dict(model.named_parameters())
+    unknown = sorted(set(trainable) - set(named))
+    if unknown:
+        raise ValueError(f"checkpoint {source} does not match this student (unknown weights {unknown[:3]}...); "
+                         f"load it with the same config it was written with")
+    with torch.no_grad():
+        for n, v in trainable.items():
+            named[n].copy_(v)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
