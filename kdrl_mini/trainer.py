@@ -124,9 +124,8 @@ class Trainer:
         self.step = 0
 
     # ---------------------------------------------------------------- one step
-    def rollout(self, rows: list[dict]) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-        """Sample completions (the teacher's for kd-fkl, else the student's); returns the batch,
-        rewards [B] and correctness [B] (the same tensor unless a format reward is added)."""
+    def rollout(self, rows: list[dict]) -> tuple[Batch, torch.Tensor]:
+        """Sample completions (the teacher's for kd-fkl, else the student's) and their rewards."""
         cfg, w = self.cfg, self.world
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template)
         policy = w.teacher if cfg.algorithm == "kd-fkl" else w.student
@@ -134,10 +133,7 @@ class Trainer:
         with models.merged_lora(policy):
             batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
         answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        correct = batch_rewards(batch.texts, answers)
-        if not cfg.format_weight:
-            return batch, correct, correct
-        return batch, batch_rewards(batch.texts, answers, format_weight=cfg.format_weight), correct
+        return batch, batch_rewards(batch.texts, answers, format_weight=cfg.format_weight)
 
     @torch.no_grad()
     def teacher_scores(self, batch: Batch):
@@ -173,7 +169,7 @@ class Trainer:
         cfg, w = self.cfg, self.world
         t0 = time.perf_counter()
         rows = [w.train[i] for i in self.sampler.next(cfg.prompts_per_step)]
-        batch, rewards, correct = self.rollout(rows)
+        batch, rewards = self.rollout(rows)
         t_roll = time.perf_counter()
         needs_teacher = cfg.algorithm in ("kd-rkl", "kdrl") or cfg.log_teacher_kl
         teacher_logp, teacher_logits = self.teacher_scores(batch) if needs_teacher else (None, None)
@@ -198,7 +194,9 @@ class Trainer:
         metrics = {
             "step": self.step + 1,
             "reward": float(rewards.mean()),
-            "accuracy": float(correct.mean()),
+            # without a format term the reward is the correctness; only otherwise score again
+            "accuracy": float(rewards.mean() if not cfg.format_weight else batch_rewards(
+                batch.texts, [r["answer"] for r in rows for _ in range(cfg.group_size)]).mean()),
             "response_length": float(mask.sum(1).mean()),
             "loss": float(loss.detach()),
             "beta": float(beta) if cfg.algorithm == "kdrl" else 0.0,
