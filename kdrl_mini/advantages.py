@@ -1,4 +1,6 @@
-"""Group-relative advantages (GRPO): each response is judged against its siblings."""
+"""Group-relative advantages (GRPO), and the KL to the teacher folded into them (KDRL's reward form)."""
+
+import operator
 
 import torch
 
@@ -7,9 +9,14 @@ ADV_SCALES = ("std", "none")
 
 def check_groups(n: int, group_size: int, min_size: int = 2) -> int:
     """Check n = n_groups * group_size (a [B] batch of whole, contiguous groups); return n_groups."""
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < min_size:
+    original = group_size
+    try:  # Python, numpy and 0-dim torch integers; never bools or floats
+        group_size = operator.index(group_size) if not isinstance(group_size, bool) else None
+    except TypeError:
+        group_size = None
+    if group_size is None or group_size < min_size:
         raise ValueError(
-            f"group_size must be an integer >= {min_size}, got {group_size!r}: "
+            f"group_size must be an integer >= {min_size}, got {original!r}: "
             "group-relative methods compare several responses to the same prompt"
         )
     if n % group_size != 0:
@@ -53,6 +60,7 @@ def group_advantages(
     if scale not in ADV_SCALES:
         raise ValueError(f"unknown advantage scale {scale!r}: choose one of {', '.join(ADV_SCALES)}")
     n_groups = check_groups(rewards.shape[0], group_size)
+    group_size = rewards.shape[0] // max(n_groups, 1)
     r = (rewards if rewards.is_floating_point() else rewards.float()).view(n_groups, group_size)
     centred = r - r.mean(dim=1, keepdim=True)
     constant = (r == r[:, :1]).all(dim=1, keepdim=True)
@@ -60,3 +68,48 @@ def group_advantages(
     if scale == "std":
         centred = centred / (r.std(dim=1, unbiased=True, keepdim=True) + eps)
     return centred.reshape(-1)
+
+
+
+def _log_ratio(teacher_logp, old_logp, mask) -> torch.Tensor:
+    """d_{it} = log pi_T(o_it) - log pi_old(o_it), detached, 0 at padding: [B, T]."""
+    m = mask.bool()
+    return torch.where(m, (teacher_logp - old_logp).detach(), torch.zeros_like(old_logp))
+
+
+def per_token_kl_advantages(advantages, beta: float, teacher_logp, old_logp, mask, kd_weights=None) -> torch.Tensor:
+    r"""KL in the reward, the paper's per-token form: added *after* group normalisation.
+
+        A_{it} = A_i + \beta w_i d_{it},   d_{it} = \log\pi_T(o_{it}) - \log\pi_{old}(o_{it})
+
+    Each token is pushed towards what the teacher would say at that point; the term is a
+    constant for the optimiser (detached), like the reward itself.
+
+    Args:
+        advantages: [B] group advantages of the raw rewards; teacher_logp, old_logp, mask: [B, T];
+        kd_weights: [B] (``losses.kd_mask``) or None for all ones; beta >= 0.
+
+    Returns:
+        [B, T] per-token advantages (0 at padding).
+    """
+    d = _log_ratio(teacher_logp, old_logp, mask)
+    w = torch.ones_like(advantages, dtype=d.dtype) if kd_weights is None else kd_weights.to(d.dtype)
+    adv = advantages.to(d.dtype).unsqueeze(-1) + beta * w.unsqueeze(-1) * d
+    return torch.where(mask.bool(), adv, torch.zeros_like(adv))
+
+
+def sequence_kl_rewards(rewards, beta: float, teacher_logp, old_logp, mask, kd_weights=None) -> torch.Tensor:
+    r"""KL in the reward, sequence-sum variant: shaped rewards *before* group normalisation.
+
+        r'_i = r_i + \beta w_i \sum_t d_{it}     (= r_i - \beta w_i \cdot k1 estimate of the sequence KL)
+
+    then ``group_advantages(r')``. Not the paper's form: in a group where every response fails
+    (all r_i equal), the std scaling divides the shaped rewards' spread by itself, so beta
+    cancels there and the KL term acts at full strength whatever its coefficient.
+
+    Returns:
+        [B] shaped rewards.
+    """
+    d = _log_ratio(teacher_logp, old_logp, mask)
+    w = torch.ones_like(rewards, dtype=d.dtype) if kd_weights is None else kd_weights.to(d.dtype)
+    return rewards.to(d.dtype) + beta * w * d.sum(-1)

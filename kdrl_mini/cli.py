@@ -1,6 +1,6 @@
 """``kdrl-mini`` command line (also ``python -m kdrl_mini``).
 
-    kdrl-mini train --config kdrl [--max-steps N] [--output-dir DIR] [--resume] [--seed S]
+    kdrl-mini train --config kdrl [--max-steps N] [--output-dir DIR] [--resume] [--seed S] [--set key=value ...]
     kdrl-mini eval --run DIR | --student PATH [--split test|ood|both] [--n N]
     kdrl-mini reproduce [--output-dir DIR] [--steps N] [--full] [--seeds 0 1 2]
     kdrl-mini build-world [--root data] [--seed 0]
@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 
 def _train(args) -> int:
-    from .config import load_config
+    from .config import load_config, parse_set
+    from .metrics import is_eval
     from .trainer import Trainer
 
-    cfg = load_config(args.config, max_steps=args.max_steps, output_dir=args.output_dir, seed=args.seed,
-                      threads=args.threads)
+    cfg = load_config(args.config, **parse_set(args.set), max_steps=args.max_steps, output_dir=args.output_dir,
+                      seed=args.seed, threads=args.threads)
     log = Trainer(cfg).train(resume=args.resume)
-    evals = [l for l in log if "split" in l]
-    for e in evals[-2:]:
+    evals = [row for row in log if is_eval(row)]
+    last = evals[-1]["step"] if evals else None
+    for e in (row for row in evals if row["step"] == last):
         print(f"{e['split']:>5}: accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}")
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0
@@ -49,7 +47,7 @@ def _eval(args) -> int:
     if args.run:
         _load_trained_weights(world, Path(args.run))
     trainer = Trainer(cfg, world)
-    splits = ("test", "ood") if args.split == "both" else (args.split,)
+    splits = trainer.world.eval_splits if args.split == "all" else (args.split,)
     for split in splits:
         r = trainer.evaluate(split, args.n)
         print(f"{split:>5}: accuracy {r['eval_accuracy']:.3f}  length {r['eval_length']:.1f}  (n={args.n or cfg.eval_size})")
@@ -58,14 +56,12 @@ def _eval(args) -> int:
 
 def _load_trained_weights(world, run: Path) -> None:
     """Put a finished run's trainable weights (adapter or full) into the freshly loaded student."""
-    import torch
-
-    from .trainer import load_trainable
+    from . import checkpoints
 
     ckpt = run / "checkpoint.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"no checkpoint.pt in {run}; the run may not have reached its first checkpoint")
-    load_trainable(world.student, torch.load(ckpt, map_location="cpu", weights_only=False)["trainable"], ckpt)
+    checkpoints.load_trainable(world.student, checkpoints.load(ckpt)["trainable"], ckpt)
 
 
 def _reproduce(args) -> int:
@@ -109,6 +105,7 @@ def _build_world(args) -> int:
 
 def _real_pair(args) -> int:
     from . import models, real
+    from .measure import parameter_count
     from .trainer import Trainer
 
     cache = Path(args.cache_dir) if args.cache_dir else real.DEFAULT_CACHE
@@ -120,12 +117,12 @@ def _real_pair(args) -> int:
     trainer = Trainer(cfg)
     log = trainer.train()
     print(f"{'step':>4} {'reward':>7} {'exact_kl':>9} {'step_s':>7}")
-    for m in (l for l in log if "split" not in l):
+    for m in (row for row in log if row.get("kind") == "train"):
         print(f"{m['step']:>4} {m['reward']:>7.3f} {m['exact_kl']:>9.3f} {m['step_time']:>7.1f}")
-    for e in (l for l in log if "split" in l):
+    for e in (row for row in log if row.get("kind") == "eval"):
         print(f"{e['split']:>5}: greedy accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}  (n={cfg.eval_size})")
     trainable, total = models.trainable_parameters(trainer.world.student)
-    print(f"parameters: teacher {real.parameter_count(paths['teacher']):,}, student {real.parameter_count(paths['student']):,} "
+    print(f"parameters: teacher {parameter_count(paths['teacher']):,}, student {parameter_count(paths['student']):,} "
           f"(LoRA trainable {trainable:,})")
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0
@@ -141,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir")
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override any config field, e.g. --set beta=0.1 kl_kind=k3")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="greedy accuracy of a trained run or a checkpoint folder")
@@ -148,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--run", help="a train run folder")
     src.add_argument("--student", help="a model folder (e.g. data/models/teacher)")
     e.add_argument("--teacher", help="teacher folder (only for vocabulary checks with --student)")
-    e.add_argument("--split", default="both", choices=["test", "ood", "both"])
+    e.add_argument("--split", default="all", choices=["test", "blind", "ood", "ood_control", "all"])
     e.add_argument("--n", type=int, help="rows evaluated (default: config eval_size)")
     e.set_defaults(func=_eval)
 
@@ -180,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .utils import quiet
+    from .utils import setup
 
-    quiet()
+    setup(seed=getattr(args, "seed", None) or 0, threads=getattr(args, "threads", None) or 1)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as err:

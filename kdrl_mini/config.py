@@ -1,10 +1,13 @@
-"""Training configuration: one dataclass, loadable from YAML, validated with helpful errors.
+"""Training configuration: one dataclass whose defaults are the shipped defaults.
 
 An algorithm is a choice of fields, not a separate loop:
 - ``grpo``:   clipped policy gradient on rule rewards (no teacher in the loss);
 - ``kd-fkl``: forward KL on teacher samples = SFT on teacher-generated solutions;
 - ``kd-rkl``: reverse KL on the student's own samples (on-policy distillation, no reward);
 - ``kdrl``:   GRPO + beta * KL(student || teacher), KL in the loss or in the reward.
+
+Shipped YAML files (``kdrl_mini/configs``) hold only what differs from these defaults; any field
+can also be set from the command line with ``--set key=value``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ from pathlib import Path
 
 import yaml
 
-from .losses import KD_STRATEGIES, KL_MODES, LOSS_AGGS
+from .advantages import ADV_SCALES
+from .kl import TOKEN_KL_KINDS
+from .losses import KD_STRATEGIES, LOSS_AGGS
 from .schedules import SCHEDULES
 
 ALGORITHMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl")
-KL_KINDS = ("k1", "k2", "k3", "exact", "topk")
-ADV_SCALES = ("std", "none")
+KL_KINDS = TOKEN_KL_KINDS
+# "loss": a differentiable KL term; "reward": per-token log-ratio added to the advantages after
+# group normalisation (the paper's form); "reward-seq": the sequence sum subtracted from the reward
+# before normalisation (a variant: its beta cancels inside all-wrong groups).
+KL_MODES = ("loss", "reward", "reward-seq")
 QUANTS = ("none", "4bit", "8bit")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -33,22 +41,25 @@ class TrainConfig:
     # world
     student_path: str = "data/models/student"
     teacher_path: str = "data/models/teacher"
-    data_dir: str = "data"                  # holds train.jsonl, test.jsonl, ood.jsonl
-    student_quant: str = "4bit"             # "4bit" NF4 (+LoRA), "8bit" or "none" (fp32/bf16)
+    data_dir: str = "data"                  # train.jsonl + eval splits (test, blind, ood, ...)
+    student_quant: str = "4bit"             # "4bit" NF4 (+LoRA), "8bit" or "none" (fp32 CPU / bf16 CUDA)
     teacher_quant: str = "8bit"
     lora_r: int = 16                        # 0 = train all weights (student_quant must be "none")
     lora_alpha: int = 32
+    gradient_checkpointing: bool = False    # trade compute for activation memory (long responses)
     # rollout
     group_size: int = 8                     # G responses per prompt
     prompts_per_step: int = 8
     max_new_tokens: int = 48
-    temperature: float = 1.0
+    temperature: float = 1.0                # sampling temperature; the policy is scored at the same one
     format_weight: float = 0.0              # reward = correct + format_weight * well-formed final line
     chat_template: bool = False             # wrap prompts in the tokenizer's chat template (instruct models)
+    dequantized_rollout: bool | None = None  # sample from a full-precision copy of a 4-bit student; None = on CPU
     # optimisation
     lr: float = 3e-4
-    max_steps: int = 100
+    max_steps: int = 40
     ppo_epochs: int = 1                     # inner passes over each rollout
+    micro_batch_size: int | None = None     # sequences per forward/backward; None = the whole rollout
     clip_eps: float = 0.2
     clip_eps_high: float | None = None      # asymmetric upper clip (DAPO's clip-higher)
     loss_agg: str = "token-mean"            # the paper's 1/sum|o_i| normaliser
@@ -56,22 +67,23 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     # KD / KDRL
     beta: float = 0.05                      # KL coefficient (start value when annealed)
-    beta_end: float | None = None
+    beta_end: float | None = None           # floor of an annealing schedule
     beta_schedule: str = "constant"         # one of SCHEDULES
+    anneal_steps: int | None = None         # steps to reach beta_end, then held; None = the whole run
     kl_kind: str = "k2"                     # KL approximation, one of KL_KINDS
-    kl_mode: str = "loss"                   # "loss" or "reward"
+    kl_mode: str = "loss"                   # one of KL_MODES
     top_k: int | None = None                # for kl_kind="topk"
     kd_strategy: str = "all"                # reward-guided KD, one of KD_STRATEGIES
     kd_threshold: float = 1.0               # reward at/above which a response counts as correct
     # bookkeeping
     seed: int = 0
-    eval_every: int = 25                    # 0 = only at the end
-    eval_size: int = 100                    # prompts of test and ood evaluated (greedy)
-    checkpoint_every: int = 25
-    log_teacher_kl: bool = True             # score GRPO rollouts with the teacher for KL metrics
+    eval_every: int = 20                    # 0 = only at the end
+    eval_size: int = 100                    # rows of each eval split evaluated (greedy)
+    checkpoint_every: int = 10              # 0 = only at the end
+    log_exact_kl: bool | None = None        # exact KL(student || teacher) per step; None = when [B, T, V] is small
     output_dir: str = "runs/default"
     device: str | None = None               # None = CUDA if available else CPU
-    threads: int | None = None              # torch CPU threads (None = torch's default)
+    threads: int | None = 1                 # torch CPU threads (tiny models: 1 is fastest)
 
     def __post_init__(self):
         self.validate()
@@ -96,15 +108,23 @@ class TrainConfig:
         for name in ("beta", "lr", "clip_eps", "temperature"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 0")
+        if self.temperature == 0:
+            raise ValueError("config field temperature=0: sampling needs a positive temperature")
         if self.beta_end is not None and self.beta_end < 0:
             raise ValueError(f"config field beta_end={self.beta_end} must be >= 0")
         if self.beta_schedule != "constant" and self.beta_end is None:
             raise ValueError(f"config field beta_end is needed for beta_schedule={self.beta_schedule!r}")
         if self.kl_kind == "topk" and not self.top_k:
             raise ValueError("config field top_k must be a positive integer when kl_kind='topk'")
+        if self.kl_mode != "loss" and self.kl_kind != "k1":
+            raise ValueError(f"config field kl_mode={self.kl_mode!r} uses the sampled log-ratio (k1) as a "
+                             f"reward; set kl_kind: k1 (got {self.kl_kind!r})")
         for name in ("prompts_per_step", "max_new_tokens", "max_steps", "ppo_epochs", "eval_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 1")
+        for name in ("micro_batch_size", "anneal_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"config field {name}={getattr(self, name)} must be >= 1 (or null)")
         if self.lora_r == 0 and self.student_quant != "none":
             raise ValueError("config field lora_r=0 (full fine-tuning) needs student_quant='none': "
                              "quantised weights are frozen")
@@ -115,9 +135,28 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def uses_teacher_in_loss(self) -> bool:
+        return self.algorithm in ("kd-rkl", "kdrl")
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``["beta=0.1", "kl_kind=k3"]`` -> ``{"beta": 0.1, "kl_kind": "k3"}`` (values parsed as YAML)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: write key=value, e.g. --set beta=0.1")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:
-    """A :class:`TrainConfig` from a YAML file (a shipped name like ``kdrl`` also works)."""
+    """A :class:`TrainConfig` from a YAML file (a shipped name like ``kdrl`` also works).
+
+    The file's fields replace the dataclass defaults; ``overrides`` (``None`` values ignored)
+    replace both.
+    """
     path = Path(path)
     if not path.exists() and (CONFIG_DIR / f"{path.stem}.yaml").exists():
         path = CONFIG_DIR / f"{path.stem}.yaml"
@@ -125,9 +164,9 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
         shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"config file {path} not found; pass a YAML path or a shipped config name: {shipped}")
     values = yaml.safe_load(path.read_text()) or {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{path}: unknown config field(s) {unknown}; known fields: {sorted(known)}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)

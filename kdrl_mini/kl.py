@@ -95,17 +95,18 @@ def exact_kl(
             f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ: "
             "both policies must score the same vocabulary at the same positions"
         )
-    log_p = torch.log_softmax(logits, dim=-1)
-    log_q = torch.log_softmax(ref_logits, dim=-1)
-    if top_k is not None:
+    if top_k is None:
+        log_p = torch.log_softmax(logits, dim=-1)
+        log_q = torch.log_softmax(ref_logits, dim=-1)
+    else:
         if int(top_k) < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k}")
+        # Renormalised on S, log p^S = z_S - logsumexp(z_S): no full-vocabulary softmax needed.
         k = min(int(top_k), logits.shape[-1])
         idx = logits.topk(k, dim=-1).indices
-        log_p = log_p.gather(-1, idx)
-        log_q = log_q.gather(-1, idx)
-        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
-        log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)
+        z_p, z_q = logits.gather(-1, idx), ref_logits.gather(-1, idx)
+        log_p = z_p - torch.logsumexp(z_p, dim=-1, keepdim=True)
+        log_q = z_q - torch.logsumexp(z_q, dim=-1, keepdim=True)
     if direction == "reverse":
         return _kl_from_log_probs(log_p, log_q)
     if direction == "forward":

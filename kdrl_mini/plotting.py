@@ -10,7 +10,7 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
     matplotlib.use("Agg")  # files from the CLI; notebooks keep their inline backend
 import matplotlib.pyplot as plt
 
-from .trainer import read_metrics
+from .metrics import read_metrics
 
 LABELS = {
     "reward": "mean reward of rollouts",
@@ -40,8 +40,9 @@ def plot_curves(runs: dict[str, str | Path], metric: str, ax=None, window: int =
     for i, (label, run_dir) in enumerate(runs.items()):
         steps, evals = read_metrics(run_dir)
         lines = [e for e in evals if e["split"] == split] if split else steps
-        xs = [l["step"] for l in lines if metric in l]
-        ys = [l[metric] for l in lines if metric in l]
+        lines = [l for l in lines if l.get(metric) == l.get(metric) and metric in l]  # NaN: does not apply
+        xs = [l["step"] for l in lines]
+        ys = [l[metric] for l in lines]
         if xs:  # a run keeps its colour in every panel, even where it has no such metric
             ax.plot(xs, ys if split else smooth(ys, window), marker="o" if split else None, label=label,
                     color=colors[i % len(colors)])

@@ -13,9 +13,9 @@ instruct model to distil, without a model hub:
 
 Everything lands in ``.cache/real`` under the repository root (git-ignored); both folders load
 through :func:`kdrl_mini.models.load_teacher` / :func:`~kdrl_mini.models.load_student` with no
-special case, and :func:`real_config` is a short KDRL run on them. The measurement helpers
-(:func:`parameter_count`, :func:`weight_bytes`, :func:`measure_load_fresh`,
-:func:`quantization_kl`, :func:`measure_all`) produce the numbers in ``docs/real_pair.md``.
+special case, and :func:`real_config` is a short KDRL run on them. :func:`measure_all` (with the
+helpers of :mod:`kdrl_mini.measure`) produces the numbers in ``docs/real_pair.md``; the word
+problems come from :mod:`kdrl_mini.word_problems`.
 """
 
 from __future__ import annotations
@@ -23,21 +23,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
-import resource
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
 from . import tasks
 from .config import TrainConfig, load_config
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from .measure import measure_load_fresh, parameter_count, quantization_kl
+from .word_problems import INSTRUCTION, build_word_problems  # noqa: F401  (INSTRUCTION: the prompt suffix)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "real"
@@ -200,89 +194,6 @@ def materialize_student(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int =
     return out
 
 
-# ------------------------------------------------------------------ the word-problem task
-NAMES = ("Tom", "Anna", "Ben", "Maria", "Leo", "Sara", "Omar", "Mia", "Ivan", "Lucy", "Ravi", "Emma")
-ITEMS = ("apples", "pencils", "marbles", "stickers", "cookies", "books", "stamps", "shells", "cards", "eggs")
-INSTRUCTION = ("Solve the problem. Show your calculation, then write the final answer on the last line "
-               "in the form #### <number>.")
-
-# In domain: one operation each, as (template, answer from (a, b), operator shown in the solution).
-ONE_STEP = (
-    ("{n} has {a} {x} and buys {b} more. How many {x} does {n} have now?", lambda a, b: a + b, "+"),
-    ("{n} has {a} {x} and gives {b} of them to a friend. How many {x} does {n} have left?", lambda a, b: a - b, "-"),
-    ("{n} collects {a} {x} on Monday and {b} {x} on Tuesday. How many {x} does {n} collect in total?",
-     lambda a, b: a + b, "+"),
-    ("A box holds {a} {x}. {n} takes {b} {x} out of the box. How many {x} are still in the box?",
-     lambda a, b: a - b, "-"),
-    ("{n} has {a} bags with {b} {x} in each bag. How many {x} does {n} have?", lambda a, b: a * b, "*"),
-)
-# Two steps each (buy then give, or bags then give away): never seen in training, the OOD split.
-TWO_STEP = (
-    "{n} has {a} {x}, buys {b} more and then gives {c} to a friend. How many {x} does {n} have now?",
-    "{n} has {a} bags with {b} {x} in each bag and gives away {c} {x}. How many {x} does {n} have left?",
-)
-
-
-def make_word_problem(rng: random.Random, two_step: bool = False) -> dict:
-    """Draw one GSM8K-style word problem; returns a data row (``prompt``, ``answer``, ``solution``).
-
-    In domain: one operation on small numbers (a in 2..20 with b in 1..9, or a product of two
-    factors in 2..5): SmolLM2-135M-Instruct answers about a fifth of them right greedily (one
-    in twenty with operands up to 60), so the teacher is useful. ``two_step``: such an addition or product followed by a subtraction.
-    Answers are non-negative integers; the prompt ends with :data:`INSTRUCTION` so a correct
-    completion's last line is ``#### <answer>``.
-    """
-    n, x = rng.choice(NAMES), rng.choice(ITEMS)
-    if not two_step:
-        text, fn, op = rng.choice(ONE_STEP)
-        if op == "*":
-            a, b = rng.randint(2, 5), rng.randint(2, 5)
-        else:
-            a, b = rng.randint(2, 20), rng.randint(1, 9)
-            if op == "-":
-                a, b = max(a, b + 1), min(a, b)
-        answer = fn(a, b)
-        solution = f"{a} {op} {b} = {answer}\n#### {answer}"
-        problem = text.format(n=n, x=x, a=a, b=b)
-    else:
-        k = rng.randrange(len(TWO_STEP))
-        if k == 0:
-            a, b = rng.randint(2, 20), rng.randint(1, 9)
-            first, op = a + b, "+"
-        else:
-            a, b = rng.randint(2, 5), rng.randint(2, 5)
-            first, op = a * b, "*"
-        c = rng.randint(1, first - 1)
-        answer = first - c
-        solution = f"{a} {op} {b} = {first}\n{first} - {c} = {answer}\n#### {answer}"
-        problem = TWO_STEP[k].format(n=n, x=x, a=a, b=b, c=c)
-    return {"prompt": f"{problem}\n{INSTRUCTION}", "answer": str(answer), "solution": solution,
-            "steps": 2 if two_step else 1}
-
-
-def _distinct(n: int, rng: random.Random, two_step: bool, exclude: set[str]) -> list[dict]:
-    rows = tasks.distinct_rows(n, lambda: make_word_problem(rng, two_step), exclude)
-    exclude.update(r["prompt"] for r in rows)
-    return rows
-
-
-def build_word_problems(cache_dir: str | Path = DEFAULT_CACHE, n_train: int = 500, n_test: int = 100,
-                        n_ood: int = 100, seed: int = 0) -> Path:
-    """Write ``<cache_dir>/word_problems/{train,test,ood}.jsonl`` (disjoint prompts); return the folder.
-
-    Deterministic in ``seed``: the same seed rewrites the same files.
-    """
-    out = Path(cache_dir) / "word_problems"
-    out.mkdir(parents=True, exist_ok=True)
-    seen: set[str] = set()
-    test = _distinct(n_test, random.Random(seed + 1), False, seen)
-    train = _distinct(n_train, random.Random(seed), False, seen)
-    ood = _distinct(n_ood, random.Random(seed + 2), True, seen)
-    for name, rows in (("train", train), ("test", test), ("ood", ood)):
-        tasks.write_jsonl(out / f"{name}.jsonl", rows)
-    return out
-
-
 # ------------------------------------------------------------------ a short KDRL run
 def materialize_pair(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2, seed: int = 0) -> dict[str, Path]:
     """Teacher and student (each built only if missing) and the word problems of ``seed``.
@@ -292,7 +203,7 @@ def materialize_pair(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2,
     """
     teacher = materialize_teacher(cache_dir)
     student = materialize_student(cache_dir, keep_every)
-    data = build_word_problems(cache_dir, seed=seed)
+    data = build_word_problems(Path(cache_dir) / "word_problems", seed=seed)
     return {"teacher": teacher, "student": student, "data": data}
 
 
@@ -312,169 +223,9 @@ def real_config(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2, **ov
         data_dir=str(cache_dir / "word_problems"),
         student_quant="4bit", teacher_quant="8bit", lora_r=8, lora_alpha=16,
         chat_template=True, group_size=4, prompts_per_step=2, max_new_tokens=48,
-        lr=1e-4, max_steps=3, eval_every=0, eval_size=4, checkpoint_every=0,
+        lr=1e-4, max_steps=3, eval_every=0, eval_size=4, checkpoint_every=0, log_exact_kl=True,
         output_dir=str(cache_dir / "runs" / "kdrl"))
     return base.replace(**overrides)
-
-
-# ------------------------------------------------------------------ measurements
-def parameter_count(model_dir: str | Path) -> int:
-    """Parameters stored in a checkpoint folder's safetensors files (tied weights counted once).
-
-    Reads only the file headers, so it is instant and needs no model in memory.
-    """
-    from safetensors import safe_open
-
-    total = 0
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                n = 1
-                for d in st.get_slice(name).get_shape():
-                    n *= d
-                total += n
-    return total
-
-
-def _tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def weight_bytes(model) -> dict[str, int]:
-    """Bytes a loaded model holds in weights, split so quantisation savings are visible.
-
-    base: frozen parameters + buffers as stored (fp32 = 4 B, LLM.int8 = 1 B, NF4 = 0.5 B per
-    weight); quant_state: the scales quantised weights need (8-bit: one fp32 per output row;
-    NF4: one fp32 absmax per 64 weights + the 16-entry code book); lora: adapter parameters
-    (names containing ``lora_``); total: their sum. Tied tensors are counted once.
-    """
-    seen, out = set(), {"base": 0, "quant_state": 0, "lora": 0}
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        out["lora" if "lora_" in name else "base"] += _tensor_bytes(p)
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            out["quant_state"] += _tensor_bytes(state.absmax) + _tensor_bytes(state.code)
-    # LLM.int8 row scales sit on the weight until the first forward, then move to the layer's state.
-    scales = [getattr(p, "SCB", None) for p in model.parameters()]
-    scales += [getattr(getattr(m, "state", None), "SCB", None) for m in model.modules()]
-    for scb in scales:
-        if isinstance(scb, torch.Tensor) and id(scb) not in seen:
-            seen.add(id(scb))
-            out["quant_state"] += _tensor_bytes(scb)
-    out["total"] = sum(out.values())
-    return out
-
-
-def _rss_mb() -> dict[str, float]:
-    """This process's resident memory in MB from ``/proc/self/status`` (Linux).
-
-    rss: all resident pages; anon: heap memory the process allocated; file: pages of mapped
-    files. safetensors are memory-mapped, so fp32 weights used in place show up as file pages
-    (shared with the page cache, dropped under memory pressure), quantised copies as anon.
-    peak: ``ru_maxrss``, the high-water mark of rss since the process started.
-    """
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    kib = {k: int(fields[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile")}
-    return {"rss": kib["VmRSS"] / 1024, "anon": kib["RssAnon"] / 1024, "file": kib["RssFile"] / 1024,
-            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def _release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS, so RSS shows what is still held."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS may then include freed-but-kept heap
-        pass
-
-
-def measure_load(model_dir: str | Path, role: str, quantization: str, lora_r: int = 8, threads: int = 1) -> dict:
-    """Load one model through the kit's loaders and time it, in this process.
-
-    role "teacher": :func:`kdrl_mini.models.load_teacher`; "student":
-    :func:`~kdrl_mini.models.load_student` with LoRA(r=``lora_r``). Returns seconds for
-    ``from_pretrained`` (``load_s``; safetensors are memory-mapped, so an fp32 load reads pages
-    lazily) and for the first forward of a 16-token input (``first_forward_s``, which touches
-    every weight), :func:`weight_bytes`, and memory in MB (see :func:`_rss_mb`): ``rss_before``
-    and the ``*_added`` growth of rss/anon/file after the forward and a garbage collection,
-    plus ``rss_peak`` over the whole load.
-    """
-    from . import models
-
-    torch.set_num_threads(threads)
-    before = _rss_mb()
-    t0 = time.perf_counter()
-    if role == "teacher":
-        model = models.load_teacher(model_dir, quantization)
-    elif role == "student":
-        model = models.load_student(model_dir, quantization, models.LoraSpec(r=lora_r, alpha=2 * lora_r))
-    else:
-        raise ValueError(f"role={role!r}: choose 'teacher' or 'student'")
-    t1 = time.perf_counter()
-    with torch.no_grad():
-        model(input_ids=torch.arange(1, 17).unsqueeze(0))
-    t2 = time.perf_counter()
-    _release_freed_memory()
-    after = _rss_mb()
-    return {"role": role, "quantization": quantization, "load_s": t1 - t0, "first_forward_s": t2 - t1,
-            "bytes": weight_bytes(model), "rss_before_mb": before["rss"],
-            "rss_added_mb": after["rss"] - before["rss"], "anon_added_mb": after["anon"] - before["anon"],
-            "file_added_mb": after["file"] - before["file"], "rss_peak_mb": after["peak"]}
-
-
-def measure_load_fresh(model_dir: str | Path, role: str, quantization: str, lora_r: int = 8, threads: int = 1) -> dict:
-    """:func:`measure_load` in a fresh Python process, so its peak RSS belongs to this one model.
-
-    The child imports torch, transformers, peft and bitsandbytes before measuring, so the
-    ``*_added_mb`` figures and ``rss_peak_mb - rss_before_mb`` belong to the model alone.
-    """
-    code = ("import json, sys\n"
-            "import torch, transformers, peft, bitsandbytes\n"
-            "from kdrl_mini.real import measure_load\n"
-            "r = measure_load(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))\n"
-            "print('RESULT ' + json.dumps(r))\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", code, str(model_dir), role, quantization, str(lora_r), str(threads)],
-                          capture_output=True, text=True, env=env, cwd=str(REPO_ROOT))
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"measuring {role} ({quantization}) in a fresh process failed:\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
-def quantization_kl(model_dir: str | Path, prompts: list[str], quantization: str = "8bit",
-                    max_new_tokens: int = 32, chat_template: bool = True) -> list[dict]:
-    """Exact KL(quantised || fp32) per token of one checkpoint, on the fp32 model's greedy answers.
-
-    For each prompt the fp32 model answers greedily (``rollout.sample``); the fp32 and the
-    ``quantization`` ("8bit" or "4bit") loads, both frozen, then score that batch
-    (``rollout.token_logprobs``, logits [B, T, V]) and ``kl.exact_kl(logits_q, logits_fp32)``
-    gives the KL at every completion position [B, T]. Returns one dict per prompt: mean and
-    max KL over its completion tokens, and their count.
-    """
-    from . import models
-    from .kl import exact_kl
-    from .rollout import format_prompts, sample, token_logprobs
-
-    tok = models.load_tokenizer(model_dir)
-    full = models.load_teacher(model_dir, "none")
-    texts = format_prompts(tok, prompts, chat_template)
-    batch = sample(full, tok, texts, max_new_tokens=max_new_tokens, greedy=True)
-    with torch.no_grad():
-        _, logits_full = token_logprobs(full, batch, return_logits=True)
-        del full
-        quantized = models.load_teacher(model_dir, quantization)
-        _, logits_q = token_logprobs(quantized, batch, return_logits=True)
-    kl = exact_kl(logits_q, logits_full)  # [B, T]
-    mask = batch.completion_mask.bool()
-    return [{"prompt": p, "tokens": int(m.sum()), "mean_kl": float(k[m].mean()), "max_kl": float(k[m].max())}
-            for p, k, m in zip(prompts, kl, mask)]
 
 
 def measure_all(cache_dir: str | Path = DEFAULT_CACHE, n_kl_prompts: int = 4, n_eval: int = 20,

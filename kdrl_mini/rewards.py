@@ -96,9 +96,11 @@ def reward(text, answer, format_weight: float = 0.0) -> float:
     return correctness_reward(text, answer) + format_weight * format_reward(text)
 
 
-def batch_rewards(texts, answers, format_weight: float = 0.0) -> torch.Tensor:
-    """Rewards of B completions against their B gold answers -> FloatTensor [B]."""
+def batch_rewards(texts, answers, format_weight: float = 0.0, device=None) -> torch.Tensor:
+    """Rewards of B completions against their B gold answers -> FloatTensor [B] on ``device``
+    (the policy's device: rewards meet the model's tensors in the loss)."""
     texts, answers = list(texts), list(answers)
     if len(texts) != len(answers):
         raise ValueError(f"{len(texts)} completions but {len(answers)} answers: pass one answer per completion")
-    return torch.tensor([reward(t, a, format_weight) for t, a in zip(texts, answers)], dtype=torch.float32)
+    return torch.tensor([reward(t, a, format_weight) for t, a in zip(texts, answers)], dtype=torch.float32,
+                        device=device)

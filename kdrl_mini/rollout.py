@@ -1,26 +1,28 @@
-"""Sampling completions and scoring tokens: the bridge between models and the pure losses.
+"""Sampling completions: prompts in, a :class:`Batch` of token ids, masks and texts out.
 
 Conventions: a batch of ``B`` sequences is ``[prompt | completion]`` with prompts left-padded
 to a common length ``P``; completions ``[B, T]`` hold the generated tokens; ``mask [B, T]`` is 1
 for completion tokens up to and including the first EOS, 0 after it. Positions are counted from
-each sequence's first real token, so left padding never shifts them.
+each sequence's first real token, so left padding never shifts them. Scoring a batch (token
+log-probs) lives in :mod:`kdrl_mini.scoring`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from .rewards import batch_rewards
+from .scoring import position_ids_from_mask, token_logprobs  # noqa: F401  (re-exported: scoring a batch)
 
 
 @dataclass
 class Batch:
     """One rollout: ``B = len(prompts) * group_size`` sequences, groups contiguous.
 
-    input_ids, attention_mask: [B, P + T]; completion_mask: [B, T]; prompt_len: P.
-    texts: decoded completions (special tokens removed), length B.
+    input_ids, attention_mask: [B, P + T]; completion_mask: [B, T] (float 0/1); prompt_len: P;
+    truncated: [B] bool, True where the budget ran out before an EOS; texts: decoded completions.
     """
 
     input_ids: torch.Tensor
@@ -28,10 +30,19 @@ class Batch:
     completion_mask: torch.Tensor
     prompt_len: int
     texts: list[str]
+    truncated: torch.Tensor | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len:]
+
+    def rows(self, sl: slice) -> "Batch":
+        """The sequences ``sl`` (a micro-batch); tensors are views, not copies."""
+        return Batch(**{f.name: _take(getattr(self, f.name), sl) for f in fields(self)})
+
+
+def _take(value, sl: slice):
+    return value[sl] if isinstance(value, (torch.Tensor, list)) else value
 
 
 def format_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[str]:
@@ -58,63 +69,55 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor,
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def completion_mask_from_ids(completion_ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
-    """[B, T] mask: 1 up to and including the first EOS (or everything if no EOS)."""
-    is_eos = completion_ids == eos_id
-    # A token is kept while no EOS appeared strictly before it.
-    before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the model's generation EOS ids
+    (instruct models often have several, e.g. ``<|im_end|>`` and ``<|endoftext|>``)."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen) if isinstance(gen, (list, tuple)) else {gen}
+    return sorted(i for i in ids if i is not None)
+
+
+def completion_mask_from_ids(completion_ids: torch.Tensor, eos_id, pad_id: int) -> torch.Tensor:
+    """[B, T] mask: 1 up to and including the first EOS (or everything if no EOS).
+
+    ``eos_id`` is one id or a list of ids."""
+    eos = torch.as_tensor(eos_id if isinstance(eos_id, (list, tuple)) else [eos_id], device=completion_ids.device)
+    is_eos = torch.isin(completion_ids, eos).int()
+    before = torch.cumsum(is_eos, dim=1) - is_eos  # a token is kept while no EOS came strictly before it
     mask = (before == 0).float()
-    if pad_id != eos_id:
+    if pad_id not in eos.tolist():
         mask = mask * (completion_ids != pad_id).float()
     return mask
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, L] positions counted from each row's first real token (left padding gets 0)."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], group_size: int = 1, max_new_tokens: int = 64,
            temperature: float = 1.0, greedy: bool = False) -> Batch:
-    """Generate ``group_size`` completions per prompt (KV cache via ``generate``)."""
+    """Generate ``group_size`` completions per prompt (KV cache via ``generate``).
+
+    The sampled policy is exactly softmax(logits / temperature): every other logits processor a
+    model may ship in its generation config (repetition penalty, top-k/top-p, n-gram bans) is
+    switched off, so the log-probs the losses use are those of the distribution sampled from.
+    """
     device = next(model.parameters()).device
     ids, attn = encode_prompts(tokenizer, prompts, device)
     ids = ids.repeat_interleave(group_size, dim=0)
     attn = attn.repeat_interleave(group_size, dim=0)
+    eos = eos_token_ids(model, tokenizer)
     out = model.generate(
         input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-        do_sample=not greedy, temperature=temperature if not greedy else None,
-        top_k=0 if not greedy else None, top_p=1.0 if not greedy else None,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        do_sample=not greedy, temperature=None if greedy else temperature, top_k=None if greedy else 0,
+        top_p=None if greedy else 1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
+        no_repeat_ngram_size=0, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
     )
     P = ids.shape[1]
     completion = out[:, P:]
-    mask = completion_mask_from_ids(completion, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    mask = completion_mask_from_ids(completion, eos, tokenizer.pad_token_id)
+    ended = torch.isin(completion, torch.as_tensor(eos, device=device)).any(dim=1)
     full_attn = torch.cat([attn, mask.long()], dim=1)
-    texts = tokenizer.batch_decode(completion * mask.long() + tokenizer.pad_token_id * (1 - mask.long()),
-                                   skip_special_tokens=True)
-    return Batch(out, full_attn, mask, P, texts)
-
-
-def token_logprobs(model, batch: Batch, return_logits: bool = False, temperature: float = 1.0):
-    """Log-probs of the completion tokens under ``model``.
-
-    logp[b, t] = log softmax(z_{b, P+t-1} / temperature)[y_{b, P+t}]   -> [B, T]
-    With ``return_logits`` also the completion positions' logits [B, T, V] (for exact KL).
-    Gradients flow when called outside ``torch.no_grad``.
-    """
-    pos = position_ids_from_mask(batch.attention_mask)
-    P = batch.prompt_len
-    # Only the positions that predict completion tokens need the (vocabulary-sized) head.
-    keep = batch.input_ids.shape[1] - P + 1
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
-                logits_to_keep=keep)
-    logits = out.logits[:, :-1, :].float() / temperature
-    targets = batch.input_ids[:, P:]
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (logp, logits) if return_logits else logp
+    texts = tokenizer.batch_decode(completion.masked_fill(mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
+    return Batch(out, full_attn, mask, P, texts, truncated=~ended)
 
 
 def teacher_forced_batch(tokenizer, prompts: list[str], completions: list[str], device) -> Batch:
@@ -129,21 +132,24 @@ def teacher_forced_batch(tokenizer, prompts: list[str], completions: list[str], 
         mask[i, :len(c)] = 1.0
     comp_ids, mask = comp_ids.to(device), mask.to(device)
     return Batch(torch.cat([ids, comp_ids], dim=1), torch.cat([attn, mask.long()], dim=1),
-                 mask, ids.shape[1], list(completions))
+                 mask, ids.shape[1], list(completions), truncated=torch.zeros(len(comp), dtype=torch.bool, device=device))
 
 
 @torch.no_grad()
 def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 100,
                 chat_template: bool = False) -> dict:
-    """Greedy-decoding accuracy and mean completion length (tokens, EOS included) on ``rows``."""
+    """Greedy-decoding accuracy, mean completion length (tokens, EOS included) and the share of
+    answers cut off by the budget, on ``rows``."""
     model.eval()
-    correct, lengths, texts = [], [], []
+    correct, lengths, cut, texts = [], [], [], []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         prompts = format_prompts(tokenizer, [r["prompt"] for r in chunk], chat_template)
         b = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=True)
         correct += batch_rewards(b.texts, [r["answer"] for r in chunk]).tolist()
         lengths += b.completion_mask.sum(1).tolist()
+        cut += b.truncated.float().tolist()
         texts += b.texts
-    return {"accuracy": sum(correct) / len(correct), "mean_length": sum(lengths) / len(lengths),
+    n = max(len(rows), 1)
+    return {"accuracy": sum(correct) / n, "mean_length": sum(lengths) / n, "truncated": sum(cut) / n,
             "n": len(rows), "samples": texts[:3]}

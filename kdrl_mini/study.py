@@ -21,7 +21,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .trainer import Trainer, load_student_for, read_metrics
+from .metrics import read_metrics
+from .trainer import Trainer, load_student_for
 
 BASELINES = ("grpo", "kd-fkl", "kd-rkl", "kdrl")
 

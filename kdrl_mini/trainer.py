@@ -1,107 +1,107 @@
-"""The training loop: rollout -> rewards -> teacher scores -> loss -> optimiser, for every algorithm.
+"""The training loop: collect a rollout, then minimise the algorithm's loss on it.
 
-The math lives in :mod:`kdrl_mini.losses`; this file only moves tensors between the models and
-those functions, logs metrics (``metrics.jsonl``), evaluates and checkpoints. One loop serves
-GRPO, KD-FKL, KD-RKL and KDRL: the algorithm is a config choice.
+One step, for every algorithm::
 
-Run folder layout::
+    rollout = collect(prompts)        # sample, reward, teacher log-probs, advantages: once
+    for each PPO epoch:
+        for each micro-batch:         # student forward, LOSSES[algorithm], backward
+        clip gradients, optimiser step (skipped if anything is non-finite)
+    one metrics row (kdrl_mini.metrics schema)
 
-    config.yaml        the resolved TrainConfig
-    metrics.jsonl      one JSON line per step (and eval lines with "split")
-    checkpoint.pt      latest state: adapter/trainable weights, optimiser, RNG, step
-    adapter/           final trainable weights (peft adapter folder when LoRA is used)
+The math lives in :mod:`kdrl_mini.losses` and :mod:`kdrl_mini.advantages`; this file moves
+tensors between the models and those functions. Run folder: ``config.yaml``, ``metrics.jsonl``,
+``checkpoint.pt`` (latest state) and ``adapter/`` (final trainable weights).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import time
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import yaml
 from tqdm import tqdm
 
-from . import losses, models, tasks
+from . import checkpoints, metrics, models
+from .advantages import group_advantages, per_token_kl_advantages, sequence_kl_rewards
 from .config import TrainConfig
+from .losses import forward_kl_loss, grpo_loss, kd_mask, kdrl_loss, masked_mean, reverse_kl_loss, token_weights
 from .rewards import batch_rewards
-from .rollout import Batch, format_prompts, greedy_eval, sample, token_logprobs
-from .kl import exact_kl
+from .rollout import Batch, format_prompts, greedy_eval, sample
 from .schedules import make_schedule
-
-NEEDS_TEACHER_LOGITS = ("exact", "topk")
+from .scoring import completion_logits, logprobs_from_logits, position_stats, score_in_micro_batches
+from .loading import EVAL_SPLITS, PromptSampler, World, load_student_for, load_world  # noqa: F401  (re-exported)
+from .utils import set_threads
 
 
 @dataclass
-class World:
-    """What a run trains on: student, teacher, tokenizer and the task splits."""
+class Rollout:
+    """Everything a step learns from, collected once, on the model's device.
 
-    student: object
-    teacher: object
-    tokenizer: object
-    train: list[dict]
-    test: list[dict]
-    ood: list[dict]
+    batch (ids [B, P+T], mask [B, T], texts); rewards, correct, advantages, kd_weights: [B];
+    weights: [B, T] aggregation weights of the whole rollout (``losses.token_weights``);
+    old_logp, teacher_logp: [B, T] or None; teacher_logits: [B, T, V] or None (exact/top-k KL).
+    """
 
+    batch: Batch
+    rewards: torch.Tensor
+    correct: torch.Tensor
+    advantages: torch.Tensor
+    kd_weights: torch.Tensor
+    weights: torch.Tensor
+    old_logp: torch.Tensor | None = None
+    teacher_logp: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
 
-def load_student_for(cfg: TrainConfig):
-    """A freshly initialised trainable student for ``cfg`` (LoRA init seeded by ``cfg.seed``)."""
-    torch.manual_seed(cfg.seed)
-    lora = models.LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora_r > 0 else None
-    return models.load_student(cfg.student_path, cfg.student_quant, lora, cfg.device)
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.completion_mask
 
-
-def load_world(cfg: TrainConfig) -> World:
-    """Load models and data named by ``cfg`` (checks paths, rows and vocabularies)."""
-    tok = models.load_tokenizer(models.check_model_dir(cfg.student_path, "student"))
-    student = load_student_for(cfg)
-    teacher = models.load_teacher(cfg.teacher_path, cfg.teacher_quant, cfg.device)
-    models.check_same_vocab(student, teacher, tok)
-    splits = {s: [dict(r) for r in tasks.load_split(cfg.data_dir, s)] for s in tasks.SPLITS}
-    return World(student, teacher, tok, splits["train"], splits["test"], splits["ood"])
-
-
-class PromptSampler:
-    """Seeded epoch-wise shuffling over the train prompts; its state is two integers."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
-        self._order()
-
-    def _order(self):
-        self.order = list(range(self.n))
-        random.Random(self.seed * 100003 + self.epoch).shuffle(self.order)
-
-    def next(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.pos == self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order()
-            out.append(self.order[self.pos])
-            self.pos += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load(self, state: dict):
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self._order()
+    def rows(self, sl: slice) -> "Rollout":
+        """A micro-batch: the sequences ``sl`` of every field."""
+        take = lambda v: v.rows(sl) if isinstance(v, Batch) else (None if v is None else v[sl])  # noqa: E731
+        return Rollout(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
 
 
-def _trainable_state(model) -> dict:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+# ------------------------------------------------- the four losses: (rollout, logp, logits, cfg, beta)
+def _old(ro: Rollout, logp):  # one PPO epoch: pi_old = pi_theta, the ratio is exactly 1
+    return logp.detach() if ro.old_logp is None else ro.old_logp
 
 
-def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean per-token entropy  H_t = -sum_v p log p  over masked positions; logits [B, T, V]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    ent = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)
-    return float((ent * mask).sum() / mask.sum().clamp(min=1))
+def _logits(ro, logits, cfg):  # the student's full distribution, only where the KL sums over it
+    return logits.float() / cfg.temperature if cfg.kl_kind in ("exact", "topk") else None
+
+
+def grpo_step_loss(ro, logp, logits, cfg, beta):
+    return grpo_loss(logp, _old(ro, logp), ro.advantages, ro.mask, cfg.clip_eps, cfg.clip_eps_high,
+                     cfg.loss_agg, cfg.max_new_tokens, ro.weights)
+
+
+def kd_fkl_step_loss(ro, logp, logits, cfg, beta):
+    return forward_kl_loss(logp, ro.mask, cfg.loss_agg, cfg.max_new_tokens, ro.weights)
+
+
+def kd_rkl_step_loss(ro, logp, logits, cfg, beta):
+    return reverse_kl_loss(logp, ro.teacher_logp, ro.mask, cfg.kl_kind, _logits(ro, logits, cfg), ro.teacher_logits,
+                           cfg.top_k, None, cfg.loss_agg, cfg.max_new_tokens, ro.weights)
+
+
+def kdrl_step_loss(ro, logp, logits, cfg, beta):
+    if cfg.kl_mode == "reward":  # the paper's per-token form: A_i + beta * w_i * d_t, then GRPO
+        adv = per_token_kl_advantages(ro.advantages, beta, ro.teacher_logp, _old(ro, logp), ro.mask, ro.kd_weights)
+        return grpo_step_loss(Rollout(**{**vars(ro), "advantages": adv}), logp, logits, cfg, beta)
+    if cfg.kl_mode == "reward-seq":  # already folded into ro.advantages by collect()
+        return grpo_step_loss(ro, logp, logits, cfg, beta)
+    return kdrl_loss(logp, _old(ro, logp), ro.advantages, ro.mask, ro.teacher_logp, beta, cfg.kl_kind, ro.kd_weights,
+                     cfg.clip_eps, cfg.clip_eps_high, cfg.loss_agg, cfg.max_new_tokens, _logits(ro, logits, cfg),
+                     ro.teacher_logits, cfg.top_k, ro.weights)
+
+
+LOSSES = {"grpo": grpo_step_loss, "kd-fkl": kd_fkl_step_loss, "kd-rkl": kd_rkl_step_loss, "kdrl": kdrl_step_loss}
+SUMMED = ("loss", "policy_loss", "kd_loss")  # shares of the whole-rollout loss: micro-batches add up
+MAX_BAD_STEPS = 3
 
 
 class Trainer:
@@ -113,149 +113,171 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, world: World | None = None):
         self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.device = models.pick_device(cfg.device)
+        set_threads(cfg.threads, self.device)
         self.world = world or load_world(cfg)
         self.out = Path(cfg.output_dir)
         self.params = [p for p in self.world.student.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.sampler = PromptSampler(len(self.world.train), cfg.seed)
-        self.beta_at = make_schedule(cfg.beta_schedule, cfg.beta, cfg.beta_end, cfg.max_steps)
-        self.step = 0
+        anneal = max((cfg.anneal_steps or cfg.max_steps) - 1, 1)  # beta_end is reached at the last annealed step
+        self.beta_at = make_schedule(cfg.beta_schedule, cfg.beta, cfg.beta_end, anneal)
+        self.step, self.bad_steps = 0, 0
+        self.log_exact_kl = cfg.algorithm != "kd-fkl" and self._resolve_log_exact_kl()
+        self.score_teacher = cfg.uses_teacher_in_loss or self.log_exact_kl
+        self.keep_teacher_logits = self.log_exact_kl or (cfg.uses_teacher_in_loss and cfg.kl_kind in ("exact", "topk"))
+        quantised = cfg.student_quant != "none"
+        use_copy = cfg.dequantized_rollout if cfg.dequantized_rollout is not None else self.device.type == "cpu"
+        self.copy = models.DequantizedCopy(self.world.student) if quantised and use_copy else None
+
+    def _resolve_log_exact_kl(self) -> bool:
+        if self.cfg.log_exact_kl is not None:
+            return self.cfg.log_exact_kl
+        c = self.cfg
+        return c.prompts_per_step * c.group_size * c.max_new_tokens * models.vocab_size_of(self.world.teacher) <= 2**24
 
     # ---------------------------------------------------------------- one step
-    def rollout(self, rows: list[dict]) -> tuple[Batch, torch.Tensor]:
-        """Sample completions (the teacher's for kd-fkl, else the student's) and their rewards."""
+    @contextmanager
+    def sampling_policy(self, training: bool = True):
+        """The model to sample from: the teacher for KD-FKL's rollouts, else the student (its
+        dequantised copy, or LoRA merged into an fp32 base)."""
+        if training and self.cfg.algorithm == "kd-fkl":
+            yield self.world.teacher
+        elif self.copy is not None:
+            yield self.copy.refresh()
+        else:
+            self.world.student.eval()
+            with models.merged_lora(self.world.student) as merged:
+                yield merged
+
+    def collect(self, rows: list[dict], beta: float, laps: metrics.Laps) -> Rollout:
+        """Sample G responses per prompt, score rewards and (if needed) teacher log-probs, form advantages."""
         cfg, w = self.cfg, self.world
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template)
-        policy = w.teacher if cfg.algorithm == "kd-fkl" else w.student
-        policy.eval()
-        with models.merged_lora(policy):
-            batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
         answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        return batch, batch_rewards(batch.texts, answers, format_weight=cfg.format_weight)
+        with self.sampling_policy() as policy:
+            batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+        correct = batch_rewards(batch.texts, answers, device=self.device)
+        rewards = batch_rewards(batch.texts, answers, cfg.format_weight, self.device) if cfg.format_weight else correct
+        laps("rollout")
+        teacher_logp, teacher_logits = None, None
+        if self.score_teacher:
+            teacher_logp, teacher_logits = score_in_micro_batches(w.teacher, batch, cfg.micro_batch_size,
+                                                                  self.keep_teacher_logits)
+        laps("teacher")
+        old_logp = None
+        if cfg.ppo_epochs > 1 or (cfg.algorithm == "kdrl" and cfg.kl_mode == "reward-seq"):
+            w.student.train()
+            old_logp = score_in_micro_batches(w.student, batch, cfg.micro_batch_size, temperature=cfg.temperature)[0]
+        kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if cfg.algorithm == "kdrl" else "all", cfg.kd_threshold)
+        shaped = rewards
+        if cfg.algorithm == "kdrl" and cfg.kl_mode == "reward-seq":
+            shaped = sequence_kl_rewards(rewards, beta, teacher_logp, old_logp, batch.completion_mask, kd_w)
+        advantages = group_advantages(shaped, cfg.group_size, cfg.adv_scale)
+        weights = token_weights(batch.completion_mask, cfg.loss_agg, cfg.max_new_tokens)
+        return Rollout(batch, rewards, correct, advantages, kd_w, weights, old_logp, teacher_logp, teacher_logits)
 
-    @torch.no_grad()
-    def teacher_scores(self, batch: Batch):
-        """Teacher log-probs of the sampled tokens [B, T], and logits [B, T, V] when needed."""
-        want_logits = self.cfg.kl_kind in NEEDS_TEACHER_LOGITS or self.cfg.log_teacher_kl
-        out = token_logprobs(self.world.teacher, batch, return_logits=want_logits)
-        return out if want_logits else (out, None)
-
-    def loss(self, batch: Batch, rewards, old_logp, teacher_logp, teacher_logits, beta):
-        """Student forward + the algorithm's loss; returns (loss, metrics, student logits)."""
+    def micro_step(self, ro: Rollout, beta: float) -> dict[str, torch.Tensor]:
+        """Student forward, loss, backward on one micro-batch; returns summable statistics."""
         cfg = self.cfg
-        logp, logits = token_logprobs(self.world.student, batch, return_logits=True)
-        mask = batch.completion_mask
-        old = logp.detach() if old_logp is None else old_logp
-        use_logits = cfg.kl_kind in NEEDS_TEACHER_LOGITS
-        if cfg.algorithm == "kd-fkl":
-            loss, m = losses.forward_kl_loss(logp, mask, loss_agg=cfg.loss_agg)
-        elif cfg.algorithm == "kd-rkl":
-            loss, m = losses.reverse_kl_loss(
-                logp, teacher_logp, mask, kind=cfg.kl_kind, logits=logits if use_logits else None,
-                teacher_logits=teacher_logits if use_logits else None, top_k=cfg.top_k, loss_agg=cfg.loss_agg)
-        else:
-            loss, m = losses.kdrl_loss(
-                logp, old, teacher_logp, rewards, mask, cfg.group_size,
-                beta=beta if cfg.algorithm == "kdrl" else 0.0, kl_kind=cfg.kl_kind, kl_mode=cfg.kl_mode,
-                kd_strategy=cfg.kd_strategy, kd_threshold=cfg.kd_threshold, clip_eps=cfg.clip_eps,
-                clip_eps_high=cfg.clip_eps_high, loss_agg=cfg.loss_agg, adv_scale=cfg.adv_scale,
-                logits=logits if use_logits else None, teacher_logits=teacher_logits if use_logits else None,
-                top_k=cfg.top_k)
-        return loss, m, logits
+        with self._autocast():
+            logits = completion_logits(self.world.student, ro.batch)
+        logp = logprobs_from_logits(logits, ro.batch.completion_ids, cfg.temperature)
+        loss, m = LOSSES[cfg.algorithm](ro, logp, logits, cfg, beta)
+        loss.backward()
+        n = ro.mask.sum()
+        out = {k: (v if k in SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
+        out["loss"] = loss.detach()
+        teacher_logits = ro.teacher_logits if self.log_exact_kl else None
+        return {**out, **position_stats(logits.detach(), ro.mask, teacher_logits, cfg.temperature)}
 
     def train_step(self) -> dict:
         cfg, w = self.cfg, self.world
-        t0 = time.perf_counter()
+        laps = metrics.Laps(self.device)
         rows = [w.train[i] for i in self.sampler.next(cfg.prompts_per_step)]
-        batch, rewards = self.rollout(rows)
-        t_roll = time.perf_counter()
-        needs_teacher = cfg.algorithm in ("kd-rkl", "kdrl") or cfg.log_teacher_kl
-        teacher_logp, teacher_logits = self.teacher_scores(batch) if needs_teacher else (None, None)
-        if teacher_logp is None:  # the losses still take a tensor; GRPO ignores it at beta=0
-            teacher_logp = torch.zeros_like(batch.completion_mask)
-        t_teacher = time.perf_counter()
         beta = self.beta_at(self.step)
-        self.world.student.train()
-        old_logp = None
-        if cfg.ppo_epochs > 1:  # with one pass, pi_old = pi_theta and the ratio is exactly 1
-            with torch.no_grad():
-                old_logp = token_logprobs(w.student, batch)
+        ro = self.collect(rows, beta, laps)
+        w.student.train()
+        B, mb = ro.rewards.shape[0], cfg.micro_batch_size or ro.rewards.shape[0]
         for _ in range(cfg.ppo_epochs):
-            loss, m, logits = self.loss(batch, rewards, old_logp, teacher_logp, teacher_logits, beta)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            parts = [self.micro_step(ro.rows(slice(i, i + mb)), beta) for i in range(0, B, mb)]
+            sums = {k: sum(p[k] for p in parts) for k in parts[0]}
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.opt.step()
-        t_end = time.perf_counter()
-        mask = batch.completion_mask
-        n_tok = float(mask.sum())
-        metrics = {
-            "step": self.step + 1,
-            "reward": float(rewards.mean()),
-            # without a format term the reward is the correctness; only otherwise score again
-            "accuracy": float(rewards.mean() if not cfg.format_weight else batch_rewards(
-                batch.texts, [r["answer"] for r in rows for _ in range(cfg.group_size)]).mean()),
-            "response_length": float(mask.sum(1).mean()),
-            "loss": float(loss.detach()),
-            "beta": float(beta) if cfg.algorithm == "kdrl" else 0.0,
-            "entropy": entropy_from_logits(logits.detach(), mask),
-            "grad_norm": float(grad_norm),
-            "step_time": t_end - t0,
-            "rollout_time": t_roll - t0,
-            "teacher_time": t_teacher - t_roll,
-            "train_time": t_end - t_teacher,
-            "rollout_tok_s": n_tok / max(t_roll - t0, 1e-9),
-            "train_tok_s": n_tok * cfg.ppo_epochs / max(t_end - t_teacher, 1e-9),
-        }
-        if cfg.algorithm == "kd-fkl":  # these describe the teacher's samples, not the student
-            for k in ("reward", "accuracy", "response_length"):
-                metrics["teacher_" + k] = metrics.pop(k)
-        metrics.update({k: float(v) for k, v in m.items()})
-        if not needs_teacher:  # the loss saw a placeholder teacher; its KL is meaningless
-            metrics.pop("kl", None)
-        if cfg.algorithm != "kdrl":  # nothing is distilled through the KD mask
-            metrics.pop("kd_frac", None)
-            metrics.pop("kd_masked_frac", None)
-        if teacher_logits is not None and "exact_kl" not in m:
-            ekl = exact_kl(logits.detach(), teacher_logits)
-            metrics["exact_kl"] = float((ekl * mask).sum() / mask.sum().clamp(min=1))
+            skipped = self._guarded_update(sums["loss"], grad_norm)
+        laps("train")
         self.step += 1
-        return metrics
+        return self._row(ro, sums, beta, grad_norm, skipped, laps)
+
+    def _guarded_update(self, loss, grad_norm) -> bool:
+        """Optimiser step unless the loss or gradient is non-finite (then skipped and counted)."""
+        if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+            self.opt.step()
+            self.bad_steps = 0
+            return False
+        self.opt.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise FloatingPointError(f"{self.bad_steps} steps in a row had a non-finite loss or gradient (last at "
+                                     f"step {self.step + 1}); lower lr (now {self.cfg.lr}) or check the data and models")
+        return True
+
+    def _row(self, ro, sums, beta, grad_norm, skipped, laps) -> dict:
+        cfg, mask = self.cfg, ro.mask
+        n_tok = sums.pop("tokens").clamp(min=1)
+        values = {k: (v if k in SUMMED else v / n_tok) for k, v in sums.items() if k in metrics.TRAIN_KEYS}
+        sampled = {"reward": ro.rewards.mean(), "accuracy": ro.correct.mean(), "response_length": mask.sum(1).mean(),
+                   "truncated_frac": ro.batch.truncated.float().mean()}
+        if cfg.algorithm == "kd-fkl":  # the samples are the teacher's: say so, and keep student-sample keys NaN
+            sampled = {"teacher_" + k: v for k, v in sampled.items() if k != "truncated_frac"}
+            values.pop("kl", None)
+        values.update(sampled, entropy=sums["entropy_sum"] / n_tok, grad_norm=grad_norm, skipped=float(skipped))
+        if "exact_kl_sum" in sums:
+            values["exact_kl"] = sums["exact_kl_sum"] / n_tok
+        if cfg.algorithm in ("grpo", "kdrl"):
+            values["adv_std"] = ro.advantages.std()
+        if cfg.algorithm == "kdrl":
+            values.update(beta=beta, kd_frac=masked_mean(ro.kd_weights.unsqueeze(-1).expand_as(mask), mask.bool()))
+        t = laps.laps
+        values.update(step=self.step, step_time=laps.total(), rollout_time=t["rollout"], teacher_time=t["teacher"],
+                      train_time=t["train"], rollout_tok_s=float(mask.sum()) / max(t["rollout"], 1e-9),
+                      train_tok_s=float(mask.sum()) * cfg.ppo_epochs / max(t["train"], 1e-9))
+        return metrics.train_row(values)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: str, n: int | None = None) -> dict:
-        """Greedy accuracy and mean response length on the first ``n`` rows of a split."""
-        rows = getattr(self.world, split)[: n or self.cfg.eval_size]
-        r = greedy_eval(self.world.student, self.world.tokenizer, rows, max_new_tokens=self.cfg.max_new_tokens + 16,
-                        chat_template=self.cfg.chat_template)
-        return {"step": self.step, "split": split, "eval_accuracy": r["accuracy"], "eval_length": r["mean_length"]}
+        """Greedy accuracy, length and truncation on the first ``n`` rows of a split (an eval row)."""
+        rows = self.world.splits[split][: n or self.cfg.eval_size]
+        with self.sampling_policy(training=False) as policy:
+            r = greedy_eval(policy, self.world.tokenizer, rows, max_new_tokens=self.cfg.max_new_tokens + 16,
+                            chat_template=self.cfg.chat_template)
+        return metrics.eval_row(self.step, split, r)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        state = {
-            "step": self.step,
-            "trainable": _trainable_state(self.world.student),
-            "optimizer": self.opt.state_dict(),
-            "sampler": self.sampler.state(),
+        checkpoints.save({
+            "step": self.step, "trainable": checkpoints.trainable_state(self.world.student),
+            "optimizer": self.opt.state_dict(), "sampler": self.sampler.state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python_rng": random.getstate(),
-            "config": self.cfg.to_dict(),
-        }
-        tmp = self.out / "checkpoint.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / "checkpoint.pt")  # atomic: a kill never leaves half a checkpoint
+            "python_rng": random.getstate(), "config": self.cfg.to_dict(),
+        }, self.out / "checkpoint.pt")
 
     def load_checkpoint(self) -> None:
         path = self.out / "checkpoint.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume, or point "
-                                    f"--output-dir at the folder of the interrupted run")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        load_trainable(self.world.student, state["trainable"], path)
+        state = checkpoints.load(path)
+        changed = [k for k, v in state.get("config", {}).items() if k not in RESUMABLE_CHANGES
+                   and getattr(self.cfg, k, None) != v]
+        if changed:
+            raise ValueError(f"--resume: {path} was written with other settings for {changed}; resume with the "
+                             f"run's own config ({self.out / 'config.yaml'}) or start a new --output-dir")
+        checkpoints.load_trainable(self.world.student, state["trainable"], path)
         self.opt.load_state_dict(state["optimizer"])
         self.sampler.load(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -263,35 +285,35 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         random.setstate(state["python_rng"])
         self.step = state["step"]
-        _truncate_metrics(self.out / "metrics.jsonl", self.step)
+        metrics.truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     # ---------------------------------------------------------------- the loop
     def train(self, resume: bool = False, progress: bool = True) -> list[dict]:
-        """Run to ``max_steps``; returns all metric lines written (steps and evals)."""
+        """Run to ``max_steps``; returns all metric rows written (training and eval)."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if resume:
             self.load_checkpoint()
         else:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
             torch.manual_seed(cfg.seed)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         log = []
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"{cfg.algorithm}", disable=not progress)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.algorithm, disable=not progress)
         with open(self.out / "metrics.jsonl", "a") as f:
-            def write(line):
-                log.append(line)
-                f.write(json.dumps(line) + "\n")
+            def write(row):
+                log.append(row)
+                f.write(metrics.json_line(row))
                 f.flush()
 
             while self.step < cfg.max_steps:
-                m = self.train_step()
-                write(m)
+                row = self.train_step()
+                write(row)
                 bar.update(1)
-                bar.set_postfix(reward=f"{m.get('reward', m.get('teacher_reward', 0.0)):.2f}", kl=f"{m.get('exact_kl', m.get('kl', 0.0)):.3f}")
+                bar.set_postfix(loss=f"{row['loss']:.3f}", reward=f"{row['reward']:.2f}")
                 last = self.step == cfg.max_steps
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
-                    for split in ("test", "ood"):
+                    for split in self.world.eval_splits:
                         write(self.evaluate(split))
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
                     self.save_checkpoint()
@@ -304,33 +326,9 @@ class Trainer:
         if hasattr(student, "peft_config"):
             student.save_pretrained(str(self.out / "adapter"))
         else:
-            torch.save(_trainable_state(student), self.out / "trainable.pt")
+            torch.save(checkpoints.trainable_state(student), self.out / "trainable.pt")
 
 
-def load_trainable(model, trainable: dict, source) -> None:
-    """Copy a checkpoint's trainable weights (adapters or full) into a freshly loaded model."""
-    named = dict(model.named_parameters())
-    unknown = sorted(set(trainable) - set(named))
-    if unknown:
-        raise ValueError(f"checkpoint {source} does not match this student (unknown weights {unknown[:3]}...); "
-                         f"load it with the same config it was written with")
-    with torch.no_grad():
-        for n, v in trainable.items():
-            named[n].copy_(v)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint's step (they will be recomputed)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        if line.strip() and json.loads(line)["step"] <= step:
-            keep.append(line)
-    path.write_text("".join(l + "\n" for l in keep))
-
-
-def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(step lines, eval lines) of a run folder's ``metrics.jsonl``."""
-    lines = [json.loads(l) for l in open(Path(run_dir) / "metrics.jsonl") if l.strip()]
-    return [l for l in lines if "split" not in l], [l for l in lines if "split" in l]
+# Fields a resumed run may change (how long, where, how it is logged), and nothing else.
+RESUMABLE_CHANGES = ("max_steps", "output_dir", "threads", "eval_every", "eval_size", "checkpoint_every", "device")
+read_metrics = metrics.read_metrics  # kept for callers of trainer.read_metrics

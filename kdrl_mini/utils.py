@@ -38,14 +38,24 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def setup(seed: int = 0, threads: int | None = 1) -> None:
-    """One call at the top of a notebook: offline, quiet, seeded, and one torch thread by default
-    (the kit's models are tiny: a second thread costs more in synchronisation than it gains,
-    and on a busy 2-core laptop it can make generation 10-100x slower)."""
+def set_threads(threads: int | None, device=None) -> None:
+    """Limit torch's CPU threads (the one place the kit does). Ignored for CUDA runs, whose CPU
+    work is light. The kit's models are tiny: a second thread costs more in synchronisation
+    than it gains, and on a busy 2-core laptop it can make generation 10-100x slower."""
     import torch
 
-    offline()
-    quiet()
-    seed_everything(seed)
-    if threads:
+    if threads and (device is None or torch.device(device).type == "cpu"):
         torch.set_num_threads(threads)
+
+
+def setup(seed: int = 0, threads: int | None = 1, offline_hub: bool = True) -> None:
+    """One call at each entry point (CLI, first notebook cell, test conftest): quiet, seeded,
+    one torch thread on CPU, offline by default (the shipped world is local). Deterministic
+    kernels are requested on CPU only (on CUDA they fill new memory with NaN and slow kernels)."""
+    import torch
+
+    if offline_hub:
+        offline()
+    quiet()
+    seed_everything(seed, deterministic=not torch.cuda.is_available())
+    set_threads(threads, "cuda" if torch.cuda.is_available() else "cpu")

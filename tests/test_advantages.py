@@ -65,3 +65,42 @@ def test_invalid_inputs():
         group_advantages(torch.zeros(4), 2, scale="max")
     with pytest.raises(ValueError, match="1-D"):
         group_advantages(torch.zeros(2, 2), 2)
+
+
+# ---------------------------------------------------------------- KL folded into the reward
+def test_group_size_accepts_numpy_and_torch_integers_not_floats():
+    import numpy as np
+
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    ref = group_advantages(r, 2)
+    assert torch.equal(group_advantages(r, np.int64(2)), ref)
+    assert torch.equal(group_advantages(r, torch.tensor(2)), ref)
+    for bad in (2.0, True, "2"):
+        with pytest.raises(ValueError, match="integer"):
+            group_advantages(r, bad)
+
+
+def test_per_token_kl_advantages_hand_computed():
+    from kdrl_mini.advantages import per_token_kl_advantages
+
+    adv = torch.tensor([0.5, -0.5])
+    teacher = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, -1.0, -9.0]])
+    old = torch.tensor([[-1.0, -1.0, 0.0], [-1.0, -3.0, -9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    out = per_token_kl_advantages(adv, 0.1, teacher, old, mask, kd_weights=torch.tensor([1.0, 0.0]))
+    # response 0: 0.5 + 0.1 * (log pi_T - log pi_old) = [0.4, 0.5]; response 1 is not distilled
+    torch.testing.assert_close(out, torch.tensor([[0.4, 0.5, 0.0], [-0.5, -0.5, 0.0]]))
+
+
+def test_sequence_kl_rewards_beta_cancels_in_an_all_wrong_group():
+    """The documented flaw of the sequence-sum variant: with std scaling, inside a group whose
+    raw rewards are all equal, the advantages do not depend on beta at all."""
+    from kdrl_mini.advantages import sequence_kl_rewards
+
+    teacher = torch.tensor([[-2.0, -1.0], [-1.0, -1.0], [-0.5, -3.0]])
+    old = torch.full((3, 2), -1.0)
+    mask, r = torch.ones(3, 2), torch.zeros(3)
+    small = group_advantages(sequence_kl_rewards(r, 0.01, teacher, old, mask), 3)
+    large = group_advantages(sequence_kl_rewards(r, 1.0, teacher, old, mask), 3)
+    torch.testing.assert_close(small, large, rtol=1e-3, atol=1e-3)
+    assert small.abs().max() > 0.5  # and the KL term acts at full strength

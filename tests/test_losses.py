@@ -12,6 +12,7 @@ from kdrl_mini.losses import (
     kd_mask,
     kdrl_loss,
     reverse_kl_loss,
+    token_weights,
 )
 
 NAN, INF = float("nan"), float("inf")
@@ -196,11 +197,10 @@ def test_reverse_kl_loss_value_weights_and_grad():
 def test_reverse_kl_loss_exact_kind_uses_full_distributions():
     logits, teacher_logits, logp, teacher_logp, mask = _kd_batch()
     teacher_logits.requires_grad_()
-    loss, metrics = reverse_kl_loss(logp, teacher_logp, mask, "exact", logits, teacher_logits)
+    loss, metrics = reverse_kl_loss(None, None, mask, "exact", logits, teacher_logits)  # no sampled log-probs needed
     expected = (exact_kl(logits, teacher_logits) * mask).sum() / mask.sum()
     torch.testing.assert_close(loss, expected)
-    assert metrics["kl"] == pytest.approx(expected.item(), rel=1e-6)
-    assert metrics["exact_kl"] == pytest.approx(expected.item(), rel=1e-6)
+    assert metrics["kl"].item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
     assert logits.grad.abs().sum() > 0
     assert teacher_logits.grad is None  # the teacher is frozen
@@ -229,130 +229,90 @@ def _rl_batch(seed=4, dtype=torch.float32):
     return logp, old, teacher, rewards, mask
 
 
-@pytest.mark.parametrize("kl_mode", ["loss", "reward"])
 @pytest.mark.parametrize("strategy", ["all", "incorrect"])
-def test_kdrl_beta_zero_is_exactly_grpo(kl_mode, strategy):
+def test_kdrl_beta_zero_is_exactly_grpo(strategy):
     logp, old, teacher, rewards, mask = _rl_batch()
-    ref_loss, _ = grpo_loss(logp, old, group_advantages(rewards, 3), mask)
+    adv = group_advantages(rewards, 3)
+    ref_loss, _ = grpo_loss(logp, old, adv, mask)
     (ref_grad,) = torch.autograd.grad(ref_loss, logp)
-    loss, metrics = kdrl_loss(logp, old, teacher, rewards, mask, 3, beta=0.0, kl_mode=kl_mode, kd_strategy=strategy)
+    loss, _ = kdrl_loss(logp, old, adv, mask, teacher, beta=0.0, kd_weights=kd_mask(rewards, 3, strategy))
     (grad,) = torch.autograd.grad(loss, logp)
     assert torch.equal(loss, ref_loss)
     assert torch.equal(grad, ref_grad)
-    assert metrics["beta"] == 0.0
 
 
 def test_kdrl_loss_mode_adds_weighted_kl():
     logp, old, teacher, rewards, mask = _rl_batch()
-    beta = 0.05
-    loss, metrics = kdrl_loss(logp, old, teacher, rewards, mask, 3, beta, kl_kind="k3", kd_strategy="incorrect")
-    pg, _ = grpo_loss(logp, old, group_advantages(rewards, 3), mask)
-    w = (rewards < 1).float()[:, None]
-    kd = (w * kl_estimate(logp, teacher, "k3") * mask).sum() / mask.sum()
+    beta, adv, w = 0.05, group_advantages(rewards, 3), kd_mask(rewards, 3, "incorrect")
+    loss, metrics = kdrl_loss(logp, old, adv, mask, teacher, beta, kl_kind="k3", kd_weights=w)
+    pg, _ = grpo_loss(logp, old, adv, mask)
+    kd = (w[:, None] * kl_estimate(logp, teacher, "k3") * mask).sum() / mask.sum()
     torch.testing.assert_close(loss, pg + beta * kd)
     g, g_ref = (torch.autograd.grad(x, logp)[0] for x in (loss, pg + beta * kd))
     torch.testing.assert_close(g, g_ref)
-    assert metrics["loss"] == pytest.approx(loss.item())
-    assert metrics["policy_loss"] == pytest.approx(pg.item())
+    assert metrics["policy_loss"].item() == pytest.approx(pg.item())
+    assert metrics["kd_loss"].item() == pytest.approx(kd.item())
 
 
-def test_kdrl_reward_mode_hand_computed():
-    # two responses, both correct: raw advantages are 0. Response 0 is far from the teacher
-    # (sum_t log pi_old - log pi_T = 2), response 1 agrees with it (0).
-    teacher = torch.tensor([[-2.0, -2.0], [-1.0, -1.0]])
-    old = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]])
-    logp = old.clone().requires_grad_()
-    teacher_g = teacher.clone().requires_grad_()
-    rewards, mask, beta = torch.tensor([1.0, 1.0]), torch.ones(2, 2), 0.1
-    loss, _ = kdrl_loss(logp, old, teacher_g, rewards, mask, 2, beta, kl_mode="reward", adv_scale="none")
-    loss.backward()
-    # r' = r - beta * sum_t k1 = [0.8, 1.0] -> A = [-0.1, 0.1]; on-policy dL/dlogp = -A / 4
-    torch.testing.assert_close(logp.grad, torch.tensor([[0.025, 0.025], [-0.025, -0.025]]))
-    assert teacher_g.grad is None  # the shaped reward is a constant
-
-
-def test_kdrl_reward_mode_matches_formula_and_respects_kd_mask():
+def test_kdrl_metrics_are_detached_tensors():
     logp, old, teacher, rewards, mask = _rl_batch()
-    beta, losses = 0.2, {}
-    for strategy in ("all", "incorrect", "failed-groups"):
-        w = kd_mask(rewards, 3, strategy)
-        shaped = rewards - beta * w * ((old - teacher) * mask).sum(-1)
-        expected, _ = grpo_loss(logp, old, group_advantages(shaped, 3), mask)
-        losses[strategy], metrics = kdrl_loss(
-            logp, old, teacher, rewards, mask, 3, beta, kl_mode="reward", kd_strategy=strategy
-        )
-        torch.testing.assert_close(losses[strategy], expected)
-        assert metrics["adv_std"] == pytest.approx(group_advantages(shaped, 3).std().item(), rel=1e-5)
-    raw, _ = grpo_loss(logp, old, group_advantages(rewards, 3), mask)
-    assert not torch.isclose(losses["all"], raw)
-    # every group of [1, 0, 0 | 1, 1, 1] has a success: "failed-groups" distils nothing
-    assert torch.equal(losses["failed-groups"], raw)
-
-
-def test_kdrl_metrics():
-    logp, old, teacher, rewards, mask = _rl_batch()
-    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
-    _, m = kdrl_loss(logp, old, teacher, rewards, mask, 3, 0.01, kd_strategy="incorrect")
-    # KD on responses 1, 2, 3 with lengths 3, 1, 4 out of 5+3+1+4+2+5 = 20 tokens
-    assert m["kd_frac"] == pytest.approx(8 / 20)
-    assert m["kd_masked_frac"] == pytest.approx(12 / 20)
-    assert m["beta"] == 0.01
-    expected_keys = {
-        "loss", "policy_loss", "kl", "clip_frac", "ratio_mean", "kd_frac", "kd_masked_frac", "beta", "adv_std"
-    }
-    assert expected_keys <= set(m) and "exact_kl" not in m
-    assert all(isinstance(v, float) for v in m.values())
+    _, m = kdrl_loss(logp, old, group_advantages(rewards, 3), mask, teacher, 0.01)
+    assert {"policy_loss", "kd_loss", "kl", "clip_frac", "ratio_mean"} <= set(m)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in m.values())
     d = (logp - teacher).detach()
-    assert m["kl"] == pytest.approx(((0.5 * d**2) * mask).sum().item() / 20, rel=1e-5)
+    assert m["kl"].item() == pytest.approx(((0.5 * d**2) * mask).sum().item() / 20, rel=1e-5)
 
 
-def test_kdrl_exact_kl_metric_and_kind():
+def test_kdrl_exact_kl_kind_needs_only_logits():
     logits, teacher_logits, logp, teacher_logp, mask = _kd_batch(B=2)
-    rewards = torch.tensor([1.0, 0.0])
-    loss, m = kdrl_loss(
-        logp, logp.detach(), teacher_logp, rewards, mask, 2, 0.1, kl_kind="topk",
-        logits=logits, teacher_logits=teacher_logits, top_k=3,
-    )
+    adv = group_advantages(torch.tensor([1.0, 0.0]), 2)
+    loss, m = kdrl_loss(logp, logp.detach(), adv, mask, None, 0.1, kl_kind="topk", logits=logits,
+                        teacher_logits=teacher_logits, top_k=3)
     expected_kd = (exact_kl(logits, teacher_logits, top_k=3) * mask).sum() / mask.sum()
-    assert m["kl"] == pytest.approx(expected_kd.item(), rel=1e-5)
-    expected_exact = (exact_kl(logits, teacher_logits) * mask).sum() / mask.sum()
-    assert m["exact_kl"] == pytest.approx(expected_exact.item(), rel=1e-5)
-    assert m["loss"] == pytest.approx(m["policy_loss"] + 0.1 * m["kl"], rel=1e-5)
-
-
-def test_kdrl_without_teacher_logits():
-    logp, old, teacher, rewards, mask = _rl_batch()
-    # a GRPO baseline (beta = 0) may be configured with an exact KL it cannot compute
-    loss, m = kdrl_loss(logp, old, teacher, rewards, mask, 3, 0.0, kl_kind="exact")
-    assert torch.isfinite(loss) and math.isnan(m["kl"])
+    assert m["kl"].item() == pytest.approx(expected_kd.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(m["policy_loss"].item() + 0.1 * expected_kd.item(), rel=1e-5)
     with pytest.raises(ValueError, match="logits"):
-        kdrl_loss(logp, old, teacher, rewards, mask, 3, 0.1, kl_kind="exact")
+        kdrl_loss(logp, logp.detach(), adv, mask, teacher_logp, 0.1, kl_kind="exact")
 
 
 def test_kdrl_errors():
     logp, old, teacher, rewards, mask = _rl_batch()
     with pytest.raises(ValueError, match="beta"):
-        kdrl_loss(logp, old, teacher, rewards, mask, 3, -0.1)
-    with pytest.raises(ValueError, match="loss, reward"):
-        kdrl_loss(logp, old, teacher, rewards, mask, 3, 0.1, kl_mode="advantage")
-    with pytest.raises(ValueError, match="whole number of groups"):
-        kdrl_loss(logp, old, teacher, rewards, mask, 4, 0.1)
+        kdrl_loss(logp, old, group_advantages(rewards, 3), mask, teacher, -0.1)
 
 
-@pytest.mark.parametrize("kl_mode", ["loss", "reward"])
-def test_kdrl_edge_cases_finite(kl_mode):
+def test_kdrl_edge_cases_finite():
     logp, old, teacher, _, mask = _rl_batch()
-    same = torch.ones(6)
+    adv = group_advantages(torch.ones(6), 3)
     for m in (mask, torch.zeros_like(mask)):
         for kind in ("k1", "k2", "k3"):
-            loss, metrics = kdrl_loss(logp, old, teacher, same, m, 3, 0.1, kl_kind=kind, kl_mode=kl_mode)
+            loss, metrics = kdrl_loss(logp, old, adv, m, teacher, 0.1, kl_kind=kind)
             (g,) = torch.autograd.grad(loss, logp)
             assert torch.isfinite(loss) and torch.isfinite(g).all()
-            assert all(math.isfinite(v) for v in metrics.values())
+            assert all(torch.isfinite(v) for v in metrics.values())
     # padding holding -inf log-probs (a masked vocabulary entry) must not leak into the loss
     pad = ~mask.bool()
-    loss, _ = kdrl_loss(
-        logp, old.masked_fill(pad, -INF), teacher.masked_fill(pad, -INF), same, mask, 3, 0.1, kl_mode=kl_mode
-    )
+    loss, _ = kdrl_loss(logp, old.masked_fill(pad, -INF), adv, mask, teacher.masked_fill(pad, -INF), 0.1)
     (g,) = torch.autograd.grad(loss, logp)
     assert torch.isfinite(loss) and torch.isfinite(g).all() and torch.equal(g[pad], torch.zeros(int(pad.sum())))
+
+
+# ---------------------------------------------------------------- micro-batches
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean", "seq-sum-norm"])
+def test_token_weights_make_micro_batches_add_up_to_the_whole(agg):
+    """The loss of a rollout equals the sum of its micro-batches' losses when each uses its slice
+    of the whole rollout's weights, for every aggregation; so do the gradients."""
+    logp, old, teacher, rewards, mask = _rl_batch()
+    adv = group_advantages(rewards, 3)
+    whole, _ = kdrl_loss(logp, old, adv, mask, teacher, 0.1, loss_agg=agg, max_len=7)
+    (g_whole,) = torch.autograd.grad(whole, logp)
+    w = token_weights(mask, agg, max_len=7)
+    parts = [kdrl_loss(logp[s], old[s], adv[s], mask[s], teacher[s], 0.1, loss_agg=agg, weights=w[s])[0]
+             for s in (slice(0, 1), slice(1, 4), slice(4, 6))]
+    (g_parts,) = torch.autograd.grad(sum(parts), logp)
+    torch.testing.assert_close(sum(parts), whole)
+    torch.testing.assert_close(g_parts, g_whole)
+    # without the shared weights a micro-batch normalises by its own tokens: a different loss
+    naive = sum(kdrl_loss(logp[s], old[s], adv[s], mask[s], teacher[s], 0.1, loss_agg=agg, max_len=7)[0]
+                for s in (slice(0, 1), slice(1, 4), slice(4, 6)))
+    assert not torch.isclose(naive, whole)
