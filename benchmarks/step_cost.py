@@ -1,7 +1,11 @@
 """What a training step costs: kdrl_mini vs TRL's GRPOTrainer, KDRL vs GRPO, and weight memory.
 
-    python -m benchmarks.step_cost            # full run (~4 min on 2 cores), writes benchmarks/results.json
+    python -m benchmarks.step_cost            # full run, writes benchmarks/results.json
     python -m benchmarks.step_cost --quick    # CI smoke (< 60 s): tiny batches, shipped sizes only
+    python -m benchmarks.step_cost --scaling  # also: 3 student sizes x 2 completion lengths
+
+Every kdrl_mini case is stepped with the trainer's own ``Trainer.train_step`` (no copy of the
+step); its rows carry the timing laps (rollout, teacher, train) the breakdown reads.
 
 Timing. Every case lives in this one process and they take turns step by step, so a neighbour
 job that slows the machine slows them all alike. TRL's ``trainer.train()`` drives the loop: a
@@ -35,9 +39,12 @@ from pathlib import Path
 import torch
 
 from kdrl_mini import losses, models, utils
+from kdrl_mini.advantages import group_advantages
 from kdrl_mini.config import load_config
+from kdrl_mini.measure import memory_mb
 from kdrl_mini.rewards import correctness_reward
-from kdrl_mini.rollout import teacher_forced_batch, token_logprobs
+from kdrl_mini.rollout import sample, teacher_forced_batch
+from kdrl_mini.scoring import score_groups, token_logprobs
 from kdrl_mini.trainer import PromptSampler, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,19 +52,18 @@ STUDENT, TEACHER, DATA = ROOT / "data/models/student", ROOT / "data/models/teach
 RESULTS = Path(__file__).with_name("results.json")
 SEED = 1000
 LORA = models.LoraSpec(r=16, alpha=32)  # all-linear, no dropout: the shipped configs' adapter
-# name: (algorithm, student_quant, teacher_quant); GRPO never runs the teacher (log_teacher_kl=False)
+# name: (algorithm, student_quant, teacher_quant); GRPO never runs the teacher (log_exact_kl=False)
 OURS = {
     "grpo_fp32": ("grpo", "none", "none"),
     "kdrl_fp32": ("kdrl", "none", "none"),
     "grpo_quantised": ("grpo", "4bit", "8bit"),
     "kdrl_quantised": ("kdrl", "4bit", "8bit"),
 }
-PIECES = "kdrl_quantised_pieces"  # a second shipped-default KDRL trainer, stepped piece by piece
 # The larger size for the memory study (random weights): hidden sizes are multiples of 64 because
 # bitsandbytes' 4-bit CPU path needs them (see models._refuse_misaligned_4bit).
 LARGE = {"student": dict(hidden_size=1024, num_hidden_layers=8),
          "teacher": dict(hidden_size=1024, num_hidden_layers=16)}
-TARGETS = {"ours_vs_trl": 0.8, "kdrl_vs_grpo_quantised": 1.25, "kdrl_vs_grpo_fp32": 1.25,
+TARGETS = {"ours_vs_trl": 0.6, "kdrl_vs_grpo_quantised": 1.35, "kdrl_vs_grpo_fp32": 1.25,
            "weights_quantised_vs_fp32_shipped": 0.45, "weights_quantised_vs_fp32_large": 0.45}
 
 
@@ -72,53 +78,81 @@ class Settings:
     rounds: int = 12             # measured steps per case, after one warm-up step
     threads: int = 1             # torch CPU threads for every case (see README: 2 threads on a shared 2-core box)
     large: bool = True           # also measure memory at the LARGE size
-    thread_check: bool = True    # also time a rollout with 1 vs 2 threads (up to ~2 min on a busy machine)
+    scaling: bool = False        # also the 3 sizes x 2 lengths table (fp32 cases only)
 
 
-QUICK = Settings(group_size=4, prompts_per_step=2, max_new_tokens=16, rounds=2, large=False, thread_check=False)
+QUICK = Settings(group_size=4, prompts_per_step=2, max_new_tokens=16, rounds=2, large=False)
+# Student shapes of the scaling table (random weights, the world's tokenizer); teacher = 2x the layers.
+SIZES = {"shipped": None, "4M": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4),
+         "15M": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4)}
+LENGTHS = (48, 192)
 
 
 # ---------------------------------------------------------------------------------------- timing
-def our_trainer(algorithm: str, student_quant: str, teacher_quant: str, s: Settings, out: str) -> Trainer:
+def our_trainer(algorithm: str, student_quant: str, teacher_quant: str, s: Settings, out: str,
+                student=STUDENT, teacher=TEACHER) -> Trainer:
     cfg = load_config(
-        algorithm, log_teacher_kl=False, student_quant=student_quant, teacher_quant=teacher_quant,
+        algorithm, log_exact_kl=False, student_quant=student_quant, teacher_quant=teacher_quant,
         group_size=s.group_size, prompts_per_step=s.prompts_per_step, max_new_tokens=s.max_new_tokens,
         lr=s.lr, temperature=1.0, ppo_epochs=1, lora_r=LORA.r, lora_alpha=LORA.alpha, seed=0,
-        threads=s.threads, output_dir=out, student_path=str(STUDENT), teacher_path=str(TEACHER),
+        threads=s.threads, output_dir=out, student_path=str(student), teacher_path=str(teacher),
         data_dir=str(DATA))
     return Trainer(cfg)
 
 
-def timed_kdrl_step(tr: Trainer) -> dict[str, float]:
-    """``Trainer.train_step`` of KDRL (one PPO epoch) cut into timed pieces: same calls, same order."""
-    cfg, w = tr.cfg, tr.world
-    laps, t = {}, time.perf_counter()
+def floors(tr: Trainer, s: Settings, reps: int = 5) -> dict[str, float]:
+    """What each part of a KDRL step would cost with no kit around it, on the same batch:
+    a bare KV-cache sampling loop on a plain fp32 copy of the student, one plain teacher forward,
+    one student forward + backward of a plain log-likelihood. Medians of ``reps`` calls."""
+    rows = tr.world.train[: s.prompts_per_step]
+    prompts = [r["prompt"] for r in rows]
+    with tr.sampling_policy() as policy:
+        batch = sample(policy, tr.world.tokenizer, prompts, s.group_size, s.max_new_tokens)
+    plain = tr.copy.refresh() if tr.copy is not None else policy
 
-    def lap(name):
-        nonlocal t
-        now = time.perf_counter()
-        laps[name], t = now - t, now
+    def decode():
+        bare_decode(plain, batch.input_ids[:, : batch.prompt_len], batch.attention_mask[:, : batch.prompt_len],
+                    batch.completion_ids.shape[1])
 
-    rows = [w.train[i] for i in tr.sampler.next(cfg.prompts_per_step)]
-    batch, rewards = tr.rollout(rows)
-    lap("rollout")
-    teacher_logp, teacher_logits = tr.teacher_scores(batch)
-    lap("teacher_forward")
-    w.student.train()
-    loss, _, _ = tr.loss(batch, rewards, None, teacher_logp, teacher_logits, tr.beta_at(tr.step))
-    lap("student_forward_and_loss")
-    tr.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    lap("backward")
-    torch.nn.utils.clip_grad_norm_(tr.params, cfg.max_grad_norm)
-    lap("clip_grad_norm")
-    tr.opt.step()
-    lap("optimizer_step")
-    tr.step += 1
-    return laps
+    def teacher():
+        with torch.no_grad():
+            token_logprobs(tr.world.teacher, batch)
+
+    def student():
+        tr.world.student.train()
+        (-(token_logprobs(tr.world.student, batch) * batch.completion_mask).sum()).backward()
+        tr.opt.zero_grad(set_to_none=True)
+
+    def teacher_groups():
+        score_groups(tr.world.teacher, batch, s.group_size)
+
+    out = {}
+    for name, fn in (("bare_decode", decode), ("teacher_forward", teacher), ("teacher_forward_shared_prompts",
+                     teacher_groups), ("student_forward_backward", student)):
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return out
 
 
-def trl_grpo_trainer(s: Settings, train_rows: list[dict], out: str, callback):
+@torch.no_grad()
+def bare_decode(model, ids, attn, n_new: int):
+    """The floor of sampling: a loop of one-token forwards on the KV cache, multinomial draws."""
+    pos = (attn.long().cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache, last = out.past_key_values, pos[:, -1:]
+    for _ in range(n_new):
+        tok = torch.multinomial(torch.softmax(out.logits[:, -1].float(), -1), 1)
+        attn = torch.cat([attn, torch.ones_like(tok)], dim=1)
+        last = last + 1
+        out = model(input_ids=tok, attention_mask=attn, position_ids=last, past_key_values=cache, use_cache=True)
+
+
+def trl_grpo_trainer(s: Settings, train_rows: list[dict], out: str, callback, student=STUDENT):
     """TRL's GRPOTrainer set up like ``our_trainer("grpo", "none", "none", s)``."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -147,7 +181,7 @@ def trl_grpo_trainer(s: Settings, train_rows: list[dict], out: str, callback):
     lora = LoraConfig(r=LORA.r, lora_alpha=LORA.alpha, lora_dropout=LORA.dropout,
                       target_modules=LORA.target_modules, task_type="CAUSAL_LM")
     tokenizer = models.load_tokenizer(STUDENT)
-    model = models.load_causal_lm(STUDENT, "none", "cpu", role="student")
+    model = models.load_causal_lm(student, "none", "cpu", role="student")
     trainer = GRPOTrainer(model=model, reward_funcs=correctness, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=lora, callbacks=[callback])
     trainer.remove_callback(PrinterCallback)  # logging_steps=1 keeps per-step lengths; don't print them
@@ -175,37 +209,10 @@ def make_interleaver(trainers: dict[str, Trainer]):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 torch.manual_seed(SEED + r)
                 t0 = time.perf_counter()
-                if name == PIECES:
-                    self.metrics[name].append(timed_kdrl_step(trainers[name]))
-                else:
-                    self.metrics[name].append(trainers[name].train_step())
+                self.metrics[name].append(trainers[name].train_step())
                 self.times[name].append(time.perf_counter() - t0)
 
     return Interleave()
-
-
-def rollout_threads(tr: Trainer, s: Settings, reps: int = 1) -> dict:
-    """Median rollout time with 1 vs 2 torch threads (same prompts, same seed).
-
-    Run as two blocks, not interleaved: every switch of the thread count restarts the OpenMP
-    pool, and with another job on the machine the first 2-thread calls after a switch are the
-    slowest of all. Each block's first call is a warm-up and is reported separately.
-    """
-    rows = tr.world.train[:s.prompts_per_step]
-    out = {}
-    for n in (2, 1):
-        torch.set_num_threads(n)
-        times = []
-        for _ in range(reps + 1):
-            torch.manual_seed(SEED)
-            t0 = time.perf_counter()
-            tr.rollout(rows)
-            times.append(time.perf_counter() - t0)
-        out[f"rollout_{n}_threads_warmup_s"] = times[0]
-        out[f"rollout_{n}_threads_s"] = statistics.median(times[1:])
-    torch.set_num_threads(s.threads)
-    out["ratio_2_vs_1"] = out["rollout_2_threads_s"] / out["rollout_1_threads_s"]
-    return out
 
 
 def paired_ratio(a: list[float], b: list[float]) -> float:
@@ -213,61 +220,81 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a[1:], b[1:]))
 
 
-def run_timing(s: Settings) -> dict:
+def run_timing(s: Settings, cases: dict = OURS, student=STUDENT, teacher=TEACHER, with_floors: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: our_trainer(*spec, s, f"{tmp}/{name}") for name, spec in OURS.items()}
-        trainers[PIECES] = our_trainer("kdrl", "4bit", "8bit", s, f"{tmp}/{PIECES}")
+        trainers = {name: our_trainer(*spec, s, f"{tmp}/{name}", student, teacher) for name, spec in cases.items()}
         cb = make_interleaver(trainers)
-        trl = trl_grpo_trainer(s, trainers["grpo_fp32"].world.train, f"{tmp}/trl", cb)
+        trl = trl_grpo_trainer(s, trainers["grpo_fp32"].world.train, f"{tmp}/trl", cb, student)
         trl.train()
         trl_lengths = [l["completions/mean_length"] for l in trl.state.log_history if "completions/mean_length" in l]
-        threads = rollout_threads(trainers["grpo_fp32"], s) if s.thread_check else None
+        kdrl = "kdrl_quantised" if "kdrl_quantised" in trainers else "kdrl_fp32"
+        floor = floors(trainers[kdrl], s) if with_floors else None
     t, m = cb.times, cb.metrics
     steps = {name: {"median": statistics.median(v[1:]), "steps": v[1:]} for name, v in t.items()}
     steps["trl_grpo_fp32"]["response_length"] = statistics.median(trl_lengths[1:])
-    for name in OURS:
+    for name in cases:
         steps[name]["response_length"] = statistics.median(x["response_length"] for x in m[name][1:])
+        steps[name]["tok_s"] = statistics.median(x["response_length"] * s.group_size * s.prompts_per_step
+                                                 / x["step_time"] for x in m[name][1:])
 
     def per_token(name):
         return steps[name]["median"] / steps[name]["response_length"]
 
-    ratios = {
-        "ours_vs_trl": paired_ratio(t["grpo_fp32"], t["trl_grpo_fp32"]),
-        "ours_vs_trl_per_token": per_token("grpo_fp32") / per_token("trl_grpo_fp32"),
-        "kdrl_vs_grpo_quantised": paired_ratio(t["kdrl_quantised"], t["grpo_quantised"]),
-        "kdrl_vs_grpo_fp32": paired_ratio(t["kdrl_fp32"], t["grpo_fp32"]),
-        "quantised_vs_fp32_grpo": paired_ratio(t["grpo_quantised"], t["grpo_fp32"]),
-        "quantised_vs_fp32_kdrl": paired_ratio(t["kdrl_quantised"], t["kdrl_fp32"]),
-    }
-    parts = ("rollout_time", "teacher_time", "train_time")
-    from_metrics = {prec: {k: statistics.median(x[k] for x in m[f"kdrl_{prec}"][1:]) for k in parts + ("step_time",)}
-                    for prec in ("quantised", "fp32")}
-    pieces = {k: statistics.median(x[k] for x in m[PIECES][1:]) for k in m[PIECES][0]}
-    pieces["total"] = sum(pieces.values())
-    return {"step_time_s": steps, "ratios": ratios, **({"threads": threads} if threads else {}),
-            "kdrl_breakdown_s": {"from_trainer_metrics": from_metrics, "pieces_quantised": pieces}}
-
-
-# ---------------------------------------------------------------------------------------- memory
-def rss_mb() -> dict[str, float]:
-    """This process's resident memory (Linux /proc/self/status), MiB.
-
-    peak = VmHWM, the high-water mark. Not ``ru_maxrss``: Linux carries the parent's peak across
-    fork + exec into a child's ``ru_maxrss``, so a subprocess of this (large) benchmark process
-    would report our peak. now = VmRSS, split into anon (heap: tensors we allocated) and file
-    (mapped files, e.g. safetensors weights that were loaded zero-copy and have been touched).
-    """
-    fields = {"VmHWM:": "peak", "VmRSS:": "now", "RssAnon:": "anon", "RssFile:": "file"}
-    out = {}
-    for line in open("/proc/self/status"):
-        key = line.split(maxsplit=1)[0]
-        if key in fields:
-            out[fields[key]] = int(line.split()[1]) / 1024
-    if len(out) != len(fields):
-        raise RuntimeError("the memory study reads /proc/self/status: it needs Linux")
+    ratios = {"ours_vs_trl": paired_ratio(t["grpo_fp32"], t["trl_grpo_fp32"]),
+              "ours_vs_trl_per_token": per_token("grpo_fp32") / per_token("trl_grpo_fp32"),
+              "kdrl_vs_grpo_fp32": paired_ratio(t["kdrl_fp32"], t["grpo_fp32"])}
+    if "kdrl_quantised" in cases:
+        ratios.update(kdrl_vs_grpo_quantised=paired_ratio(t["kdrl_quantised"], t["grpo_quantised"]),
+                      quantised_vs_fp32_grpo=paired_ratio(t["grpo_quantised"], t["grpo_fp32"]),
+                      quantised_vs_fp32_kdrl=paired_ratio(t["kdrl_quantised"], t["kdrl_fp32"]))
+    parts = ("rollout_time", "teacher_time", "train_time", "step_time")
+    laps = {name: {k: statistics.median(x[k] for x in m[name][1:]) for k in parts} for name in cases}
+    out = {"step_time_s": steps, "ratios": ratios, "laps_s": laps}
+    if floor:
+        lap = laps[kdrl]
+        out["kdrl_breakdown_s"] = {"case": kdrl, "laps": lap, "floors": floor,
+                                   "overhead": {"rollout_vs_bare_decode": lap["rollout_time"] / floor["bare_decode"],
+                                                "teacher_vs_plain_forward": lap["teacher_time"] / floor["teacher_forward"],
+                                                "train_vs_plain_forward_backward":
+                                                    lap["train_time"] / floor["student_forward_backward"]}}
     return out
 
 
+def run_scaling(s: Settings) -> list[dict]:
+    """Ratios and tokens/s at three student sizes x two completion lengths (fp32 cases only)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    rows = []
+    fp32 = {k: v for k, v in OURS.items() if k.endswith("fp32")}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size, shape in SIZES.items():
+            student, teacher = STUDENT, TEACHER
+            if shape:
+                base = AutoConfig.from_pretrained(STUDENT).to_dict()
+                paths = {}
+                for role, layers in (("student", shape["num_hidden_layers"]), ("teacher", 2 * shape["num_hidden_layers"])):
+                    cfg = type(AutoConfig.from_pretrained(STUDENT)).from_dict({**base, **shape, "num_hidden_layers": layers})
+                    torch.manual_seed(0)
+                    model = AutoModelForCausalLM.from_config(cfg)
+                    model.save_pretrained(f"{tmp}/{size}-{role}")
+                    models.load_tokenizer(STUDENT).save_pretrained(f"{tmp}/{size}-{role}")
+                    paths[role] = f"{tmp}/{size}-{role}"
+                student, teacher = paths["student"], paths["teacher"]
+            params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(student).parameters())
+            for length in LENGTHS:
+                r = run_timing(Settings(**{**asdict(s), "max_new_tokens": length, "rounds": 3}), fp32, student,
+                               teacher, with_floors=False)
+                rows.append({"size": size, "student_params": params, "max_new_tokens": length,
+                             "ours_vs_trl": r["ratios"]["ours_vs_trl"], "kdrl_vs_grpo_fp32": r["ratios"]["kdrl_vs_grpo_fp32"],
+                             "grpo_tok_s": r["step_time_s"]["grpo_fp32"]["tok_s"],
+                             "kdrl_tok_s": r["step_time_s"]["kdrl_fp32"]["tok_s"],
+                             "trl_s": r["step_time_s"]["trl_grpo_fp32"]["median"],
+                             "response_length": r["step_time_s"]["grpo_fp32"]["response_length"]})
+                print(rows[-1], flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- memory
 def weight_stats(model) -> dict:
     """Bytes the weights hold and how many weights of each kind there are.
 
@@ -301,10 +328,10 @@ def memory_case(student: str, teacher: str, quantised: bool, threads: int) -> di
     import bitsandbytes  # noqa: F401
     import peft  # noqa: F401
     import transformers.models.llama.modeling_llama  # noqa: F401
-    baseline = rss_mb()["peak"]
+    baseline = memory_mb()["peak"]
     s_model = models.load_student(student, "4bit" if quantised else "none", LORA)
     t_model = models.load_teacher(teacher, "8bit" if quantised else "none")
-    after_load = rss_mb()["peak"]
+    after_load = memory_mb()["peak"]
     # counted at rest: the first forward moves the 8-bit row scales from the weight to the layer state
     weights = {"student": weight_stats(s_model), "teacher": weight_stats(t_model)}
     tok = models.load_tokenizer(STUDENT)
@@ -314,12 +341,12 @@ def memory_case(student: str, teacher: str, quantised: bool, threads: int) -> di
         teacher_logp = token_logprobs(t_model, batch)
     s_model.train()
     logp = token_logprobs(s_model, batch)
-    loss, _ = losses.kdrl_loss(logp, logp.detach(), teacher_logp, torch.zeros(len(rows)),
-                               batch.completion_mask, group_size=len(rows), beta=0.02)
+    adv = group_advantages(torch.zeros(len(rows)), len(rows))
+    loss, _ = losses.kdrl_loss(logp, logp.detach(), adv, batch.completion_mask, teacher_logp, beta=0.02)
     loss.backward()
-    end = rss_mb()
+    end = memory_mb()
     return {**weights, "rss_baseline_mb": baseline, "rss_after_load_mb": after_load, "rss_peak_mb": end["peak"],
-            "rss_end_mb": end["now"], "rss_end_anon_mb": end["anon"], "rss_end_file_mb": end["file"]}
+            "rss_end_mb": end["rss"], "rss_end_anon_mb": end["anon"], "rss_end_file_mb": end["file"]}
 
 
 def build_large(out: Path) -> dict[str, str]:
@@ -375,10 +402,14 @@ def table(results: dict) -> str:
         target = TARGETS.get(name)
         verdict = "-" if target is None else ("yes" if value <= target else "NO")
         lines.append(f"{name:36s} {value:7.3f} {'<= ' + str(target) if target else '':>8s}  {verdict}")
-    b = results["kdrl_breakdown_s"]["pieces_quantised"]
-    lines += ["", "one KDRL step, shipped defaults (4-bit student, 8-bit teacher), median s:"]
-    lines += [f"  {k:26s} {v:7.3f}  {v / b['total']:6.1%}" for k, v in b.items() if k != "total"]
-    lines.append(f"  {'total':26s} {b['total']:7.3f}")
+    b = results["kdrl_breakdown_s"]
+    lines += ["", f"one KDRL step ({b['case']}), median s, against the floor of each part:"]
+    lines += [f"  {k:32s} {v:7.3f}" for k, v in {**b["laps"], **b["floors"]}.items()]
+    lines += [f"  {k:32s} {v:7.2f}x" for k, v in b["overhead"].items()]
+    for row in results.get("scaling", []):
+        lines.append(f"scaling {row['size']:8s} ({row['student_params']:>10,} params) T={row['max_new_tokens']:3d}: "
+                     f"ours/TRL {row['ours_vs_trl']:.2f}  KDRL/GRPO {row['kdrl_vs_grpo_fp32']:.2f}  "
+                     f"GRPO {row['grpo_tok_s']:.0f} tok/s  KDRL {row['kdrl_tok_s']:.0f} tok/s")
     for size, cases in results["memory"].items():
         for prec, c in cases.items():
             wb = (c["student"]["bytes"] + c["teacher"]["bytes"]) / 2**20
@@ -415,6 +446,7 @@ def main(argv=None) -> dict:
                                                           f"--quick writes nothing unless given)")
     p.add_argument("--rounds", type=int, default=None, help="measured steps per case")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    p.add_argument("--scaling", action="store_true", help="also the sizes x lengths table (adds ~15 min)")
     p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: one fresh-process memory case
     a = p.parse_args(argv)
     utils.offline()
@@ -425,7 +457,8 @@ def main(argv=None) -> dict:
     utils.quiet()
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*is deprecated", category=FutureWarning)
     s = QUICK if a.quick else Settings()
-    s = Settings(**{**asdict(s), **{k: v for k, v in (("rounds", a.rounds), ("threads", a.threads)) if v}})
+    s = Settings(**{**asdict(s), **{k: v for k, v in (("rounds", a.rounds), ("threads", a.threads),
+                                                       ("scaling", a.scaling)) if v}})
     torch.set_num_threads(s.threads)
     start, load_start = time.time(), os.getloadavg()
     results = run_timing(s)
@@ -433,9 +466,11 @@ def main(argv=None) -> dict:
     gc.collect()
     results["memory"], memory_ratios = run_memory(s)
     results["ratios"].update(memory_ratios)
+    if s.scaling:
+        results["scaling"] = run_scaling(s)
     wall = {"timing": timing_done - start, "memory": time.time() - timing_done, "total": time.time() - start}
     results = {
-        "command": "python -m benchmarks.step_cost" + (" --quick" if a.quick else ""),
+        "command": "python -m benchmarks.step_cost" + (" --quick" if a.quick else "") + (" --scaling" if s.scaling else ""),
         "machine": {**machine(s), "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "world_sha256": world_fingerprint(),
         "settings": {**asdict(s), "lora": asdict(LORA), "temperature": 1.0, "ppo_epochs": 1, "seed": SEED,

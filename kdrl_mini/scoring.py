@@ -121,3 +121,33 @@ def position_stats(logits: torch.Tensor, mask: torch.Tensor, teacher_logits: tor
     if teacher_logits is not None:
         out["exact_kl_sum"] = kl
     return out
+
+
+@torch.no_grad()
+def score_groups(model, batch: "Batch", group_size: int, micro_batch_size: int | None = None,
+                 keep_logits: bool = False):
+    """Like :func:`score_in_micro_batches` for a frozen model, but each group's prompt is encoded
+    once: a forward over the N distinct prompts fills a KV cache, which is repeated G times and
+    the G completions are scored against it. Saves (G - 1) / G of the prompt work (the teacher's
+    forward is the largest extra cost of KDRL over GRPO).
+
+    Returns (logp [B, T], logits [B, T, V] or None), equal to the plain forward up to float rounding.
+    """
+    B, P, G = batch.input_ids.shape[0], batch.prompt_len, group_size
+    pos = position_ids_from_mask(batch.attention_mask)
+    groups_per_call = max(1, (micro_batch_size or B) // G)
+    logps, kept = [], []
+    for g in range(0, B // G, groups_per_call):
+        rows = slice(g * G, min(B, (g + groups_per_call) * G))
+        ids, attn, p = batch.input_ids[rows], batch.attention_mask[rows], pos[rows]
+        head = model(input_ids=ids[::G, :P], attention_mask=attn[::G, :P], position_ids=p[::G, :P],
+                     use_cache=True, logits_to_keep=1)
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(G)
+        tail = model(input_ids=ids[:, P:], attention_mask=attn, position_ids=p[:, P:], past_key_values=cache,
+                     use_cache=True)
+        logits = torch.cat([head.logits[:, -1:].repeat_interleave(G, dim=0), tail.logits[:, :-1]], dim=1)
+        logps.append(logprobs_from_logits(logits, ids[:, P:]))
+        if keep_logits:
+            kept.append(logits.float())
+    return torch.cat(logps), (torch.cat(kept) if keep_logits else None)

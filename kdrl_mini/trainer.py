@@ -31,7 +31,7 @@ from .losses import forward_kl_loss, grpo_loss, kd_mask, kdrl_loss, masked_mean,
 from .rewards import batch_rewards
 from .rollout import Batch, format_prompts, greedy_eval, sample
 from .schedules import make_schedule
-from .scoring import completion_logits, logprobs_from_logits, position_stats, score_in_micro_batches
+from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, score_in_micro_batches
 from .loading import EVAL_SPLITS, PromptSampler, World, load_student_for, load_world  # noqa: F401  (re-exported)
 from .utils import set_threads
 
@@ -162,8 +162,8 @@ class Trainer:
         laps("rollout")
         teacher_logp, teacher_logits = None, None
         if self.score_teacher:
-            teacher_logp, teacher_logits = score_in_micro_batches(w.teacher, batch, cfg.micro_batch_size,
-                                                                  self.keep_teacher_logits)
+            teacher_logp, teacher_logits = score_groups(w.teacher, batch, cfg.group_size, cfg.micro_batch_size,
+                                                        self.keep_teacher_logits)
         laps("teacher")
         old_logp = None
         if cfg.ppo_epochs > 1 or (cfg.algorithm == "kdrl" and cfg.kl_mode == "reward-seq"):

@@ -29,12 +29,12 @@ def test_quick_benchmark_writes_ratios_times_and_memory(tmp_path, data_dir):
                           cwd=data_dir.parent, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert {"command", "machine", "settings", "step_time_s", "ratios", "kdrl_breakdown_s", "memory"} <= r.keys()
+    assert {"command", "machine", "settings", "step_time_s", "ratios", "laps_s", "kdrl_breakdown_s", "memory"} <= r.keys()
     assert {"trl_grpo_fp32", "grpo_fp32", "kdrl_fp32", "grpo_quantised", "kdrl_quantised"} <= r["step_time_s"].keys()
     assert {"ours_vs_trl", "kdrl_vs_grpo_quantised", "kdrl_vs_grpo_fp32",
             "weights_quantised_vs_fp32_shipped"} <= r["ratios"].keys()
-    pieces = r["kdrl_breakdown_s"]["pieces_quantised"]
-    assert {"rollout", "teacher_forward", "backward", "optimizer_step"} <= pieces.keys()
+    pieces = {**r["kdrl_breakdown_s"]["laps"], **r["kdrl_breakdown_s"]["floors"]}
+    assert {"rollout_time", "teacher_time", "train_time", "bare_decode", "teacher_forward", "student_forward_backward"} <= pieces.keys()
     assert set(r["memory"]["shipped"]) == {"fp32", "quantised"}
     for case in r["memory"]["shipped"].values():
         assert case["student"]["bytes"] > 0 and case["rss_peak_mb"] >= case["rss_baseline_mb"] > 0
