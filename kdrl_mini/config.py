@@ -54,7 +54,7 @@ class TrainConfig:
     temperature: float = 1.0                # sampling temperature; the policy is scored at the same one
     format_weight: float = 0.0              # reward = correct + format_weight * well-formed final line
     chat_template: bool = False             # wrap prompts in the tokenizer's chat template (instruct models)
-    dequantized_rollout: bool | None = None  # sample from a full-precision copy of a 4-bit student; None = on CPU
+    rollout_copy: bool | None = None        # sample from a plain fp32 copy, LoRA merged (dequantised if 4-bit); None = on CPU
     # optimisation
     lr: float = 3e-4
     max_steps: int = 40

@@ -256,13 +256,15 @@ def _dense_weight(layer) -> torch.Tensor:
     return w.detach().float()
 
 
-class DequantizedCopy:
-    """A plain fp32 model holding a quantised LoRA student's current weights, LoRA merged.
+class MergedCopy:
+    """A plain fp32 model holding a LoRA student's current weights: base weights (dequantised
+    when 4-bit/8-bit) with the LoRA update merged in.
 
-    Sampling from it is the same policy as sampling from the 4-bit model (its layers compute
-    dequant(W) x + LoRA(x)), but with one dense matmul per layer and no bitsandbytes or peft
-    call overhead: on CPU the tiny student's rollout is about twice as fast. ``refresh()``
-    copies the current weights in (once per step, after the optimiser moved the adapters).
+    Sampling from it is sampling from the student's policy (its layers compute W x + LoRA(x),
+    with W = dequant(W_q) for a quantised base), but with one dense matmul per layer and no
+    bitsandbytes or peft call overhead, and without touching the trained model (no merge and
+    restore). ``refresh()`` copies the current weights in (once per rollout). It costs one fp32
+    copy of the student's weights: used on CPU by default, where the kit's students are small.
     """
 
     def __init__(self, student):

@@ -68,3 +68,10 @@ def make_schedule(
         return float(start if u < 1.0 else end)
 
     return beta
+
+
+def annealed(name: str, start: float, end: float | None, anneal_steps: int) -> Callable[[int], float]:
+    """beta(step) that reaches ``end`` at the last of ``anneal_steps`` steps (step anneal_steps - 1)
+    and holds it: the paper's "linear from 5e-3 to a floor of 1e-3, then held" is
+    ``annealed("linear", 5e-3, 1e-3, anneal_steps)``."""
+    return make_schedule(name, start, end, max(anneal_steps - 1, 1))

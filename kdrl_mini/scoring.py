@@ -136,7 +136,7 @@ def score_groups(model, batch: "Batch", group_size: int, micro_batch_size: int |
     B, P, G = batch.input_ids.shape[0], batch.prompt_len, group_size
     pos = position_ids_from_mask(batch.attention_mask)
     groups_per_call = max(1, (micro_batch_size or B) // G)
-    logps, kept = [], []
+    logps, kept = [], None
     for g in range(0, B // G, groups_per_call):
         rows = slice(g * G, min(B, (g + groups_per_call) * G))
         ids, attn, p = batch.input_ids[rows], batch.attention_mask[rows], pos[rows]
@@ -146,8 +146,11 @@ def score_groups(model, batch: "Batch", group_size: int, micro_batch_size: int |
         cache.batch_repeat_interleave(G)
         tail = model(input_ids=ids[:, P:], attention_mask=attn, position_ids=p[:, P:], past_key_values=cache,
                      use_cache=True)
-        logits = torch.cat([head.logits[:, -1:].repeat_interleave(G, dim=0), tail.logits[:, :-1]], dim=1)
-        logps.append(logprobs_from_logits(logits, ids[:, P:]))
-        if keep_logits:
-            kept.append(logits.float())
-    return torch.cat(logps), (torch.cat(kept) if keep_logits else None)
+        first = head.logits[:, -1:].repeat_interleave(G, dim=0)  # predicts each completion's first token
+        logps.append(torch.cat([logprobs_from_logits(first, ids[:, P:P + 1]),
+                                logprobs_from_logits(tail.logits[:, :-1], ids[:, P + 1:])], dim=1))
+        if keep_logits:  # filled in place: one [B, T, V] tensor, no list of chunks to concatenate
+            if kept is None:
+                kept = first.new_empty((B, ids.shape[1] - P, first.shape[-1]), dtype=torch.float32)
+            kept[rows, :1], kept[rows, 1:] = first, tail.logits[:, :-1]
+    return torch.cat(logps), kept

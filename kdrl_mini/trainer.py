@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .losses import forward_kl_loss, grpo_loss, kd_mask, kdrl_loss, masked_mean, reverse_kl_loss, token_weights
 from .rewards import batch_rewards
 from .rollout import Batch, format_prompts, greedy_eval, sample
-from .schedules import make_schedule
+from .schedules import annealed
 from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, score_in_micro_batches
 from .loading import EVAL_SPLITS, PromptSampler, World, load_student_for, load_world  # noqa: F401  (re-exported)
 from .utils import set_threads
@@ -120,15 +120,13 @@ class Trainer:
         self.params = [p for p in self.world.student.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.sampler = PromptSampler(len(self.world.train), cfg.seed)
-        anneal = max((cfg.anneal_steps or cfg.max_steps) - 1, 1)  # beta_end is reached at the last annealed step
-        self.beta_at = make_schedule(cfg.beta_schedule, cfg.beta, cfg.beta_end, anneal)
+        self.beta_at = annealed(cfg.beta_schedule, cfg.beta, cfg.beta_end, cfg.anneal_steps or cfg.max_steps)
         self.step, self.bad_steps = 0, 0
         self.log_exact_kl = cfg.algorithm != "kd-fkl" and self._resolve_log_exact_kl()
         self.score_teacher = cfg.uses_teacher_in_loss or self.log_exact_kl
         self.keep_teacher_logits = self.log_exact_kl or (cfg.uses_teacher_in_loss and cfg.kl_kind in ("exact", "topk"))
-        quantised = cfg.student_quant != "none"
-        use_copy = cfg.dequantized_rollout if cfg.dequantized_rollout is not None else self.device.type == "cpu"
-        self.copy = models.DequantizedCopy(self.world.student) if quantised and use_copy else None
+        use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
+        self.copy = models.MergedCopy(self.world.student) if use_copy and cfg.lora_r > 0 else None
 
     def _resolve_log_exact_kl(self) -> bool:
         if self.cfg.log_exact_kl is not None:

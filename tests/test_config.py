@@ -37,3 +37,44 @@ def test_yaml_unknown_field_and_missing_file(tmp_path):
 
 def test_overrides_apply():
     assert load_config("grpo", max_steps=3, seed=7).max_steps == 3
+
+
+def test_shipped_yaml_holds_only_what_differs_from_the_defaults():
+    import yaml
+
+    from kdrl_mini.config import CONFIG_DIR
+
+    for path in CONFIG_DIR.glob("*.yaml"):
+        assert set(yaml.safe_load(path.read_text())) <= {"algorithm", "output_dir"}, path
+
+
+def test_set_overrides_parse_yaml_values():
+    from kdrl_mini.config import parse_set
+
+    assert parse_set(["beta=0.1", "kl_kind=k3", "micro_batch_size=null", "chat_template=true"]) == \
+        {"beta": 0.1, "kl_kind": "k3", "micro_batch_size": None, "chat_template": True}
+    cfg = load_config("kdrl", **parse_set(["beta=0.2"]))
+    assert cfg.beta == 0.2
+    with pytest.raises(ValueError, match="key=value"):
+        parse_set(["beta"])
+    with pytest.raises(ValueError, match="unknown config field"):
+        load_config("kdrl", **parse_set(["betta=0.1"]))
+
+
+def test_kl_in_the_reward_needs_the_sampled_log_ratio():
+    with pytest.raises(ValueError, match="kl_kind: k1"):
+        TrainConfig(kl_mode="reward", kl_kind="k2")
+    TrainConfig(kl_mode="reward-seq", kl_kind="k1")
+
+
+def test_anneal_reaches_the_floor_within_anneal_steps_and_holds(tmp_path):
+    """The paper's shape: linear from start to the floor within anneal_steps, then held; without
+    anneal_steps the floor is reached at the run's last step (it used to stop short of it)."""
+    from kdrl_mini.trainer import Trainer
+
+    cfg = load_config("kdrl", beta=5e-3, beta_end=1e-3, beta_schedule="linear", anneal_steps=5, max_steps=12,
+                      student_quant="none", teacher_quant="none", output_dir=str(tmp_path / "a"))
+    beta = Trainer(cfg).beta_at
+    assert [round(beta(s), 6) for s in range(7)] == [0.005, 0.004, 0.003, 0.002, 0.001, 0.001, 0.001]
+    whole = Trainer(cfg.replace(anneal_steps=None, beta=0.05, beta_end=0.01)).beta_at
+    assert whole(cfg.max_steps - 1) == pytest.approx(0.01) and whole(cfg.max_steps - 2) > 0.01

@@ -1,0 +1,166 @@
+"""Scoring a batch: chunked log-probs, the teacher's shared-prompt pass, temperature, memory, devices."""
+
+import json
+
+import pytest
+import torch
+
+from kdrl_mini import models
+from kdrl_mini.measure import memory_mb, release_freed_memory, reset_peak
+from kdrl_mini.rollout import Batch, sample
+from kdrl_mini.scoring import logprobs_from_logits, score_groups, score_in_micro_batches, token_logprobs
+
+
+@pytest.fixture(scope="module")
+def pair(data_dir):
+    tok = models.load_tokenizer(data_dir / "models" / "student")
+    teacher = models.load_teacher(data_dir / "models" / "teacher", "none")
+    rows = [json.loads(line) for line in open(data_dir / "train.jsonl")][:3]
+    torch.manual_seed(0)
+    batch = sample(teacher, tok, [r["prompt"] for r in rows], group_size=4, max_new_tokens=24)
+    return tok, teacher, batch
+
+
+def test_chunked_logprobs_equal_log_softmax_at_any_temperature():
+    torch.manual_seed(0)
+    z = torch.randn(5, 7, 11, dtype=torch.float64) * 3
+    y = torch.randint(0, 11, (5, 7))
+    for tau in (1.0, 0.7, 1.3):
+        expected = torch.log_softmax(z / tau, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(logprobs_from_logits(z, y, tau), expected.float())
+
+
+def test_shared_prompt_teacher_pass_equals_the_plain_forward(pair):
+    _, teacher, batch = pair
+    plain, plain_logits = score_in_micro_batches(teacher, batch, None, keep_logits=True)
+    for mb in (None, 4, 8):  # whole groups per call; 8 = two groups
+        shared, logits = score_groups(teacher, batch, 4, mb, keep_logits=True)
+        m = batch.completion_mask.bool()
+        torch.testing.assert_close(shared[m], plain[m], rtol=0, atol=2e-5)
+        torch.testing.assert_close(logits[m], plain_logits[m], rtol=0, atol=2e-4)
+
+
+def test_micro_batched_scoring_equals_whole_batch(pair):
+    _, teacher, batch = pair
+    whole, _ = score_in_micro_batches(teacher, batch, None)
+    parts, _ = score_in_micro_batches(teacher, batch, 5)  # 12 rows = 5 + 5 + 2
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
+
+
+def test_generation_samples_the_scored_policy(pair, data_dir):
+    """A model's own repetition penalty must not change what is sampled (the losses score the
+    plain softmax), and every EOS id of the model ends a response."""
+    tok, teacher, _ = pair
+    prompts = ["Compute 37+8-5+9.\n", "Compute 12+3-4+5.\n"]
+    ref = sample(teacher, tok, prompts, max_new_tokens=30, greedy=True)
+    teacher.generation_config.repetition_penalty = 5.0
+    try:
+        again = sample(teacher, tok, prompts, max_new_tokens=30, greedy=True)
+    finally:
+        teacher.generation_config.repetition_penalty = 1.0
+    assert again.texts == ref.texts
+    newline = tok.convert_tokens_to_ids("\n")
+    teacher.generation_config.eos_token_id = [tok.eos_token_id, newline]
+    try:
+        cut = sample(teacher, tok, prompts, max_new_tokens=30, greedy=True)
+    finally:
+        teacher.generation_config.eos_token_id = tok.eos_token_id
+    assert all("\n" not in t[:-1] for t in cut.texts) and (cut.completion_mask.sum(1) < ref.completion_mask.sum(1)).all()
+
+
+def test_dequantised_rollout_copy_scores_like_the_4bit_student(data_dir, tokenizer):
+    """Sampling from a full-precision copy is sampling from the same policy: its log-probs match
+    the 4-bit model's (which computes dequant(W) x + LoRA(x)) to float rounding."""
+    student = models.load_student(data_dir / "models" / "student", "4bit", models.LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)  # a trained adapter: LoRA must be in the copy
+    copy = models.MergedCopy(student)
+    batch = sample(copy.model, tokenizer, ["Compute 37+8-5+9.\n"] * 2, group_size=3, max_new_tokens=30)
+    student.train()
+    with torch.no_grad():
+        a, b = token_logprobs(student, batch), token_logprobs(copy.refresh(), batch)
+    m = batch.completion_mask.bool()
+    assert (a - b)[m].abs().max() < 1e-4
+    with torch.no_grad():  # an optimiser step later, refresh() follows the adapters
+        next(p for n, p in student.named_parameters() if "lora_B" in n).add_(0.5)
+        a, b = token_logprobs(student, batch), token_logprobs(copy.refresh(), batch)
+    assert (a - b)[m].abs().max() < 1e-4
+
+
+def _big_vocab_pair(tmp_path, vocab=32000):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _batch(B, P, T, vocab):
+    torch.manual_seed(1)
+    ids = torch.randint(3, vocab, (B, P + T))
+    return Batch(ids, torch.ones(B, P + T, dtype=torch.long), torch.ones(B, T), P, [""] * B,
+                 torch.zeros(B, dtype=torch.bool))
+
+
+def _peak_added_mb(fn) -> float:
+    release_freed_memory()
+    reset_peak()
+    start = memory_mb()["peak"]
+    fn()
+    return memory_mb()["peak"] - start
+
+
+def test_no_vocabulary_sized_tensor_is_kept_for_sampled_estimators(tmp_path):
+    """Measured, not assumed: at V = 32,000 one fp32 [B, T, V] of this batch is 250 MB. Teacher
+    scoring in micro-batches of 2 (what k1/k2/k3 need: [B, T] log-probs) stays far below it;
+    keeping the logits (what exact / top-k KL need) costs at least that much, so the test can
+    tell the two apart."""
+    if not reset_peak():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak")
+    vocab, B, P, T = 32000, 64, 8, 32
+    model = _big_vocab_pair(tmp_path, vocab)
+    batch = _batch(B, P, T, vocab)
+    full_mb = B * T * vocab * 4 / 2**20
+    score_groups(model, batch.rows(slice(0, 2)), 2, micro_batch_size=2)  # warm-up: one-time allocations
+    lean = _peak_added_mb(lambda: score_groups(model, batch, 2, micro_batch_size=2))
+    kept = _peak_added_mb(lambda: score_groups(model, batch, 2, micro_batch_size=2, keep_logits=True))
+    print(f"[B, T, V] = {full_mb:.0f} MB; peak added: lean {lean:.0f} MB, keeping logits {kept:.0f} MB")
+    assert lean < 0.25 * full_mb
+    assert kept >= 0.9 * full_mb
+
+
+def test_loss_path_keeps_every_tensor_on_the_model_device():
+    """The CUDA wiring checked on CPU with the meta device: a rollout whose tensors all live on
+    ``meta`` goes through rewards, masks, advantages, every loss and the diagnostics; a tensor
+    created on the CPU by mistake would raise "... is not on the expected device meta"."""
+    from kdrl_mini.advantages import group_advantages, sequence_kl_rewards
+    from kdrl_mini.config import TrainConfig
+    from kdrl_mini.losses import kd_mask, token_weights
+    from kdrl_mini.rewards import batch_rewards
+    from kdrl_mini.scoring import position_stats
+    from kdrl_mini.trainer import LOSSES, Rollout
+
+    meta, B, P, T, V, G = torch.device("meta"), 8, 3, 5, 11, 4
+    rewards = batch_rewards(["#### 1"] * B, ["1"] * B, device=meta)
+    assert rewards.device == meta
+    mask = torch.ones(B, T, device=meta)
+    batch = Batch(torch.zeros(B, P + T, dtype=torch.long, device=meta), torch.ones(B, P + T, dtype=torch.long, device=meta),
+                  mask, P, [""] * B, torch.zeros(B, dtype=torch.bool, device=meta))
+    logits = torch.empty(B, T, V, device=meta, requires_grad=True)
+    logp = torch.empty(B, T, device=meta, requires_grad=True)
+    teacher_logp, teacher_logits = torch.empty(B, T, device=meta), torch.empty(B, T, V, device=meta)
+    for algorithm, extra in [("grpo", {}), ("kd-fkl", {}), ("kd-rkl", {}), ("kdrl", {}), ("kdrl", {"kl_kind": "exact"}),
+                             ("kdrl", {"kl_mode": "reward", "kl_kind": "k1"}), ("kdrl", {"kd_strategy": "incorrect"})]:
+        cfg = TrainConfig(algorithm=algorithm, group_size=G, **extra)
+        kd_w = kd_mask(rewards, G, cfg.kd_strategy)
+        adv = group_advantages(sequence_kl_rewards(rewards, 0.1, teacher_logp, teacher_logp, mask, kd_w), G)
+        ro = Rollout(batch, rewards, rewards, adv, kd_w, token_weights(mask, cfg.loss_agg, T), None, teacher_logp,
+                     teacher_logits)
+        loss, metrics = LOSSES[algorithm](ro, logp, logits, cfg, 0.1)
+        assert loss.device == meta and all(v.device == meta for v in metrics.values()), algorithm
+    stats = position_stats(logits.detach(), mask, teacher_logits)
+    assert all(v.device == meta for v in stats.values())
