@@ -13,6 +13,9 @@ can also be set from the command line with ``--set key=value``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +92,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        check_types(self)
+
         def choice(name, allowed):
             value = getattr(self, name)
             if value not in allowed:
@@ -122,6 +127,11 @@ class TrainConfig:
         for name in ("prompts_per_step", "max_new_tokens", "max_steps", "ppo_epochs", "eval_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 1")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config field {name}={getattr(self, name)} must be >= 0 (0 = only at the end)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"config field threads={self.threads} must be >= 1 (or null for torch's default)")
         for name in ("micro_batch_size", "anneal_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 1 (or null)")
@@ -138,6 +148,47 @@ class TrainConfig:
     @property
     def uses_teacher_in_loss(self) -> bool:
         return self.algorithm in ("kd-rkl", "kdrl")
+
+
+def _allowed(hint) -> tuple[type, ...]:
+    """The plain types a field annotation allows: ``float | None`` -> (float, NoneType)."""
+    args = typing.get_args(hint)
+    return tuple(a for a in args) if args else (hint,)
+
+
+def _is_integer(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+        return True
+    except TypeError:
+        return False
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """One clear line per wrong value: the field, what it got, what it takes, and the fix."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(cfg):
+        value, allowed = getattr(cfg, f.name), _allowed(hints[f.name])
+        kinds = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+        if value is None:
+            if type(None) not in allowed:
+                raise ValueError(f"config field {f.name} is empty (null); expected {kinds}, e.g. {f.default!r}")
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            raise ValueError(f"config field {f.name}={value!r}: expected {kinds}, not true/false")
+        if (float in allowed or int in allowed) and _is_integer(value):
+            if int in allowed:  # numpy / torch integers become plain ints (YAML and JSON write them)
+                object.__setattr__(cfg, f.name, operator.index(value))
+            continue  # an int is a fine float too (beta: 1)
+        if not isinstance(value, tuple(a for a in allowed if a is not type(None))):
+            hint = ""
+            if isinstance(value, str) and float in allowed:
+                hint = " (YAML reads 3e-4 as text: write 3.0e-4 or 0.0003)"
+            raise ValueError(f"config field {f.name}={value!r} is {type(value).__name__}; expected {kinds}{hint}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config field {f.name}={value} must be a finite number")
 
 
 def parse_set(items: list[str] | None) -> dict:
@@ -158,12 +209,23 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     replace both.
     """
     path = Path(path)
-    if not path.exists() and (CONFIG_DIR / f"{path.stem}.yaml").exists():
-        path = CONFIG_DIR / f"{path.stem}.yaml"
-    if not path.exists():
-        shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"config file {path} not found; pass a YAML path or a shipped config name: {shipped}")
-    values = yaml.safe_load(path.read_text()) or {}
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    if not path.exists() and str(path) in shipped:  # a bare shipped name, never a mistyped path
+        path = CONFIG_DIR / f"{path}.yaml"
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"config file {path} {what}; pass a YAML file or a shipped config name: {shipped}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        reason = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(f"{path}{line}: not a readable YAML config ({reason}); write one `field: value` per "
+                         f"line, spaces not tabs, no !!tags") from None
+    if not isinstance(values, dict):
+        kind = "empty" if values is None else f"a {type(values).__name__}, not `field: value` lines"
+        raise ValueError(f"{path} is {kind}; a config names fields, e.g. `algorithm: kdrl`")
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)

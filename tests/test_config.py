@@ -78,3 +78,48 @@ def test_anneal_reaches_the_floor_within_anneal_steps_and_holds(tmp_path):
     assert [round(beta(s), 6) for s in range(7)] == [0.005, 0.004, 0.003, 0.002, 0.001, 0.001, 0.001]
     whole = Trainer(cfg.replace(anneal_steps=None, beta=0.05, beta_end=0.01)).beta_at
     assert whole(cfg.max_steps - 1) == pytest.approx(0.01) and whole(cfg.max_steps - 2) > 0.01
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", "3e-4", r"lr='3e-4' is str; expected float \(YAML reads 3e-4 as text"),
+    ("group_size", "8", r"group_size='8' is str; expected int"),
+    ("group_size", 4.0, r"group_size=4.0 is float; expected int"),
+    ("max_steps", 2.5, r"max_steps=2.5 is float"),
+    ("beta", None, r"beta is empty \(null\); expected float, e.g. 0.05"),
+    ("output_dir", 123, r"output_dir=123 is int; expected str"),
+    ("beta", float("nan"), r"beta=nan must be a finite number"),
+    ("lr", float("inf"), r"lr=inf must be a finite number"),
+    ("chat_template", "yes", r"chat_template='yes' is str; expected bool"),
+    ("eval_every", -1, r"eval_every=-1 must be >= 0"),
+    ("threads", -1, r"threads=-1 must be >= 1"),
+    ("micro_batch_size", 0, r"micro_batch_size=0 must be >= 1"),
+])
+def test_wrong_types_and_values_get_one_clear_line(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_numpy_integers_are_accepted_and_become_ints():
+    import numpy as np
+
+    cfg = TrainConfig(group_size=np.int64(4), beta=1)
+    assert type(cfg.group_size) is int and cfg.group_size == 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "is empty"), ("- a\n- b\n", "is a list"), ("3\n", "is a int"),
+    ("algorithm: kdrl\n\tbeta: 0.1\n", "line 2: not a readable YAML config"),
+    ("algorithm: !!python/object:os.system echo\n", "not a readable YAML config"),
+])
+def test_yaml_that_is_not_a_config_is_refused(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
+def test_a_mistyped_path_never_falls_back_to_a_shipped_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_config("my/typo/grpo.yaml")
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        load_config(tmp_path)
