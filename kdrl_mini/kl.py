@@ -48,8 +48,9 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.
 
 
 def _kl_from_log_probs(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """sum_v a_v (log a_v - log b_v) over the last dim, with 0 * log 0 = 0."""
-    support = log_a > float("-inf")
+    """sum_v a_v (log a_v - log b_v) over the last dim, with 0 * log 0 = 0. A NaN anywhere gives
+    NaN (it is not mistaken for "no support", which would report 0 while the gradient is NaN)."""
+    support = log_a != float("-inf")
     # Both log-probs are replaced outside a's support *before* subtracting: otherwise
     # (-inf) - (-inf) = NaN appears in the graph and poisons the backward pass even though
     # the forward value would be masked away.

@@ -162,7 +162,9 @@ def reverse_kl_loss(logp, teacher_logp, mask, kind: str = "k2", logits=None, tea
         (loss, metrics): "kd_loss" and "kl" = mean per-token KL over response tokens (unweighted).
     """
     m = mask.bool()
-    t_logits = None if teacher_logits is None else teacher_logits.detach()
+    t_logits = None if teacher_logits is None else _pad_zero(teacher_logits.detach(), m.unsqueeze(-1))
+    if logits is not None:  # padding rows may hold anything: zero them so no NaN reaches the gradient
+        logits = _pad_zero(logits, m.unsqueeze(-1))
     lp = None if logp is None else _pad_zero(logp, m)
     tlp = None if teacher_logp is None else _pad_zero(teacher_logp.detach(), m)
     kl = _pad_zero(token_kl(kind, lp, tlp, logits, t_logits, top_k), m)

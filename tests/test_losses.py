@@ -316,3 +316,18 @@ def test_token_weights_make_micro_batches_add_up_to_the_whole(agg):
     naive = sum(kdrl_loss(logp[s], old[s], adv[s], mask[s], teacher[s], 0.1, loss_agg=agg, max_len=7)[0]
                 for s in (slice(0, 1), slice(1, 4), slice(4, 6)))
     assert not torch.isclose(naive, whole)
+
+
+def test_exact_kl_loss_ignores_nan_logits_at_padding_in_value_and_gradient():
+    logits, teacher_logits, logp, teacher_logp, mask = _kd_batch()
+    pad = ~mask.bool()
+    logits = logits.detach().masked_fill(pad.unsqueeze(-1), NAN).requires_grad_()
+    loss, _ = reverse_kl_loss(None, None, mask, "exact", logits, teacher_logits.masked_fill(pad.unsqueeze(-1), NAN))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert (logits.grad[pad] == 0).all()
+
+
+def test_exact_kl_with_nan_logits_is_nan_not_zero():
+    z = torch.tensor([[0.0, float("nan"), 1.0]])
+    assert torch.isnan(exact_kl(z, torch.zeros(1, 3))).all()
