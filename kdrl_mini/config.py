@@ -4,7 +4,9 @@ An algorithm is a choice of fields, not a separate loop:
 - ``grpo``:   clipped policy gradient on rule rewards (no teacher in the loss);
 - ``kd-fkl``: forward KL on teacher samples = SFT on teacher-generated solutions;
 - ``kd-rkl``: reverse KL on the student's own samples (on-policy distillation, no reward);
-- ``kdrl``:   GRPO + beta * KL(student || teacher), KL in the loss or in the reward.
+- ``kdrl``:   GRPO + beta * KL(student || teacher), KL in the loss or in the reward;
+- ``kd-then-grpo``: the usual two-stage pipeline at the same budget: ``sequential_kd`` (KD-FKL,
+  i.e. SFT on teacher samples, by default) until ``switch_step``, then GRPO with a fresh optimiser.
 
 Shipped YAML files (``kdrl_mini/configs``) hold only what differs from these defaults; any field
 can also be set from the command line with ``--set key=value``.
@@ -26,7 +28,7 @@ from .kl import TOKEN_KL_KINDS
 from .losses import KD_STRATEGIES, LOSS_AGGS
 from .schedules import SCHEDULES
 
-ALGORITHMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl")
+ALGORITHMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl", "kd-then-grpo")
 KL_KINDS = TOKEN_KL_KINDS
 # "loss": a differentiable KL term; "reward": per-token log-ratio added to the advantages after
 # group normalisation (the paper's form); "reward-seq": the sequence sum subtracted from the reward
@@ -78,6 +80,8 @@ class TrainConfig:
     top_k: int | None = None                # for kl_kind="topk"
     kd_strategy: str = "all"                # reward-guided KD, one of KD_STRATEGIES
     kd_threshold: float = 1.0               # reward at/above which a response counts as correct
+    sequential_kd: str = "kd-fkl"           # first stage of kd-then-grpo: "kd-fkl" or "kd-rkl"
+    switch_step: int | None = None          # kd-then-grpo: steps of KD before GRPO; None = half the run
     # bookkeeping
     seed: int = 0
     eval_every: int = 20                    # 0 = only at the end
@@ -100,6 +104,7 @@ class TrainConfig:
                 raise ValueError(f"config field {name}={value!r} is not allowed; choose one of {list(allowed)}")
 
         choice("algorithm", ALGORITHMS)
+        choice("sequential_kd", ("kd-fkl", "kd-rkl"))
         choice("kl_kind", KL_KINDS)
         choice("kl_mode", KL_MODES)
         choice("kd_strategy", KD_STRATEGIES)
@@ -132,7 +137,7 @@ class TrainConfig:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 0 (0 = only at the end)")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"config field threads={self.threads} must be >= 1 (or null for torch's default)")
-        for name in ("micro_batch_size", "anneal_steps"):
+        for name in ("micro_batch_size", "anneal_steps", "switch_step"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 1 (or null)")
         if self.lora_r == 0 and self.student_quant != "none":
@@ -145,9 +150,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @property
-    def uses_teacher_in_loss(self) -> bool:
-        return self.algorithm in ("kd-rkl", "kdrl")
+    def algorithm_at(self, step: int) -> str:
+        """The loss in use at 0-based ``step`` (differs from ``algorithm`` only for kd-then-grpo)."""
+        if self.algorithm != "kd-then-grpo":
+            return self.algorithm
+        switch = self.switch_step if self.switch_step is not None else self.max_steps // 2
+        return self.sequential_kd if step < switch else "grpo"
 
 
 def _allowed(hint) -> tuple[type, ...]:

@@ -122,11 +122,18 @@ class Trainer:
         self.sampler = PromptSampler(len(self.world.train), cfg.seed)
         self.beta_at = annealed(cfg.beta_schedule, cfg.beta, cfg.beta_end, cfg.anneal_steps or cfg.max_steps)
         self.step, self.bad_steps = 0, 0
-        self.log_exact_kl = cfg.algorithm != "kd-fkl" and self._resolve_log_exact_kl()
-        self.score_teacher = cfg.uses_teacher_in_loss or self.log_exact_kl
-        self.keep_teacher_logits = self.log_exact_kl or (cfg.uses_teacher_in_loss and cfg.kl_kind in ("exact", "topk"))
+        self.exact_kl_wanted = self._resolve_log_exact_kl()
         use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
         self.copy = models.MergedCopy(self.world.student) if use_copy and cfg.lora_r > 0 else None
+
+    @property
+    def phase(self) -> str:
+        """The algorithm of the current step (kd-then-grpo switches from KD to GRPO)."""
+        return self.cfg.algorithm_at(self.step)
+
+    @property
+    def log_exact_kl(self) -> bool:  # on the student's own samples only
+        return self.phase != "kd-fkl" and self.exact_kl_wanted
 
     def _resolve_log_exact_kl(self) -> bool:
         if self.cfg.log_exact_kl is not None:
@@ -139,7 +146,7 @@ class Trainer:
     def sampling_policy(self, training: bool = True):
         """The model to sample from: the teacher for KD-FKL's rollouts, else the student (its
         dequantised copy, or LoRA merged into an fp32 base)."""
-        if training and self.cfg.algorithm == "kd-fkl":
+        if training and self.phase == "kd-fkl":
             yield self.world.teacher
         elif self.copy is not None:
             yield self.copy.refresh()
@@ -150,7 +157,8 @@ class Trainer:
 
     def collect(self, rows: list[dict], beta: float, laps: metrics.Laps) -> Rollout:
         """Sample G responses per prompt, score rewards and (if needed) teacher log-probs, form advantages."""
-        cfg, w = self.cfg, self.world
+        cfg, w, phase = self.cfg, self.world, self.phase
+        in_loss = phase in ("kd-rkl", "kdrl")
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template)
         answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
         with self.sampling_policy() as policy:
@@ -159,17 +167,17 @@ class Trainer:
         rewards = batch_rewards(batch.texts, answers, cfg.format_weight, self.device) if cfg.format_weight else correct
         laps("rollout")
         teacher_logp, teacher_logits = None, None
-        if self.score_teacher:
-            teacher_logp, teacher_logits = score_groups(w.teacher, batch, cfg.group_size, cfg.micro_batch_size,
-                                                        self.keep_teacher_logits)
+        if in_loss or self.log_exact_kl:
+            keep = self.log_exact_kl or (in_loss and cfg.kl_kind in ("exact", "topk"))
+            teacher_logp, teacher_logits = score_groups(w.teacher, batch, cfg.group_size, cfg.micro_batch_size, keep)
         laps("teacher")
         old_logp = None
-        if cfg.ppo_epochs > 1 or (cfg.algorithm == "kdrl" and cfg.kl_mode == "reward-seq"):
+        if cfg.ppo_epochs > 1 or (phase == "kdrl" and cfg.kl_mode == "reward-seq"):
             w.student.train()
             old_logp = score_in_micro_batches(w.student, batch, cfg.micro_batch_size, temperature=cfg.temperature)[0]
-        kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if cfg.algorithm == "kdrl" else "all", cfg.kd_threshold)
+        kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
         shaped = rewards
-        if cfg.algorithm == "kdrl" and cfg.kl_mode == "reward-seq":
+        if phase == "kdrl" and cfg.kl_mode == "reward-seq":
             shaped = sequence_kl_rewards(rewards, beta, teacher_logp, old_logp, batch.completion_mask, kd_w)
         advantages = group_advantages(shaped, cfg.group_size, cfg.adv_scale)
         weights = token_weights(batch.completion_mask, cfg.loss_agg, cfg.max_new_tokens)
@@ -181,7 +189,7 @@ class Trainer:
         with self._autocast():
             logits = completion_logits(self.world.student, ro.batch)
         logp = logprobs_from_logits(logits, ro.batch.completion_ids, cfg.temperature)
-        loss, m = LOSSES[cfg.algorithm](ro, logp, logits, cfg, beta)
+        loss, m = LOSSES[self.phase](ro, logp, logits, cfg, beta)
         loss.backward()
         n = ro.mask.sum()
         out = {k: (v if k in SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
@@ -191,6 +199,8 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg, w = self.cfg, self.world
+        if self.step > 0 and cfg.algorithm_at(self.step - 1) != self.phase:  # a new stage: a fresh optimiser
+            self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         laps = metrics.Laps(self.device)
         rows = [w.train[i] for i in self.sampler.next(cfg.prompts_per_step)]
         beta = self.beta_at(self.step)
@@ -221,20 +231,20 @@ class Trainer:
         return True
 
     def _row(self, ro, sums, beta, grad_norm, skipped, laps) -> dict:
-        cfg, mask = self.cfg, ro.mask
+        cfg, mask, phase = self.cfg, ro.mask, self.cfg.algorithm_at(self.step - 1)
         n_tok = sums.pop("tokens").clamp(min=1)
         values = {k: (v if k in SUMMED else v / n_tok) for k, v in sums.items() if k in metrics.TRAIN_KEYS}
         sampled = {"reward": ro.rewards.mean(), "accuracy": ro.correct.mean(), "response_length": mask.sum(1).mean(),
                    "truncated_frac": ro.batch.truncated.float().mean()}
-        if cfg.algorithm == "kd-fkl":  # the samples are the teacher's: say so, and keep student-sample keys NaN
+        if phase == "kd-fkl":  # the samples are the teacher's: say so, and keep student-sample keys NaN
             sampled = {"teacher_" + k: v for k, v in sampled.items() if k != "truncated_frac"}
             values.pop("kl", None)
         values.update(sampled, entropy=sums["entropy_sum"] / n_tok, grad_norm=grad_norm, skipped=float(skipped))
         if "exact_kl_sum" in sums:
             values["exact_kl"] = sums["exact_kl_sum"] / n_tok
-        if cfg.algorithm in ("grpo", "kdrl"):
+        if phase in ("grpo", "kdrl"):
             values["adv_std"] = ro.advantages.std()
-        if cfg.algorithm == "kdrl":
+        if phase == "kdrl":
             values.update(beta=beta, kd_frac=masked_mean(ro.kd_weights.unsqueeze(-1).expand_as(mask), mask.bool()))
         t = laps.laps
         values.update(step=self.step, step_time=laps.total(), rollout_time=t["rollout"], teacher_time=t["teacher"],

@@ -49,9 +49,23 @@ def test_each_algorithm_logs_the_fixed_schema(tmp_path, algorithm):
     for s in steps:
         assert set(s) == {"kind"} | set(TRAIN_KEYS)  # every key in every row
         finite = {k for k, v in s.items() if isinstance(v, float) and math.isfinite(v)} | {"kind", "step"}
-        assert finite == APPLIES[algorithm] | ALWAYS, (finite ^ (APPLIES[algorithm] | ALWAYS))
+        expected = APPLIES[cfg.algorithm_at(s["step"] - 1)] | ALWAYS  # kd-then-grpo: KD-FKL, then GRPO
+        assert finite == expected, finite ^ expected
     assert (tmp_path / algorithm / "checkpoint.pt").is_file()
     assert (tmp_path / algorithm / "adapter" / "adapter_config.json").is_file()
+
+
+def test_kd_then_grpo_switches_stage_and_starts_a_fresh_optimiser(tmp_path):
+    cfg = small(tmp_path, "seq", algorithm="kd-then-grpo", switch_step=2, max_steps=3, student_quant="none")
+    trainer = Trainer(cfg)
+    phases = []
+    for _ in range(3):
+        phases.append(trainer.phase)
+        opt_before = trainer.opt
+        row = trainer.train_step()
+        assert (trainer.opt is opt_before) == (row["step"] != 3)  # a new AdamW exactly at the switch
+    assert phases == ["kd-fkl", "kd-fkl", "grpo"]
+    assert math.isfinite(row["reward"]) and math.isnan(row["teacher_reward"])
 
 
 def test_behaviour_is_pinned_across_the_trainer_rewrite(tmp_path):
