@@ -44,7 +44,7 @@ from kdrl_mini.config import load_config
 from kdrl_mini.measure import memory_mb
 from kdrl_mini.rewards import correctness_reward
 from kdrl_mini.rollout import sample, teacher_forced_batch
-from kdrl_mini.scoring import score_groups, token_logprobs
+from kdrl_mini.scoring import cache_kwarg, kv_cache, score_groups, token_logprobs
 from kdrl_mini.trainer import PromptSampler, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,12 +144,12 @@ def bare_decode(model, ids, attn, n_new: int):
     """The floor of sampling: a loop of one-token forwards on the KV cache, multinomial draws."""
     pos = (attn.long().cumsum(1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, last = out.past_key_values, pos[:, -1:]
+    cache, last = kv_cache(out), pos[:, -1:]
     for _ in range(n_new):
         tok = torch.multinomial(torch.softmax(out.logits[:, -1].float(), -1), 1)
         attn = torch.cat([attn, torch.ones_like(tok)], dim=1)
         last = last + 1
-        out = model(input_ids=tok, attention_mask=attn, position_ids=last, past_key_values=cache, use_cache=True)
+        out = model(input_ids=tok, attention_mask=attn, position_ids=last, use_cache=True, **cache_kwarg(model, cache))
 
 
 def trl_grpo_trainer(s: Settings, train_rows: list[dict], out: str, callback, student=STUDENT):

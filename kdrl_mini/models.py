@@ -253,7 +253,7 @@ def _dense_weight(layer) -> torch.Tensor:
         if scb is None:
             scb = layer.state.SCB
         return w.data.float() * (scb.float().unsqueeze(1) / 127.0)
-    return w.detach().float()
+    return w.detach().to(torch.float32, copy=True)  # a copy: the caller adds LoRA deltas to it in place
 
 
 class MergedCopy:

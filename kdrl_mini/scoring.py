@@ -123,6 +123,18 @@ def position_stats(logits: torch.Tensor, mask: torch.Tensor, teacher_logits: tor
     return out
 
 
+def kv_cache(output):
+    """The KV cache of a model output (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
+    return output["cache"] if "cache" in output else output.past_key_values
+
+
+def cache_kwarg(model, cache) -> dict:
+    """Pass a KV cache under the name this transformers version's forward takes."""
+    import inspect
+
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
 @torch.no_grad()
 def score_groups(model, batch: "Batch", group_size: int, micro_batch_size: int | None = None,
                  keep_logits: bool = False):
@@ -142,10 +154,10 @@ def score_groups(model, batch: "Batch", group_size: int, micro_batch_size: int |
         ids, attn, p = batch.input_ids[rows], batch.attention_mask[rows], pos[rows]
         head = model(input_ids=ids[::G, :P], attention_mask=attn[::G, :P], position_ids=p[::G, :P],
                      use_cache=True, logits_to_keep=1)
-        cache = head.past_key_values
+        cache = kv_cache(head)
         cache.batch_repeat_interleave(G)
-        tail = model(input_ids=ids[:, P:], attention_mask=attn, position_ids=p[:, P:], past_key_values=cache,
-                     use_cache=True)
+        tail = model(input_ids=ids[:, P:], attention_mask=attn, position_ids=p[:, P:], use_cache=True,
+                     **cache_kwarg(model, cache))
         first = head.logits[:, -1:].repeat_interleave(G, dim=0)  # predicts each completion's first token
         logps.append(torch.cat([logprobs_from_logits(first, ids[:, P:P + 1]),
                                 logprobs_from_logits(tail.logits[:, :-1], ids[:, P + 1:])], dim=1))

@@ -164,3 +164,18 @@ def test_loss_path_keeps_every_tensor_on_the_model_device():
         assert loss.device == meta and all(v.device == meta for v in metrics.values()), algorithm
     stats = position_stats(logits.detach(), mask, teacher_logits)
     assert all(v.device == meta for v in stats.values())
+
+
+def test_merged_copy_never_changes_the_student(data_dir):
+    """refresh() reads the student's weights; it must not write them (an fp32 base aliased by the
+    merge would drift by one LoRA update per step and wreck training)."""
+    student = models.load_student(data_dir / "models" / "student", "none", models.LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    copy = models.MergedCopy(student)
+    copy.refresh()
+    copy.refresh()
+    assert all(torch.equal(before[n], p) for n, p in student.named_parameters())
