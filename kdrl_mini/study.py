@@ -74,11 +74,15 @@ def final_metrics(run_dir: Path) -> dict:
     }
 
 
-def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int], base: TrainConfig,
-              progress: bool = True) -> list[dict]:
-    """Train every (variant, seed); skip finished runs, resume interrupted ones."""
+def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dict[str, list[int]], base: TrainConfig,
+              progress: bool = True, summarize=final_metrics) -> list[dict]:
+    """Train every (variant, seed); skip finished runs, resume interrupted ones.
+
+    ``seeds`` is one list for every variant or a dict variant -> its seeds; ``summarize(run_dir)``
+    gives the numbers written to each finished run's ``final.json``."""
     out_dir = Path(out_dir)
-    jobs = [(name, seed) for name in plan for seed in seeds]
+    per = seeds if isinstance(seeds, dict) else {name: seeds for name in plan}
+    jobs = [(name, seed) for name in plan for seed in per[name]]
     records = []
     world = None
     bar = tqdm(jobs, desc="study", disable=not progress)
@@ -91,7 +95,7 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int], base
             trainer = Trainer(cfg, world=_fresh_student(world, cfg))
             world = trainer.world
             trainer.train(resume=(run / "checkpoint.pt").exists(), progress=False)
-            (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **final_metrics(run)}, indent=1))
+            (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **summarize(run)}, indent=1))
             (run / "checkpoint.pt").unlink(missing_ok=True)  # the study keeps metrics, not weights
             shutil.rmtree(run / "adapter", ignore_errors=True)
         records.append(json.loads((run / "final.json").read_text()))
