@@ -46,6 +46,7 @@ def load_student_for(cfg: TrainConfig):
 def load_world(cfg: TrainConfig) -> World:
     """Load models and data named by ``cfg`` (checks paths, rows and vocabularies)."""
     tok = models.load_tokenizer(models.check_model_dir(cfg.student_path, "student"))
+    models.check_same_tokenizer(cfg.student_path, models.check_model_dir(cfg.teacher_path, "teacher"))
     student = load_student_for(cfg)
     teacher = models.load_teacher(cfg.teacher_path, cfg.teacher_quant, cfg.device)
     models.check_same_vocab(student, teacher, tok)

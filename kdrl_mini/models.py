@@ -7,6 +7,7 @@ Nothing here downloads: paths must be local folders.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +54,16 @@ def check_model_dir(path: str | Path, role: str) -> Path:
         raise FileNotFoundError(
             f"{path} holds no {role} model (needs config.json and *.safetensors weights); "
             f"point to a folder written by model.save_pretrained(...)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / 'config.json'} is not valid JSON ({err}); re-save the {role} with "
+                         f"save_pretrained or rebuild it") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / 'config.json'} is not a model config (a JSON object); re-save the {role}")
+    if "auto_map" in config:
+        raise ValueError(f"{path} asks to run its own Python code (auto_map in config.json); the kit never runs "
+                         f"code from a model folder: use a model whose architecture transformers ships")
     return path
 
 
@@ -101,7 +112,14 @@ def load_causal_lm(path: str | Path, quantization: str = "none", device: str | N
         kwargs["quantization_config"] = _quant_config(quantization, dtype)
         # bitsandbytes places weights at load time; an explicit map keeps everything on one device.
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ValueError(f"{path}: the {role} checkpoint cannot be loaded ({first}); re-save it with "
+                         f"save_pretrained, or rebuild it (the tiny world: kdrl-mini build-world)") from None
     if quantization == "none":
         model.to(dev)
     elif quantization == "4bit" and dev.type == "cpu":
@@ -201,6 +219,22 @@ def check_same_vocab(student, teacher, tokenizer=None) -> None:
     if tokenizer is not None and len(tokenizer) > vs:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the models' vocabulary has {vs}; "
                          f"use the tokenizer saved with these checkpoints")
+
+
+def check_same_tokenizer(student_dir: str | Path, teacher_dir: str | Path) -> None:
+    """KD compares the two models token by token: refuse, before any weights load, a teacher
+    whose tokenizer maps text to other ids (same size is not enough)."""
+    a, b = load_tokenizer(student_dir), load_tokenizer(teacher_dir)
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va != vb:
+        differ = sorted(t for t in set(va) | set(vb) if va.get(t) != vb.get(t))
+        raise ValueError(f"teacher tokenizer ({teacher_dir}) differs from the student's ({student_dir}) in "
+                         f"{len(differ)} tokens (e.g. {differ[:3]}); KD needs one tokenizer: pair models of one family")
+    specials = ("bos_token_id", "eos_token_id", "pad_token_id")
+    if any(getattr(a, k) != getattr(b, k) for k in specials):
+        raise ValueError(f"teacher and student tokenizers disagree on special tokens "
+                         f"({[(k, getattr(a, k), getattr(b, k)) for k in specials]}); use the student's tokenizer files "
+                         f"for both")
 
 
 def trainable_parameters(model) -> tuple[int, int]:

@@ -1,5 +1,7 @@
 """Loading the shipped world: 4-bit NF4 + LoRA student, 8-bit teacher, and the errors users hit."""
 
+import json
+
 import pytest
 import torch
 
@@ -118,3 +120,54 @@ def test_merged_lora_generation_is_exact_and_restores_weights(student_dir, token
         merged = sample(student, tokenizer, PROMPTS, group_size=2, max_new_tokens=16)
     assert torch.equal(plain.input_ids, merged.input_ids)
     assert all(torch.equal(p.detach(), before[n]) for n, p in student.named_parameters())
+
+
+def test_a_model_folder_that_asks_to_run_code_is_refused_and_nothing_runs(tmp_path, data_dir):
+    import shutil
+
+    from kdrl_mini import models
+
+    folder = tmp_path / "evil"
+    shutil.copytree(data_dir / "models" / "student", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    with pytest.raises(ValueError, match="never runs code from a model folder"):
+        models.load_student(folder, "none", None)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "config.json").write_text("{not json"), "config.json is not valid JSON"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:1000]),
+     "checkpoint cannot be loaded"),
+])
+def test_damaged_checkpoints_name_the_path_and_the_fix(tmp_path, data_dir, damage, message):
+    import shutil
+
+    from kdrl_mini import models
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(data_dir / "models" / "teacher", folder)
+    damage(folder)
+    with pytest.raises(ValueError, match=message) as err:
+        models.load_teacher(folder, "none")
+    assert str(folder) in str(err.value)
+
+
+def test_a_teacher_tokenizer_with_other_tokens_of_the_same_size_is_refused(tmp_path, data_dir):
+    import shutil
+
+    from kdrl_mini import models
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(data_dir / "models" / "teacher", folder)
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = "a", "b"
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # same size, two ids swapped
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ValueError, match="differs from the student's .* in 2 tokens"):
+        models.check_same_tokenizer(data_dir / "models" / "student", folder)
