@@ -23,7 +23,7 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, **parse_set(args.set), max_steps=args.max_steps, output_dir=args.output_dir,
                       seed=args.seed, threads=args.threads)
-    log = Trainer(cfg).train(resume=args.resume)
+    log = Trainer(cfg).train(resume=args.resume, overwrite=args.overwrite)
     evals = [row for row in log if is_eval(row)]
     last = evals[-1]["step"] if evals else None
     for e in (row for row in evals if row["step"] == last):
@@ -115,7 +115,7 @@ def _real_pair(args) -> int:
     overrides = {"max_steps": args.steps, "seed": args.seed, "threads": args.threads, "output_dir": args.output_dir}
     cfg = real.real_config(cache, args.keep_every, **{k: v for k, v in overrides.items() if v is not None})
     trainer = Trainer(cfg)
-    log = trainer.train()
+    log = trainer.train(overwrite=True)  # the demo always starts a fresh run
     print(f"{'step':>4} {'reward':>7} {'exact_kl':>9} {'step_s':>7}")
     for m in (row for row in log if row.get("kind") == "train"):
         print(f"{m['step']:>4} {m['reward']:>7.3f} {m['exact_kl']:>9.3f} {m['step_time']:>7.1f}")
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir")
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in OUTPUT_DIR")
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override any config field, e.g. --set beta=0.1 kl_kind=k3")
     t.set_defaults(func=_train)
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     setup(seed=getattr(args, "seed", None) or 0, threads=getattr(args, "threads", None) or 1)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"kdrl-mini {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -89,17 +89,32 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dic
     for name, seed in bar:
         run = out_dir / "runs" / name / f"seed{seed}"
         bar.set_postfix(run=f"{name}/seed{seed}")
-        if not (run / "final.json").exists():
-            cfg = base.replace(seed=seed, output_dir=str(run), **plan[name])
-            cfg.validate()
+        cfg = base.replace(seed=seed, output_dir=str(run), **plan[name])
+        cfg.validate()
+        if (run / "final.json").exists():
+            _check_same_config(run, cfg)
+        else:
             trainer = Trainer(cfg, world=_fresh_student(world, cfg))
             world = trainer.world
-            trainer.train(resume=(run / "checkpoint.pt").exists(), progress=False)
+            resume = (run / "checkpoint.pt").exists()  # killed before its first checkpoint: start over
+            trainer.train(resume=resume, overwrite=not resume, progress=False)
             (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **summarize(run)}, indent=1))
             (run / "checkpoint.pt").unlink(missing_ok=True)  # the study keeps metrics, not weights
             shutil.rmtree(run / "adapter", ignore_errors=True)
         records.append(json.loads((run / "final.json").read_text()))
     return records
+
+
+def _check_same_config(run: Path, cfg: TrainConfig) -> None:
+    """A finished run is reused only if it was trained with the config asked for now."""
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    ignore = {"output_dir", "threads", "device"}
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in ignore and k in saved and saved[k] != v)
+    if changed:
+        raise ValueError(f"{run} holds a finished run with other settings for {changed}; use another --output-dir "
+                         f"for this study, or delete that run folder to train it again")
 
 
 def _fresh_student(world, cfg: TrainConfig):

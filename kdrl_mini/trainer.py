@@ -24,7 +24,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import checkpoints, metrics, models
+from . import checkpoints, metrics, models, run_folder
 from .advantages import group_advantages, per_token_kl_advantages, sequence_kl_rewards
 from .config import TrainConfig
 from .losses import forward_kl_loss, grpo_loss, kd_mask, kdrl_loss, masked_mean, reverse_kl_loss, token_weights
@@ -296,14 +296,19 @@ class Trainer:
         metrics.truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     # ---------------------------------------------------------------- the loop
-    def train(self, resume: bool = False, progress: bool = True) -> list[dict]:
-        """Run to ``max_steps``; returns all metric rows written (training and eval)."""
+    def train(self, resume: bool = False, progress: bool = True, overwrite: bool = False) -> list[dict]:
+        """Run to ``max_steps``; returns all metric rows written (training and eval).
+
+        The output folder must not hold another run unless ``resume`` (continue it) or
+        ``overwrite`` (replace it); see :mod:`kdrl_mini.run_folder`."""
+        with run_folder.claim(self.out, resume, overwrite):
+            return self._train(resume, progress)
+
+    def _train(self, resume: bool, progress: bool) -> list[dict]:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
         else:
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
             torch.manual_seed(cfg.seed)
         (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         log = []

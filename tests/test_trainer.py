@@ -215,3 +215,37 @@ def test_kl_in_loss_and_in_reward_pull_towards_the_teacher(tmp_path):
     print(final)
     assert final["loss"] < final["grpo"]
     assert final["reward"] < final["grpo"]
+
+
+def test_a_finished_run_is_never_replaced_by_accident(tmp_path):
+    from kdrl_mini.run_folder import RunFolderError
+
+    cfg = small(tmp_path, "run", max_steps=1)
+    Trainer(cfg).train(progress=False)
+    before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    with pytest.raises(RunFolderError, match="already holds a run; continue it with --resume, replace it with"):
+        Trainer(cfg.replace(seed=1)).train(progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
+    Trainer(cfg.replace(seed=1)).train(progress=False, overwrite=True)  # a new run, not the old checkpoint
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+def test_two_trainers_never_share_a_folder(tmp_path):
+    import os
+
+    from kdrl_mini.run_folder import RunFolderError, claim
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / ".lock").write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(RunFolderError, match="in use by another trainer"):
+        with claim(folder):
+            pass
+    (folder / ".lock").write_text("999999999")  # a process that is gone: the lock is taken over
+    with claim(folder):
+        assert (folder / ".lock").read_text() == str(os.getpid())
+    assert not (folder / ".lock").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        with claim(tmp_path / "file"):
+            pass

@@ -1,0 +1,76 @@
+"""One run per folder: a finished or interrupted run is never replaced by accident, and two
+trainers never write to the same folder at once.
+
+``claim(folder, resume, overwrite)`` is held for the whole run:
+- the folder must not be a file; it is created if missing;
+- a folder that already holds a run (``metrics.jsonl`` or ``checkpoint.pt``) is refused unless
+  the run is resumed (``--resume``) or explicitly replaced (``--overwrite``, which deletes that
+  run's files first, so a new run never continues an old checkpoint);
+- a lock file (``.lock``, holding the owner's pid) keeps a second trainer out; a lock left by a
+  process that no longer exists is taken over.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+RUN_FILES = ("metrics.jsonl", "checkpoint.pt", "config.yaml", "trainable.pt", "final.json")
+
+
+class RunFolderError(ValueError):
+    """The folder cannot be used for this run; the message says why and what to do."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock(folder: Path) -> Path:
+    lock = folder / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise RunFolderError(f"{folder} is in use by another trainer (pid {owner}); wait for it to finish "
+                                     f"or choose another --output-dir") from None
+            lock.unlink(missing_ok=True)  # left by a process that is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return lock
+    raise RunFolderError(f"{folder}: could not take the run lock {lock}; remove it if no trainer is running")
+
+
+@contextmanager
+def claim(folder: str | Path, resume: bool = False, overwrite: bool = False):
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"--output-dir {folder} is a file; pass a folder path")
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = _lock(folder)
+    try:
+        held = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
+        if held and not resume and not overwrite:
+            raise RunFolderError(f"{folder} already holds a run; continue it with --resume, replace it with "
+                                 f"--overwrite, or choose another --output-dir")
+        if overwrite and not resume:
+            for name in RUN_FILES:
+                (folder / name).unlink(missing_ok=True)
+            shutil.rmtree(folder / "adapter", ignore_errors=True)
+        yield folder
+    finally:
+        lock.unlink(missing_ok=True)
