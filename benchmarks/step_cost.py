@@ -83,8 +83,8 @@ class Settings:
 
 QUICK = Settings(group_size=4, prompts_per_step=2, max_new_tokens=16, rounds=2, large=False)
 # Student shapes of the scaling table (random weights, the world's tokenizer); teacher = 2x the layers.
-SIZES = {"shipped": None, "4M": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4),
-         "15M": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4)}
+SIZES = {"shipped": None, "2.6M": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4),
+         "9.1M": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4)}
 LENGTHS = (48, 192)
 
 
