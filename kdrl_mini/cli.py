@@ -1,6 +1,7 @@
 """``kdrl-mini`` command line (also ``python -m kdrl_mini``).
 
-    kdrl-mini train --config kdrl [--max-steps N] [--output-dir DIR] [--resume] [--seed S] [--set key=value ...]
+    kdrl-mini train --config kdrl [--max-steps N] [--output-dir DIR] [--resume | --overwrite] [--seed S]
+                    [--checkpoint-every N] [--set key=value ...]
     kdrl-mini eval --run DIR | --student PATH [--split test|ood|both] [--n N]
     kdrl-mini reproduce [--output-dir DIR] [--steps N] [--full] [--seeds 0 1 2]
     kdrl-mini build-world [--root data] [--seed 0]
@@ -17,12 +18,15 @@ from pathlib import Path
 
 
 def _train(args) -> int:
+    from . import run_folder
     from .config import load_config, parse_set
     from .metrics import is_eval
     from .trainer import Trainer
 
-    cfg = load_config(args.config, **parse_set(args.set), max_steps=args.max_steps, output_dir=args.output_dir,
-                      seed=args.seed, threads=args.threads)
+    flags = {"max_steps": args.max_steps, "output_dir": args.output_dir, "seed": args.seed, "threads": args.threads,
+             "checkpoint_every": args.checkpoint_every}
+    cfg = load_config(args.config, **{**parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}})
+    run_folder.check(cfg.output_dir, args.resume, args.overwrite)  # before any model loads
     log = Trainer(cfg).train(resume=args.resume, overwrite=args.overwrite)
     evals = [row for row in log if is_eval(row)]
     last = evals[-1]["step"] if evals else None
@@ -65,33 +69,61 @@ def _load_trained_weights(world, run: Path) -> None:
 
 
 def _reproduce(args) -> int:
+    if args.full:
+        return _reproduce_full(args)
     from . import study
     from .config import load_config
     from .plotting import comparison_figure
 
-    out = Path(args.output_dir or ("data/results" if args.full else "runs/reproduce"))
+    out = Path(args.output_dir or "runs/reproduce")
     base = load_config("kdrl", threads=args.threads)
     if args.steps:
         base = base.replace(max_steps=args.steps)
-    if args.full:  # final evaluation only, on every test and ood row: less noise per run
-        base = base.replace(eval_every=0, eval_size=200)
-    plan = study.variants(base.beta) if args.full else study.brief_variants()
+    plan = study.brief_variants()
     if args.only:
         plan = {k: v for k, v in plan.items() if k in args.only}
-    seeds = args.seeds if args.seeds else ([0, 1, 2] if args.full else [0])
+    seeds = args.seeds or [0]
     t0 = time.time()
     study.run_study(out, plan, seeds, base)
     records = study.collect(out)  # every finished run in the folder, also from earlier --only calls
     table = study.aggregate(records)
     study.write_table(table, out / "table.csv")
     print(study.format_table(table))
-    if args.full:
-        claims = study.claims_table(records, base.beta)
-        (out / "claims.md").write_text(claims + "\n")
-        print("\n" + claims)
     runs = {name: out / "runs" / name / f"seed{seeds[0]}" for name in plan if name in study.BASELINES}
     comparison_figure(runs, out / "comparison.png")
     print(f"\n{len(records)} runs in {time.time() - t0:.0f} s; table {out / 'table.csv'}, plot {out / 'comparison.png'}")
+    print("One seed and a short budget: a demonstration, not evidence. The pre-registered study (5 seeds, "
+          "verdicts with intervals) lives in data/study: kdrl-mini reproduce --full")
+    return 0
+
+
+def _reproduce_full(args) -> int:
+    """The pre-registered study (data/study/PREREGISTRATION.md): resumable, per-run files as they finish."""
+    from . import reproduction, study
+    from .config import load_config
+    from .plotting import forest_plot
+
+    out = Path(args.output_dir or "data/study")
+    if not (out / "PREREGISTRATION.md").is_file():
+        raise FileNotFoundError(f"{out / 'PREREGISTRATION.md'} is missing: the study runs only after its plan is "
+                                f"committed (see kdrl_mini/reproduction.py)")
+    settings = reproduction.SETTINGS
+    base = load_config("kdrl", threads=args.threads, **settings.base_overrides())
+    plan, seeds = settings.full_plan()
+    if args.only:
+        plan = {k: v for k, v in plan.items() if k in args.only}
+    if args.seeds:
+        seeds = {k: [s for s in v if s in args.seeds] for k, v in seeds.items()}
+    t0 = time.time()
+    study.run_study(out, plan, seeds, base, summarize=reproduction.summarize)
+    records = study.collect(out)
+    table = reproduction.table(records)
+    claims = reproduction.claims_table(records)
+    (out / "table.md").write_text(table + "\n")
+    (out / "claims.md").write_text(claims + "\n")
+    forest_plot(reproduction.judge_all(records), reproduction.CLAIMS, out / "forest.png")
+    print(table + "\n\n" + claims)
+    print(f"\n{len(records)} finished runs ({time.time() - t0:.0f} s this call); {out / 'claims.md'}, {out / 'forest.png'}")
     return 0
 
 
@@ -128,14 +160,43 @@ def _real_pair(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gives the kit's one line (``kdrl-mini train: error: ...``)
+    and exit code 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _folder(text: str) -> str:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; pass a folder path")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdrl-mini", description="GRPO, KD and KDRL on a tiny world you can train on a laptop.")
+    p = _Parser(prog="kdrl-mini", description="GRPO, KD and KDRL on a tiny world you can train on a laptop.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one config (grpo, kd-fkl, kd-rkl, kdrl or a YAML file)")
     t.add_argument("--config", required=True, help="YAML path or shipped name: grpo, kd-fkl, kd-rkl, kdrl")
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--output-dir")
+    t.add_argument("--max-steps", type=_at_least(1))
+    t.add_argument("--output-dir", type=_folder)
+    t.add_argument("--checkpoint-every", type=_at_least(0), help="steps between checkpoints (0 = only at the end)")
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUTPUT_DIR")
@@ -148,13 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--student", help="a model folder (e.g. data/models/teacher)")
     e.add_argument("--teacher", help="teacher folder (only for vocabulary checks with --student)")
     e.add_argument("--split", default="all", choices=["test", "blind", "ood", "ood_control", "all"])
-    e.add_argument("--n", type=int, help="rows evaluated (default: config eval_size)")
+    e.add_argument("--n", type=_at_least(1), help="rows evaluated (default: config eval_size)")
     e.set_defaults(func=_eval)
 
     r = sub.add_parser("reproduce", help="GRPO vs KD vs KDRL on the shipped world; --full runs the whole study")
-    r.add_argument("--output-dir")
-    r.add_argument("--steps", type=int, help="training steps per run (default: the kdrl config's max_steps)")
-    r.add_argument("--full", action="store_true", help="every variant of the paper's comparisons, 3 seeds")
+    r.add_argument("--output-dir", type=_folder)
+    r.add_argument("--steps", type=_at_least(1), help="training steps per run (default: the kdrl config's max_steps)")
+    r.add_argument("--full", action="store_true", help="the pre-registered study into data/study (resumable)")
     r.add_argument("--seeds", type=int, nargs="+")
     r.add_argument("--only", nargs="+", help="restrict to these variant names")
     r.set_defaults(func=_reproduce)
@@ -165,15 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_build_world)
 
     q = sub.add_parser("real-pair", help="build the SmolLM2-135M teacher / 15-layer student pair offline and run a few KDRL steps")
-    q.add_argument("--steps", type=int, default=3, help="KDRL steps (default 3)")
+    q.add_argument("--steps", type=_at_least(1), default=3, help="KDRL steps (default 3)")
     q.add_argument("--cache-dir", help="where the pair, data and run go (default .cache/real in the repository)")
-    q.add_argument("--keep-every", type=int, default=2, help="student keeps every k-th teacher layer (default 2)")
-    q.add_argument("--output-dir", help="run folder (default CACHE_DIR/runs/kdrl)")
+    q.add_argument("--keep-every", type=_at_least(1), default=2, help="student keeps every k-th teacher layer (default 2)")
+    q.add_argument("--output-dir", type=_folder, help="run folder (default CACHE_DIR/runs/kdrl)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_real_pair)
 
     for sp in (t, e, r, b, q):
-        sp.add_argument("--threads", type=int, help="torch CPU threads")
+        sp.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
     return p
 
 
@@ -184,8 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     setup(seed=getattr(args, "seed", None) or 0, threads=getattr(args, "threads", None) or 1)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, FloatingPointError) as err:
-        print(f"kdrl-mini {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FloatingPointError, OSError) as err:
+        from .checkpoints import FULL, READ_ONLY, write_error
+
+        if isinstance(err, OSError) and err.errno in FULL + READ_ONLY:  # full disk, read-only folder
+            err = write_error(err, err.filename or "a run file")
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"kdrl-mini {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

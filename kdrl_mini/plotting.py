@@ -97,3 +97,26 @@ def plot_mean_curves(curves: dict, ylabel: str, ax=None, title: str | None = Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def forest_plot(judged: dict, claims, out_path: str | Path | None = None):
+    """Paired differences of every claim with their Holm-adjusted intervals (``reproduction.judge_all``)."""
+    shown = [c for c in claims if "mean" in judged.get(c.name, {})]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(shown), 1) + 1.2))
+    for i, c in enumerate(shown):
+        j = judged[c.name]
+        lo, hi = max(j["low"], -1.0), min(j["high"], 1.0)
+        color = {"reproduced": "tab:green"}.get(j["verdict"], "tab:red" if "reversed" in j["verdict"] else "tab:gray")
+        ax.plot([lo, hi], [i, i], color=color, lw=2)
+        ax.plot([j["mean"]], [i], "o", color=color)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([f"{c.name} {c.text}" for c in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference in the claimed direction (Holm-adjusted CI)")
+    ax.set_title("Claims of the KDRL paper on the tiny world")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path, dpi=90)
+    return fig

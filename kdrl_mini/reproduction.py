@@ -162,3 +162,64 @@ def claims_table(records: list[dict], claims=CLAIMS) -> str:
         label = r["verdict"] + (" (exploratory)" if c.family == "exploratory" else "")
         rows.append(f"| {c.name} | {c.text} | {c.source} | {ours} | {label} |")
     return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- the pre-registered settings
+@dataclass(frozen=True)
+class StudySettings:
+    """The study's budget and coefficients, fixed in PREREGISTRATION.md before any run."""
+
+    max_steps: int = 150
+    eval_every: int = 15            # 10 evaluations; the primary metric averages the last 5 (steps 90-150)
+    eval_size: int = 1000           # rows of every eval split
+    beta: float = 0.05              # constant KL coefficient of KDRL and KDRL-Mask (chosen on the pilot)
+    anneal_start: float = 0.125     # the paper's shape scaled to beta: 2.5 beta ...
+    anneal_floor: float = 0.025     # ... down to 0.5 beta ...
+    anneal_steps: int = 43          # ... within 29% of the run (about 80 of 280 steps in the paper), then held
+
+    def base_overrides(self) -> dict:
+        return {"max_steps": self.max_steps, "eval_every": self.eval_every, "eval_size": self.eval_size,
+                "checkpoint_every": 15}
+
+    def mean_anneal_beta(self) -> float:
+        from .schedules import annealed
+
+        beta = annealed("linear", self.anneal_start, self.anneal_floor, self.anneal_steps)
+        return statistics.fmean(beta(s) for s in range(self.max_steps))
+
+    def full_plan(self) -> tuple[dict, dict]:
+        variants, seeds = plan(self.beta, (self.anneal_start, self.anneal_floor), self.anneal_steps)
+        return with_mean_beta_control(variants, seeds, round(self.mean_anneal_beta(), 6))
+
+
+SETTINGS = StudySettings()
+VARIANT_ORDER = ("grpo", "kd-fkl", "kd-rkl", "kd-then-grpo", "kdrl", "kdrl-anneal", "kdrl-meanbeta", "kdrl-mask",
+                 "kdrl-k1", "kdrl-k3", "kdrl-exact", "kdrl-reward")
+TABLE_METRICS = ("test_accuracy", "blind_accuracy", "ood_accuracy", "ood_control_accuracy", "test_auc",
+                 "test_length", "test_truncated", "train_exact_kl")
+
+
+def table(records: list[dict], baseline: dict | None = None) -> str:
+    """Markdown: mean ± 95% t-interval half-width over seeds per variant ("n/a" for one seed),
+    with the untrained student's row first when ``baseline`` (its summary numbers) is given."""
+    head = "| variant | seeds | " + " | ".join(m.replace("_", " ") for m in TABLE_METRICS) + " |"
+    rows = [head, "|" + "---|" * (len(TABLE_METRICS) + 2)]
+    if baseline:
+        rows.append("| untrained student | - | " + " | ".join(
+            f"{baseline[m]:.3f}" if m in baseline else "—" for m in TABLE_METRICS) + " |")
+    names = [v for v in VARIANT_ORDER if any(r["variant"] == v for r in records)]
+    names += sorted({r["variant"] for r in records} - set(names))
+    for name in names:
+        rs = [r for r in records if r["variant"] == name]
+        cells = []
+        for m in TABLE_METRICS:
+            values = [r[m] for r in rs if m in r and r[m] == r[m]]
+            if not values:
+                cells.append("—")
+            elif len(values) < 2:
+                cells.append(f"{values[0]:.3f} ± n/a")
+            else:
+                mean, lo, hi = stats.t_interval(values, 0.95)
+                cells.append(f"{mean:.3f} ± {hi - mean:.3f}")
+        rows.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

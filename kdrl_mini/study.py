@@ -169,7 +169,8 @@ def format_table(table: dict[str, dict]) -> str:
     head = "| variant | seeds | test acc | ood acc | test length | exact KL | s/step |\n|---|---|---|---|---|---|---|"
     rows = []
     for name, e in table.items():
-        f = lambda k, d=3: f"{e[k][0]:.{d}f} ± {e[k][1]:.{d}f}"  # noqa: E731
+        f = lambda k, d=3: (f"{e[k][0]:.{d}f} ± {e[k][1]:.{d}f}" if len(e["seeds"]) > 1  # noqa: E731
+                            else f"{e[k][0]:.{d}f} ± n/a")
         rows.append(f"| {name} | {len(e['seeds'])} | {f('test_accuracy')} | {f('ood_accuracy')} | "
                     f"{f('test_length', 1)} | {f('final_exact_kl')} | {e['step_time'][0]:.2f} |")
     return "\n".join([head] + rows)
