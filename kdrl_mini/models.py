@@ -30,10 +30,25 @@ class LoraSpec:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when present, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` if given (and usable on this machine), else CUDA when present, else CPU."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a torch device; set device: cpu, cuda or cuda:N "
+                         f"(or null to pick CUDA when present)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {device!r} asked for, but this machine has no usable CUDA GPU "
+                             f"(torch.cuda.is_available() is False); set device: cpu or null")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device!r}: this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1}); "
+                             f"pick one of them or set device: cuda")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"device {device!r} is not supported by the kit; set device: cpu, cuda or cuda:N")
+    return dev
 
 
 def quiet_bitsandbytes() -> None:
@@ -89,6 +104,19 @@ def _quant_config(quantization: str, compute_dtype: torch.dtype):
     return None
 
 
+def _damaged_file(path: Path) -> Path:
+    """The first weight file of ``path`` whose safetensors header cannot be read (else ``path``)."""
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001  any unreadable header names this file
+            return f
+    return path
+
+
 def load_causal_lm(path: str | Path, quantization: str = "none", device: str | None = None,
                    role: str = "model", dtype: torch.dtype | None = None):
     """``AutoModelForCausalLM.from_pretrained`` on a local folder, optionally quantised.
@@ -118,7 +146,7 @@ def load_causal_lm(path: str | Path, quantization: str = "none", device: str | N
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise ValueError(f"{path}: the {role} checkpoint cannot be loaded ({first}); re-save it with "
+        raise ValueError(f"{_damaged_file(path)}: the {role} checkpoint cannot be loaded ({first}); re-save it with "
                          f"save_pretrained, or rebuild it (the tiny world: kdrl-mini build-world)") from None
     if quantization == "none":
         model.to(dev)
@@ -309,7 +337,8 @@ class MergedCopy:
         config.pop("quantization_config", None)
         config = type(base.config).from_dict(config)
         self.student, self.base = student, base
-        self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):  # random init of the copy must not move the run's RNG stream
+            self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
         self.model.generation_config = base.generation_config
         self.refresh()
 
@@ -330,11 +359,11 @@ class MergedCopy:
                 for adapter in module.active_adapters:
                     weight += module.get_delta_weight(adapter).float()
                 targets[name].weight.copy_(weight)
-            elif _is_quantised_linear(module) and not name.endswith("base_layer"):
+            elif is_quantised_linear(module) and not name.endswith("base_layer"):
                 targets[name].weight.copy_(_dense_weight(module))
         return self.model
 
 
-def _is_quantised_linear(module) -> bool:
+def is_quantised_linear(module) -> bool:
     w = getattr(module, "weight", None)
     return isinstance(w, torch.Tensor) and (getattr(w, "quant_state", None) is not None or w.dtype == torch.int8)
