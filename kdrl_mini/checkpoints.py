@@ -6,8 +6,9 @@ strings and containers only, so a planted pickle cannot run code when a run is r
 
 from __future__ import annotations
 
+import errno
 import os
-import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,11 +34,53 @@ def load_trainable(model, trainable: dict, source) -> None:
             named[n].copy_(v)
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class RunWriteError(OSError):
+    """A run file could not be written (full disk, read-only folder); the message names the file."""
+
+
+def write_error(err: OSError, path) -> OSError:
+    """One clear line for an OSError met while writing ``path``: what happened and the fix."""
+    if isinstance(err, RunWriteError):
+        return err
+    if err.errno in FULL:
+        why = "no space left on the device (or quota exceeded); free some space or choose another --output-dir"
+    elif err.errno in READ_ONLY:
+        why = "the folder is not writable (read-only or no permission); choose another --output-dir"
+    else:
+        why = f"{err.strerror or err}; check the disk and the folder"
+    return RunWriteError(err.errno or 0, f"cannot write {path}: {why}")
+
+
+@contextmanager
+def writing(path):
+    """Turn an OSError while writing ``path`` into one line naming it (see :func:`write_error`)."""
+    try:
+        yield
+    except OSError as err:
+        raise write_error(err, path) from None
+
+
 def save(state: dict, path: Path) -> None:
-    """Write ``state`` to ``path`` atomically: a kill never leaves half a checkpoint."""
+    """Write ``state`` to ``path`` atomically: a kill, a full disk or a read-only folder never
+    leaves half a checkpoint, and non-finite trainable weights never replace the last good one."""
+    bad = [n for n, v in state.get("trainable", {}).items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise FloatingPointError(f"refusing to write {path}: trainable weights {bad[:3]} hold non-finite values "
+                                 f"(NaN/inf); the last good checkpoint is kept, lower lr or check the data")
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with writing(path):
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def load(path: Path) -> dict:
@@ -47,7 +90,7 @@ def load(path: Path) -> dict:
                                 f"the folder of the interrupted run")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # noqa: BLE001  any failure of the weights-only unpickler: one line
+        first = (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)[:200]
         raise ValueError(f"checkpoint {path} cannot be read safely ({first}); it is damaged or was not written "
                          f"by kdrl_mini: delete it and start the run again") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,9 @@ class TrainConfig:
         for name in ("micro_batch_size", "anneal_steps", "switch_step"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 1 (or null)")
+        if self.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"config field device={self.device!r} is not a device; use cpu, cuda, cuda:N or "
+                             f"null (CUDA when present)")
         if self.lora_r == 0 and self.student_quant != "none":
             raise ValueError("config field lora_r=0 (full fine-tuning) needs student_quant='none': "
                              "quantised weights are frozen")

@@ -9,10 +9,15 @@ Two families:
 Notation: d = log pi_theta(x) - log pi_ref(x) for a token x sampled from pi_theta.
 """
 
+import math
+
 import torch
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 TOKEN_KL_KINDS = KL_ESTIMATORS + ("exact", "topk")
+# Below this log-ratio k3 continues along its tangent line (see kl_estimate): e^{-d} would
+# overflow float32 at d <= -88.7, and its square (in a gradient norm) already at d <= -44.
+K3_LINEAR_BELOW = -30.0
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
@@ -26,6 +31,15 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.
 
     Used directly as a loss (samples held fixed), the expected gradients are
     E[\nabla k1] = 0, E[\nabla k2] = \nabla KL(pi||pi_ref), E[\nabla k3] = \nabla KL(pi_ref||pi).
+
+    k3 for very negative d: below ``K3_LINEAR_BELOW`` (c = -30, i.e. the student gives its own
+    sample e^30 ~ 1e13 times less probability than the reference) k3 continues along its tangent
+    at c, k3(c) + (1 - e^{-c}) (d - c): finite for every finite d, convex, continuous with a
+    continuous gradient, and a lower bound of the exact value (k3 is convex). Computed exactly,
+    e^{-d} overflows float32 to inf at d <= -88.7 (and float64 only moves that to -709, while the
+    value itself would not fit back into float32), so one inf token would turn the loss and
+    every gradient into inf/NaN. The gradient there is the constant 1 - e^{30} ~ -1.1e13, which
+    ``max_grad_norm`` clipping handles. NaN stays NaN; d = -inf gives +inf.
 
     Args:
         logp: log pi(x), any shape, e.g. [B, T]; gradients flow through it.
@@ -43,7 +57,11 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.
     if kind == "k3":
         # expm1 keeps k3 accurate when the two policies almost agree (d ~ 0), where
         # exp(-d) - 1 would cancel catastrophically in float32.
-        return torch.expm1(-d) + d
+        # Two branches joined by where (not added: their large gradients would cancel in float32).
+        c = K3_LINEAR_BELOW
+        exact = torch.expm1(-d.clamp(min=c)) + d.clamp(min=c)
+        tangent = (math.expm1(-c) + c) - math.expm1(-c) * (d.clamp(max=c) - c)
+        return torch.where(d < c, tangent, exact)
     raise ValueError(f"unknown KL estimator {kind!r}: choose one of {', '.join(KL_ESTIMATORS)}")
 
 

@@ -3,16 +3,18 @@ sees the training prompts (:class:`PromptSampler`)."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import models, tasks
+from . import data_checks, models, tasks
 from .config import TrainConfig
 
 EVAL_SPLITS = ("test", "blind", "ood", "ood_control")
+EVAL_EXTRA_TOKENS = 16  # greedy evaluation generates max_new_tokens + 16 (Trainer.evaluate)
 
 
 @dataclass
@@ -43,15 +45,49 @@ def load_student_for(cfg: TrainConfig):
     return models.load_student(cfg.student_path, cfg.student_quant, lora, cfg.device, cfg.gradient_checkpointing)
 
 
+def _max_positions(*folders) -> int | None:
+    """The smallest context length the model folders' config.json declare (None if none does)."""
+    found = []
+    for folder in folders:
+        config = json.loads((Path(folder) / "config.json").read_text())  # check_model_dir parsed it already
+        for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+            if isinstance(config.get(key), int) and config[key] > 0:
+                found.append(config[key])
+                break
+    return min(found) if found else None
+
+
+def load_split_checked(data_dir, split: str, tokenizer, max_positions: int | None, budget: int) -> list[dict]:
+    """One split's rows, refused with file and line when the models could not use them."""
+    path = Path(data_dir) / f"{split}.jsonl"
+    if path.is_file():
+        data_checks.check_utf8(path)
+    try:
+        rows = [dict(r) for r in tasks.load_split(data_dir, split)]
+    except UnicodeDecodeError as err:  # check_utf8 names the line first; this is a last resort
+        raise tasks.DataRowError(f"{path}: bytes that are not UTF-8 ({err.reason} at byte {err.start}); save the "
+                                 f"file as UTF-8") from None
+    data_checks.check_rows(rows, path, tokenizer, max_positions, budget)
+    return rows
+
+
 def load_world(cfg: TrainConfig) -> World:
-    """Load models and data named by ``cfg`` (checks paths, rows and vocabularies)."""
-    tok = models.load_tokenizer(models.check_model_dir(cfg.student_path, "student"))
-    models.check_same_tokenizer(cfg.student_path, models.check_model_dir(cfg.teacher_path, "teacher"))
+    """Load models and data named by ``cfg`` (checks paths, rows and vocabularies).
+
+    Data rows are checked (``kdrl_mini.data_checks``) before any weights load, so a bad row is
+    reported in about a second."""
+    student_dir = models.check_model_dir(cfg.student_path, "student")
+    teacher_dir = models.check_model_dir(cfg.teacher_path, "teacher")
+    tok = models.load_tokenizer(student_dir)
+    models.check_same_tokenizer(cfg.student_path, teacher_dir)
+    names = ["train"] + [s for s in EVAL_SPLITS if (Path(cfg.data_dir) / f"{s}.jsonl").is_file()]
+    context = _max_positions(student_dir, teacher_dir)
+    budget = cfg.max_new_tokens + EVAL_EXTRA_TOKENS  # the greedy evaluation's budget, the larger one
+    splits = {s: load_split_checked(cfg.data_dir, s, tok, context, budget) for s in names}
     student = load_student_for(cfg)
     teacher = models.load_teacher(cfg.teacher_path, cfg.teacher_quant, cfg.device)
     models.check_same_vocab(student, teacher, tok)
-    names = ["train"] + [s for s in EVAL_SPLITS if (Path(cfg.data_dir) / f"{s}.jsonl").is_file()]
-    return World(student, teacher, tok, {s: [dict(r) for r in tasks.load_split(cfg.data_dir, s)] for s in names})
+    return World(student, teacher, tok, splits)
 
 
 class PromptSampler:

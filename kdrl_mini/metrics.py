@@ -9,6 +9,7 @@ come from the teacher: their statistics are the ``teacher_*`` keys). An eval row
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -83,19 +84,54 @@ def is_eval(row: dict) -> bool:
     return row.get("kind") == "eval" or "split" in row
 
 
+def _rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, row) for every line of a metrics file.
+
+    A torn last line (the run was killed while writing it: no parseable JSON, no final newline
+    needed) is dropped: its step comes after the last checkpoint and is recomputed on resume. A
+    damaged line anywhere else is refused with its line number, and the file is left as it is."""
+    lines = path.read_text(errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break  # torn by a kill mid-write
+            raise ValueError(f"{path}:{i}: not a JSON metrics row; the file was edited or damaged: fix or delete "
+                             f"that line (resume recomputes steps after the last checkpoint)") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(f"{path}:{i}: a metrics row needs a JSON object with an integer 'step'; fix or delete "
+                             f"that line")
+        out.append((line, row))
+    return out
+
+
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(training rows, eval rows) of a run folder's ``metrics.jsonl``."""
-    path = Path(run_dir) / "metrics.jsonl"
-    lines = [json.loads(line) for line in open(path) if line.strip()]
-    return [r for r in lines if not is_eval(r)], [r for r in lines if is_eval(r)]
+    """(training rows, eval rows) of a run folder's ``metrics.jsonl`` (a torn last line is dropped)."""
+    rows = [r for _, r in _rows(Path(run_dir) / "metrics.jsonl")]
+    return [r for r in rows if not is_eval(r)], [r for r in rows if is_eval(r)]
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint's ``step`` (they will be recomputed)."""
+    """Drop metric lines written after the checkpoint's ``step`` (they will be recomputed), and a
+    torn last line; a damaged line elsewhere raises before anything is rewritten."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = [line for line, row in _rows(path) if row["step"] <= step]
+    tmp = path.with_name(f"{path.name}.tmp")
+    try:
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        from .checkpoints import write_error
+
+        raise write_error(err, path) from None  # a kill here leaves the old file or the new one, never half
 
 
 def json_line(row: dict) -> str:

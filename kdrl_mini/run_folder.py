@@ -55,13 +55,37 @@ def _lock(folder: Path) -> Path:
     raise RunFolderError(f"{folder}: could not take the run lock {lock}; remove it if no trainer is running")
 
 
-@contextmanager
-def claim(folder: str | Path, resume: bool = False, overwrite: bool = False):
+def check(folder: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """The checks :func:`claim` makes before it takes the lock; cheap, so the CLI runs them
+    before any model loads. Nothing is created or changed."""
     folder = Path(folder)
+    if resume and overwrite:
+        raise RunFolderError("--resume continues the run in the folder and --overwrite deletes it: pass only one")
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(f"--output-dir {folder} is a file; pass a folder path")
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = _lock(folder)
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunFolderError(f"--output-dir {folder}: {parent} is a file; pass a folder path")
+            break
+    held = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
+    if held and not resume and not overwrite:
+        raise RunFolderError(f"{folder} already holds a run; continue it with --resume, replace it with "
+                             f"--overwrite, or choose another --output-dir")
+    if resume and not (folder / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"no checkpoint at {folder / 'checkpoint.pt'}; start without --resume, or point "
+                                f"--output-dir at the folder of the interrupted run")
+    return folder
+
+
+@contextmanager
+def claim(folder: str | Path, resume: bool = False, overwrite: bool = False):
+    folder = check(folder, resume, overwrite)
+    from .checkpoints import writing
+
+    with writing(folder / ".lock"):
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = _lock(folder)
     try:
         held = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
         if held and not resume and not overwrite:
