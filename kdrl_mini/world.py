@@ -1,11 +1,22 @@
-"""Building the shipped tiny world: tokenizer, teacher and weak student, trained here on CPU.
+"""Building the tiny world: tokenizer, a teacher with a blind spot and a weak student, on CPU.
 
-``build_world`` (CLI: ``kdrl-mini build-world``) writes ``data/{train,test,ood}.jsonl``,
-``data/tokenizer``, ``data/models/teacher`` and ``data/models/student`` from a seed:
+``build_world`` (CLI: ``kdrl-mini build-world``) writes the splits of :mod:`kdrl_mini.tasks`
+(``train``, ``test``, ``blind``, ``ood``, ``ood_control``), ``tokenizer/``, ``models/teacher``,
+``models/student``, ``models/world_report.json`` and ``models/README.md`` under ``root``, from a
+seed:
+
 1. a character-level tokenizer (``tokenizers`` WordLevel, saved as a HF tokenizer folder);
-2. a Llama-architecture teacher pre-trained on the verbose worked solutions until it is strong in-domain;
-3. a smaller Llama student given a brief warm-up on concise solutions, so it is weak but not
-   hopeless (RL has signal but is sample-inefficient).
+2. a Llama teacher trained on the training distribution with its ``teacher`` solutions: verbose,
+   and dropping the hundreds digit whenever a total passes 100. It stops once it is strong on
+   validation chains that stay below 100; on chains that cross 100 it is then confidently wrong.
+3. a smaller Llama student given a brief warm-up on correct solutions (concise and verbose
+   mixed), where only a few chains cross 100. It stops at the first check where it is weak but
+   not hopeless in-domain *and* samples a correct crossing now and then: the edge of competence
+   where reward-driven exploration can find what the teacher cannot show.
+
+Every stop is a validation check, never wall-clock, so a rebuild retraces the same steps.
+The gates of the world (issue 12) are measured at the end with the kit's reward, re-measured
+with plain ``transformers`` ``generate`` on the saved folders, and written to the report.
 """
 
 from __future__ import annotations
@@ -22,10 +33,12 @@ import torch
 from tqdm import tqdm
 
 from . import tasks
-from .rollout import greedy_eval, teacher_forced_batch, token_logprobs
+from .rewards import batch_rewards, correctness_reward
+from .rollout import greedy_eval, sample, teacher_forced_batch
 
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = string.digits + " \n+-*/=#.,:?()" + string.ascii_lowercase + string.ascii_uppercase
+GROUP = 8  # samples per prompt for the per-sample accuracy and pass@G gates
 
 
 def build_tokenizer(out_dir: str | Path):
@@ -64,6 +77,34 @@ STUDENT_SPEC = TinyModelSpec(hidden_size=64, num_hidden_layers=4, num_attention_
                              num_key_value_heads=2, intermediate_size=256)
 
 
+@dataclass
+class BuildPlan:
+    """Sizes, step caps and stop criteria of a build (the defaults build the shipped world).
+
+    teacher_stop: teacher stops once greedy validation accuracy on chains below 100 reaches it.
+    student_crossing_share: share of the student's warm-up rows whose total crosses 100.
+    student_stop_test: student stops at the first check whose greedy validation accuracy on
+        chains below 100 reaches this ...
+    student_stop_blind: ... and whose per-sample accuracy on crossing chains reaches this.
+    """
+
+    pool_size: int = 40000
+    pool_crossing_4: int = 2500  # only ~4,500 distinct 4-operand crossing prompts exist
+    val_size: int = 200
+    batch_size: int = 64
+    teacher_steps: int = 4000
+    teacher_lr: float = 2e-3
+    teacher_eval_every: int = 250
+    teacher_stop: float = 0.98
+    student_steps: int = 1500
+    student_lr: float = 2e-3
+    student_eval_every: int = 10
+    student_crossing_share: float = 0.1
+    student_stop_test: float = 0.2
+    student_stop_blind: float = 0.03
+    check_seed: int = 1234
+
+
 def tiny_llama(spec: TinyModelSpec, tokenizer, seed: int):
     """A randomly initialised LlamaForCausalLM of ``spec`` for ``tokenizer``.
 
@@ -79,101 +120,268 @@ def tiny_llama(spec: TinyModelSpec, tokenizer, seed: int):
     return LlamaForCausalLM(cfg)
 
 
-def sft_steps(model, tokenizer, rows: list[dict], field: str | tuple[str, ...], steps: int, batch_size: int, lr: float,
-              seed: int, desc: str, warmup: int = 50, val_rows: list[dict] | None = None,
-              eval_every: int = 250, stop_at: float | None = None) -> tuple[list[float], list[dict]]:
-    """Supervised training on ``row[field]`` completions (cosine LR); with several fields, each
-    example uses one of them at random (a mix of solution styles).
+def cosine_lr(step: int, steps: int, warmup: int) -> float:
+    """Learning-rate scale: linear warm-up, cosine decay, floor 0.02."""
+    scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+    return max(scale, 0.02)
 
-    Every ``eval_every`` steps greedy accuracy on ``val_rows`` is measured; training stops early
-    once it reaches ``stop_at``. Returns (per-step losses, evaluation log).
+
+def sft_loss(model, batch) -> torch.Tensor:
+    """Mean negative log-likelihood of the completion tokens (prompt tokens are not scored)."""
+    pos = (batch.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    P = batch.prompt_len
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                   logits_to_keep=batch.input_ids.shape[1] - P + 1).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, P:, None]).squeeze(-1)
+    return -(logp * batch.completion_mask).sum() / batch.completion_mask.sum()
+
+
+def sft_steps(model, tokenizer, rows: list[dict], fields: tuple[str, ...], steps: int, batch_size: int,
+              lr: float, seed: int, desc: str, warmup: int = 50, check=None, eval_every: int = 250,
+              ) -> tuple[list[float], list[dict]]:
+    """Supervised training on ``row[field]`` completions (cosine LR); each example uses one of
+    ``fields`` at random (a mix of solution styles).
+
+    Every ``eval_every`` steps ``check(model)`` returns ``(metrics, stop)``; training stops at the
+    first check that says stop. Returns (per-step losses, log of the checks).
     """
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     losses, evals = [], []
     model.train()
-    bar = tqdm(range(steps), desc=desc, leave=False)
+    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=30)
     for step in bar:
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
-            g["lr"] = lr * max(scale, 0.02)
+            g["lr"] = lr * cosine_lr(step, steps, warmup)
         chunk = rng.sample(rows, batch_size)
-        fields = (field,) if isinstance(field, str) else field
         targets = [r[rng.choice(fields)] for r in chunk]
-        batch = teacher_forced_batch(tokenizer, [r["prompt"] for r in chunk], targets,
-                                     next(model.parameters()).device)
-        logp = token_logprobs(model, batch)
-        loss = -(logp * batch.completion_mask).sum() / batch.completion_mask.sum()
+        batch = teacher_forced_batch(tokenizer, [r["prompt"] for r in chunk], targets, "cpu")
+        loss = sft_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if val_rows and (step + 1) % eval_every == 0:
-            acc = greedy_eval(model, tokenizer, val_rows)["accuracy"]
-            evals.append({"step": step + 1, "val_accuracy": acc, "loss": loss.item()})
-            print(f"[{desc}] step {step + 1}: loss {loss.item():.4f} val accuracy {acc:.3f}", flush=True)
+        if check is not None and (step + 1) % eval_every == 0:
+            metrics, stop = check(model)
+            evals.append({"step": step + 1, "loss": round(loss.item(), 4), **metrics})
+            print(f"[{desc}] step {step + 1}: loss {loss.item():.4f} {metrics}", flush=True)
             model.train()
-            if stop_at is not None and acc >= stop_at:
+            if stop:
                 break
     model.eval()
     return losses, evals
 
 
-def train_teacher(tok, pool: list[dict], val: list[dict], seed: int, steps: int, batch_size: int):
-    """The teacher: SFT on verbose solutions until validation accuracy reaches 0.97."""
+@torch.no_grad()
+def sampled_accuracy(model, tokenizer, rows: list[dict], group: int = GROUP,
+                     max_new_tokens: int = tasks.BUDGET, batch_prompts: int = 50) -> dict:
+    """Per-sample accuracy (temperature 1) and pass@group over ``rows``."""
+    model.eval()
+    per_row = []
+    for i in range(0, len(rows), batch_prompts):
+        chunk = rows[i:i + batch_prompts]
+        b = sample(model, tokenizer, [r["prompt"] for r in chunk], group_size=group,
+                   max_new_tokens=max_new_tokens, temperature=1.0)
+        r = batch_rewards(b.texts, [row["answer"] for row in chunk for _ in range(group)])
+        per_row += r.view(len(chunk), group).mean(1).tolist()
+    return {"per_sample": sum(per_row) / len(per_row),
+            f"pass@{group}": sum(p > 0 for p in per_row) / len(per_row), "n": len(rows)}
+
+
+def teacher_check(tok, val_test: list[dict], stop_at: float):
+    """Stop the teacher once greedy accuracy on chains below 100 reaches ``stop_at``."""
+    def check(model):
+        acc = greedy_eval(model, tok, val_test, max_new_tokens=tasks.EVAL_BUDGET)["accuracy"]
+        return {"val_test": acc}, acc >= stop_at
+    return check
+
+
+def student_check(tok, val_test: list[dict], val_blind: list[dict], plan: BuildPlan):
+    """Stop the student at the first check that is weak-but-not-hopeless in-domain and finds
+    correct crossings by sampling (the blind sample is measured only once the first holds)."""
+    def check(model):
+        acc = greedy_eval(model, tok, val_test, max_new_tokens=tasks.EVAL_BUDGET)["accuracy"]
+        metrics = {"val_test": acc}
+        if acc < plan.student_stop_test:
+            return metrics, False
+        torch.manual_seed(plan.check_seed)  # the check's value depends on the model only
+        blind = sampled_accuracy(model, tok, val_blind)
+        metrics["val_blind_per_sample"] = blind["per_sample"]
+        metrics["val_blind_pass@8"] = blind[f"pass@{GROUP}"]
+        return metrics, blind["per_sample"] >= plan.student_stop_blind
+    return check
+
+
+def pretraining_pool(plan: BuildPlan, seed: int, exclude: set[str]) -> list[dict]:
+    """Rows for pre-training, drawn like ``train`` but with 4-operand crossings capped (few exist)."""
+    n_cross = round(plan.pool_size * tasks.TRAIN_CROSSING_SHARE)
+    n_range = plan.pool_size - n_cross
+    mix = ((tasks.IN_DOMAIN, n_range / 2), (tasks.IN_DOMAIN_LONG, n_range / 2),
+           (tasks.CROSSING, plan.pool_crossing_4), (tasks.CROSSING_LONG, n_cross - plan.pool_crossing_4))
+    mix = tuple((spec, count / plan.pool_size) for spec, count in mix)
+    return tasks.make_mixed_split(plan.pool_size, seed, mix, exclude=exclude)
+
+
+def student_pool(pool: list[dict], share: float) -> list[dict]:
+    """All chains below 100 of ``pool`` plus just enough crossing ones to make ``share``."""
+    in_range = [r for r in pool if not r["crossing"]]
+    crossing = [r for r in pool if r["crossing"]]
+    n_cross = round(len(in_range) * share / (1 - share))
+    return in_range + crossing[:n_cross]
+
+
+def train_teacher(tok, pool, val_test, seed: int, plan: BuildPlan):
+    """The teacher: SFT on its own (verbose, hundreds-dropping) solutions until strong in-domain."""
     teacher = tiny_llama(TEACHER_SPEC, tok, seed)
-    losses, evals = sft_steps(teacher, tok, pool, "solution", steps, batch_size, 2e-3, seed, "teacher",
-                              val_rows=val, eval_every=250, stop_at=0.97)
+    losses, evals = sft_steps(teacher, tok, pool, ("teacher",), plan.teacher_steps, plan.batch_size,
+                              plan.teacher_lr, seed, "teacher", check=teacher_check(tok, val_test, plan.teacher_stop),
+                              eval_every=plan.teacher_eval_every)
     return teacher, losses, evals
 
 
-def train_student(tok, pool: list[dict], val: list[dict], seed: int, steps: int, batch_size: int):
-    """The student: a brief warm-up on a mix of concise and verbose solutions, stopped at the
-    first check with >= 20% validation accuracy ("weak but not hopeless"). Knowing both styles,
-    it has no length preference of its own: what it drifts to is what training asks for."""
+def train_student(tok, pool, val_test, val_blind, seed: int, plan: BuildPlan):
+    """The student: a brief warm-up on correct concise and verbose solutions (no length
+    preference of its own), with a few crossings, stopped at the edge of competence."""
     student = tiny_llama(STUDENT_SPEC, tok, seed + 1)
-    losses, evals = sft_steps(student, tok, pool, ("concise", "solution"), steps, batch_size, 2e-3, seed + 1,
-                              "student", warmup=20, val_rows=val, eval_every=10, stop_at=0.20)
+    rows = student_pool(pool, plan.student_crossing_share)
+    losses, evals = sft_steps(student, tok, rows, ("concise", "solution"), plan.student_steps, plan.batch_size,
+                              plan.student_lr, seed + 1, "student", warmup=20,
+                              check=student_check(tok, val_test, val_blind, plan), eval_every=plan.student_eval_every)
     return student, losses, evals
 
 
-def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4000, student_steps: int = 1500,
-                pretrain_pool: int = 60000, batch_size: int = 64, threads: int | None = None) -> dict:
-    """Build and save the whole tiny world under ``root``; returns the measured report."""
-    if threads:
-        torch.set_num_threads(threads)
-    root = Path(root)
-    t0 = time.time()
+def world_rows(root: Path, seed: int, plan: BuildPlan) -> dict[str, list[dict]]:
+    """Write the splits under ``root`` and draw the pre-training pool and validation sets
+    (disjoint from every eval split). Returns every row list by name."""
     paths = tasks.build_world_data(root, seed=seed)
-    test_rows = [json.loads(l) for l in open(paths["test"])]
-    ood_rows = [json.loads(l) for l in open(paths["ood"])]
-    exclude = {r["prompt"] for r in test_rows}
-    pool = tasks.make_split(pretrain_pool, seed + 100, exclude=exclude)
-    tok = build_tokenizer(root / "tokenizer")
+    rows = {name: tasks.read_jsonl(path) for name, path in paths.items()}
+    exclude = {r["prompt"] for name in tasks.EVAL_SPLITS for r in rows[name]}
+    pool = pretraining_pool(plan, seed + 100, exclude)
+    val_test = [r for r in pool if not r["crossing"]][:plan.val_size]
+    val_blind = [r for r in pool if r["crossing"]][:plan.val_size]
+    held_out = {r["prompt"] for r in val_test + val_blind}
+    rows.update(pool=[r for r in pool if r["prompt"] not in held_out], val_test=val_test, val_blind=val_blind)
+    return rows
 
-    val, pool = pool[:200], pool[200:]
-    teacher, t_losses, t_evals = train_teacher(tok, pool, val, seed, teacher_steps, batch_size)
-    student, s_losses, s_evals = train_student(tok, pool, val, seed, student_steps, batch_size)
 
-    report = {"seed": seed, "teacher_steps": teacher_steps, "student_steps": student_steps,
-              "batch_size": batch_size, "build_seconds": None}
-    for name, model, losses, evals in (("teacher", teacher, t_losses, t_evals),
-                                       ("student", student, s_losses, s_evals)):
-        out = root / "models" / name
-        model.save_pretrained(str(out), safe_serialization=True)
-        tok.save_pretrained(str(out))
-        report[name] = {
-            "params": sum(p.numel() for p in model.parameters()),
+@torch.no_grad()
+def plain_hf_eval(folder: Path, rows: list[dict], max_new_tokens: int, batch_size: int = 100) -> list[dict]:
+    """Greedy decoding with nothing but ``transformers`` on a saved folder: per row, whether the
+    answer is right (the kit's reward), the completion length (EOS counted) and truncation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        for row, completion in zip(chunk, ids[:, enc["input_ids"].shape[1]:].tolist()):
+            n = completion.index(tok.eos_token_id) + 1 if tok.eos_token_id in completion else len(completion)
+            text = tok.decode(completion[:n], skip_special_tokens=True)
+            out.append({"correct": correctness_reward(text, row["answer"]), "length": n,
+                        "truncated": tok.eos_token_id not in completion, "n_operands": row["n_operands"], "text": text})
+    return out
+
+
+def summarise(per_row: list[dict]) -> dict:
+    """Accuracy, length and truncation of ``plain_hf_eval`` rows, overall and per chain length."""
+    def stats(rs):
+        return {"accuracy": sum(r["correct"] for r in rs) / len(rs), "mean_length": sum(r["length"] for r in rs) / len(rs),
+                "truncated": sum(r["truncated"] for r in rs) / len(rs), "n": len(rs)}
+    by_len = {f"{k}_operands": stats([r for r in per_row if r["n_operands"] == k])
+              for k in sorted({r["n_operands"] for r in per_row})}
+    return {**stats(per_row), **by_len, "samples": [r["text"] for r in per_row[:2]]}
+
+
+def evaluate_model(model, tok, folder: Path, rows: dict[str, list[dict]], sampled: bool) -> dict:
+    """Every eval split at both budgets: the kit's greedy accuracy (``greedy_eval``) beside the
+    plain-``transformers`` re-measurement of the saved folder; with ``sampled`` also per-sample
+    accuracy and pass@G at the rollout budget."""
+    result = {}
+    for split in tasks.EVAL_SPLITS:
+        for budget in (tasks.EVAL_BUDGET, tasks.BUDGET):
+            kit = greedy_eval(model, tok, rows[split], max_new_tokens=budget)
+            plain = summarise(plain_hf_eval(folder, rows[split], budget))
+            result[f"{split}@{budget}"] = {"kit_accuracy": kit["accuracy"], **plain}
+        if sampled:
+            torch.manual_seed(0)
+            result[f"{split}@{tasks.BUDGET}"]["sampled"] = sampled_accuracy(model, tok, rows[split])
+    return result
+
+
+def measure_gates(report: dict) -> list[dict]:
+    """The world's gates (issue 12), each with its measured value and whether it holds."""
+    t, s = report["teacher"]["eval"], report["student"]["eval"]
+    E, B = tasks.EVAL_BUDGET, tasks.BUDGET
+    blind = s[f"blind@{B}"]["sampled"]
+    margin = t[f"ood_control@{E}"]["accuracy"] - t[f"ood@{E}"]["accuracy"]
+    hf_equal = all(m[k]["kit_accuracy"] == m[k]["accuracy"] for m in (t, s) for k in m)
+    size = report["teacher"]["size_mb"] + report["student"]["size_mb"]
+    five = "5_operands"
+    gates = [
+        ("teacher test accuracy (greedy)", t[f"test@{E}"]["accuracy"], ">= 0.95", t[f"test@{E}"]["accuracy"] >= 0.95),
+        ("teacher blind accuracy (greedy)", t[f"blind@{E}"]["accuracy"], "<= 0.05", t[f"blind@{E}"]["accuracy"] <= 0.05),
+        ("teacher ood_control - ood (greedy)", margin, ">= 0.5", margin >= 0.5),
+        ("student test accuracy (greedy)", s[f"test@{E}"]["accuracy"], "in [0.15, 0.30]",
+         0.15 <= s[f"test@{E}"]["accuracy"] <= 0.30),
+        ("student blind per-sample accuracy (T=1)", blind["per_sample"], "in [0.02, 0.15]",
+         0.02 <= blind["per_sample"] <= 0.15),
+        (f"student blind pass@{GROUP} (T=1)", blind[f"pass@{GROUP}"], ">= 0.15", blind[f"pass@{GROUP}"] >= 0.15),
+        (f"teacher 5-operand test rows truncated at {B} tokens", t[f"test@{B}"][five]["truncated"], ">= 0.9",
+         t[f"test@{B}"][five]["truncated"] >= 0.9),
+        ("plain transformers generate == kit greedy_eval (every split, budget, model)", float(hf_equal), "== 1", hf_equal),
+        ("models together (MB)", size, "< 25", size < 25),
+    ]
+    return [{"gate": g, "value": round(v, 4), "rule": rule, "passed": bool(ok)} for g, v, rule, ok in gates]
+
+
+def save_model(model, tok, out: Path, losses: list[float], evals: list[dict]) -> dict:
+    """Save ``model`` + tokenizer as a HF folder; return its size and training summary."""
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return {"params": sum(p.numel() for p in model.parameters()),
             "size_mb": sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20,
-            "steps_trained": len(losses),
-            "final_train_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "val_curve": evals,
-            "test": greedy_eval(model, tok, test_rows),
-            "ood": greedy_eval(model, tok, ood_rows, max_new_tokens=80),
-        }
+            "steps_trained": len(losses), "final_train_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+            "val_curve": evals}
+
+
+def build_world(root: str | Path = "data", seed: int = 0, threads: int | None = None,
+                plan: BuildPlan | None = None) -> dict:
+    """Build and save the whole tiny world under ``root``; returns the measured report.
+
+    ``threads`` defaults to 1: the stop checks compare accuracies with thresholds, and another
+    thread count changes float summation order and hence, a little, where they trigger.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or 1)
+    try:
+        return _build(Path(root), seed, plan or BuildPlan())
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build(root: Path, seed: int, plan: BuildPlan) -> dict:
+    t0 = time.time()
+    rows = world_rows(root, seed, plan)
+    tok = build_tokenizer(root / "tokenizer")
+    report = {"seed": seed, "plan": asdict(plan), "budgets": {"rollout": tasks.BUDGET, "eval": tasks.EVAL_BUDGET},
+              "split_sizes": {s: len(rows[s]) for s in ("train",) + tasks.EVAL_SPLITS}}
+
+    teacher, losses, evals = train_teacher(tok, rows["pool"], rows["val_test"], seed, plan)
+    report["teacher"] = save_model(teacher, tok, root / "models" / "teacher", losses, evals)
+    report["teacher_seconds"] = round(time.time() - t0, 1)
+    student, losses, evals = train_student(tok, rows["pool"], rows["val_test"], rows["val_blind"], seed, plan)
+    report["student"] = save_model(student, tok, root / "models" / "student", losses, evals)
+    report["train_seconds"] = round(time.time() - t0, 1)
+
+    for name, model in (("teacher", teacher), ("student", student)):
+        report[name]["eval"] = evaluate_model(model, tok, root / "models" / name, rows, sampled=name == "student")
+    report["gates"] = measure_gates(report)
+    report["all_gates_passed"] = all(g["passed"] for g in report["gates"])
     report["build_seconds"] = round(time.time() - t0, 1)
     report["vocab_size"] = len(tok)
     (root / "models" / "world_report.json").write_text(json.dumps(report, indent=2))
@@ -181,50 +389,105 @@ def build_world(root: str | Path = "data", seed: int = 0, teacher_steps: int = 4
     return report
 
 
-def models_readme(report: dict) -> str:
-    """``data/models/README.md`` from the build report (every number measured by the build)."""
+def _model_rows(report: dict) -> list[str]:
+    E, B = tasks.EVAL_BUDGET, tasks.BUDGET
     rows = []
     for name in ("teacher", "student"):
-        r = report[name]
-        rows.append(f"| {name} | {r['params']:,} | {r['size_mb']:.1f} MB | {r['steps_trained']} | "
-                    f"{r['test']['accuracy']:.3f} | {r['ood']['accuracy']:.3f} | "
-                    f"{r['test']['mean_length']:.1f} | {r['ood']['mean_length']:.1f} |")
+        ev = report[name]["eval"]
+        cells = [f"{ev[f'{s}@{E}']['accuracy']:.3f}" for s in tasks.EVAL_SPLITS]
+        cells += [f"{ev[f'test@{B}']['accuracy']:.3f}", f"{ev[f'test@{B}']['truncated']:.2f}",
+                  f"{ev[f'test@{E}']['mean_length']:.1f}"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def models_readme(report: dict) -> str:
+    """``models/README.md`` from the build report (every number measured by the build)."""
+    E, B = tasks.EVAL_BUDGET, tasks.BUDGET
     t, s = report["teacher"], report["student"]
-    return f"""# The shipped tiny world: teacher and student
+    gates = [f"| {g['gate']} | {g['value']:.3f} | {g['rule']} | {'yes' if g['passed'] else '**NO**'} |"
+             for g in report["gates"]]
+    blind = s["eval"][f"blind@{B}"]["sampled"]
+    test_sampled = s["eval"][f"test@{B}"]["sampled"]
+    sizes = ", ".join(f"`{k}` {report['split_sizes'][k]:,}" for k in tasks.EVAL_SPLITS)
+    return f"""# The tiny world: a teacher with a blind spot, a weak student
 
-Built by `kdrl-mini build-world --seed {report['seed']}` (equivalently `kdrl_mini.world.build_world("data", seed={report['seed']})`)
-in {report['build_seconds'] / 60:.0f} minutes on 2 CPU cores. Every number below comes from that build
-(`data/models/world_report.json`); accuracies are greedy decoding scored by `kdrl_mini.rewards`
-on the first {t['test']['n']} rows of `data/test.jsonl` (in-domain: 4 operands) and
-`data/ood.jsonl` (out-of-domain: starts at 90-99, totals cross 100).
-The build stops at wall-clock-independent criteria (validation accuracy checks), so a rebuild on
-another CPU retraces the same steps; timing varies with the machine and its load.
+Built by `kdrl-mini build-world --seed {report['seed']}` (equivalently
+`kdrl_mini.world.build_world(root, seed={report['seed']})`) in {report['build_seconds'] / 60:.0f} minutes on one CPU
+thread (teacher {report['teacher_seconds'] / 60:.0f} min, student {(report['train_seconds'] - report['teacher_seconds']) / 60:.0f} min, the rest measuring).
+Every number below is in `world_report.json` beside this file. Accuracies are decoded
+greedily and scored with `kdrl_mini.rewards`, on every row of each eval split ({sizes};
+`train` has {report['split_sizes']['train']:,} prompts), at the
+evaluation budget of {E} new tokens unless a column says {B} (the rollout budget, the trainer's
+`max_new_tokens`). The build stops at validation checks, never at a wall-clock limit.
 
-| model | parameters | safetensors | SFT steps | test accuracy | ood accuracy | test length (tokens) | ood length (tokens) |
+## The task and its tension (see `kdrl_mini/tasks.py`)
+Chains like `Compute 37+8-5+9.` (4 or 5 operands, starts 10-89), one step per line, `#### <answer>`.
+- **Blind spot inside the training distribution.** 30% of `train` chains pass 100 (and stay
+  above). The teacher was trained on solutions that drop the hundreds digit (`95+9=4`), so it is
+  wrong exactly there (`blind`), and also on chains starting at 90-99 that pass 100 (`ood`),
+  while it handles 90-99 starts that stay below 100 (`ood_control`). The reward pays for the
+  carry; the student saw a few correct carries in its warm-up ({report['plan']['student_crossing_share']:.0%} of its rows).
+- **Length pressure.** The teacher always adds a redundant `check` line. At {B} tokens its
+  5-operand solutions (54 tokens) are cut off before the answer, while concise ones (40-46)
+  fit: copying the teacher's style costs reward on those prompts during RL.
+
+## Gates (issue 12)
+
+| gate | value | rule | holds |
+|---|---|---|---|
+{chr(10).join(gates)}
+
+## Models
+
+| model | test | blind | ood | ood_control | test @{B} | truncated @{B} | test length |
 |---|---|---|---|---|---|---|---|
-{chr(10).join(rows)}
+{chr(10).join(_model_rows(report))}
 
+Student sampling at temperature 1 and {B} tokens, {GROUP} samples per prompt: `blind` per-sample
+{blind['per_sample']:.3f}, pass@{GROUP} {blind[f'pass@{GROUP}']:.3f}; `test` per-sample {test_sampled['per_sample']:.3f},
+pass@{GROUP} {test_sampled[f'pass@{GROUP}']:.3f}.
+
+- Outside the training starts (90-99) the untrained student is near the floor on both `ood`
+  ({s['eval'][f'ood@{E}']['accuracy']:.3f}) and `ood_control` ({s['eval'][f'ood_control@{E}']['accuracy']:.3f}): what a method adds there is transfer, read against
+  these baselines.
 - Both are `LlamaForCausalLM` with the same character-level tokenizer ({report['vocab_size']} tokens,
-  `data/tokenizer`, also saved beside each model). Teacher: hidden {TEACHER_SPEC.hidden_size},
-  {TEACHER_SPEC.num_hidden_layers} layers; student: hidden {STUDENT_SPEC.hidden_size}, {STUDENT_SPEC.num_hidden_layers} layers.
-- The teacher was trained on verbose solutions (a redundant `check` line before the answer), so
-  its answers are longer than needed; training stopped once validation accuracy reached 0.97.
-- The student had a brief warm-up on a 50/50 mix of concise and verbose solutions and stopped at
-  the first check with validation accuracy >= 0.20: weak but not hopeless, so RL has signal but is
-  sample-inefficient.
+  `tokenizer/`, also saved beside each model). Teacher: {t['params']:,} parameters (hidden
+  {TEACHER_SPEC.hidden_size}, {TEACHER_SPEC.num_hidden_layers} layers), {t['size_mb']:.1f} MB, {t['steps_trained']} SFT steps,
+  stopped at the first validation check with accuracy >= {report['plan']['teacher_stop']} on chains below 100.
+  Student: {s['params']:,} parameters (hidden {STUDENT_SPEC.hidden_size}, {STUDENT_SPEC.num_hidden_layers} layers), {s['size_mb']:.1f} MB,
+  {s['steps_trained']} warm-up steps on a 50/50 mix of concise and verbose correct solutions, stopped at
+  the first check (every {report['plan']['student_eval_every']} steps) with greedy validation accuracy >= {report['plan']['student_stop_test']}
+  on chains below 100 and per-sample accuracy >= {report['plan']['student_stop_blind']} on crossing chains.
+- Every accuracy above is measured twice: by the kit (`kdrl_mini.rollout.greedy_eval` on the
+  model in memory) and by plain `transformers` on the saved folder
+  (`AutoModelForCausalLM.from_pretrained(...).generate(do_sample=False)`, scored with
+  `kdrl_mini.rewards`); the gate "plain transformers generate == kit" compares the two on every
+  split, budget and model (`kit_accuracy` vs `accuracy` in the report).
+- Budgets: the length pressure shows in training rewards (rollouts at {B} tokens) and in any
+  evaluation at {B} tokens, where the teacher scores {t['eval'][f'test@{B}']['accuracy']:.3f} on `test`
+  ({t['eval'][f'test@{B}']['4_operands']['accuracy']:.3f} on 4-operand rows, {t['eval'][f'test@{B}']['5_operands']['accuracy']:.3f} on 5-operand rows); at the
+  evaluation budget ({E}) every style fits, so copying the teacher costs reward, not eval accuracy.
+  A study that wants the cost to show in accuracy should also evaluate at {B}.
 - Load with `AutoModelForCausalLM.from_pretrained("data/models/teacher")` and
   `AutoTokenizer.from_pretrained("data/models/teacher")`, or through `kdrl_mini.models`
   (`load_teacher(path, "8bit")`, `load_student(path, "4bit", LoraSpec())`).
 
-Sample teacher completion (test):
+Teacher on `test` and on `blind`:
 
 ```
-{t['test']['samples'][0]}
+{t['eval'][f'test@{E}']['samples'][0]}
+```
+```
+{t['eval'][f'blind@{E}']['samples'][0]}
 ```
 
-Sample student completion (test):
+Student on `test` and on `blind`:
 
 ```
-{s['test']['samples'][0]}
+{s['eval'][f'test@{E}']['samples'][0]}
+```
+```
+{s['eval'][f'blind@{E}']['samples'][0]}
 ```
 """
