@@ -115,9 +115,12 @@ def _reproduce_full(args) -> int:
     if args.seeds:
         seeds = {k: [s for s in v if s in args.seeds] for k, v in seeds.items()}
     t0 = time.time()
+    untrained = out / "untrained.json"
+    if not untrained.exists():
+        untrained.write_text(json.dumps(reproduction.untrained_summary(base.replace(seed=0)), indent=1))
     study.run_study(out, plan, seeds, base, summarize=reproduction.summarize)
     records = study.collect(out)
-    table = reproduction.table(records)
+    table = reproduction.table(records, json.loads(untrained.read_text()))
     claims = reproduction.claims_table(records)
     (out / "table.md").write_text(table + "\n")
     (out / "claims.md").write_text(claims + "\n")

@@ -193,6 +193,20 @@ class StudySettings:
 
 
 SETTINGS = StudySettings()
+
+
+def untrained_summary(base) -> dict:
+    """The untrained student's row of the tables: greedy accuracy, length and truncation on every
+    eval split (``base``: the study's TrainConfig; the same evaluation as the runs')."""
+    from .trainer import Trainer
+
+    trainer = Trainer(base)
+    out = {}
+    for split in trainer.world.eval_splits:
+        e = trainer.evaluate(split)
+        out.update({f"{split}_accuracy": e["eval_accuracy"], f"{split}_auc": e["eval_accuracy"],
+                    f"{split}_length": e["eval_length"], f"{split}_truncated": e["eval_truncated"]})
+    return out
 VARIANT_ORDER = ("grpo", "kd-fkl", "kd-rkl", "kd-then-grpo", "kdrl", "kdrl-anneal", "kdrl-meanbeta", "kdrl-mask",
                  "kdrl-k1", "kdrl-k3", "kdrl-exact", "kdrl-reward")
 TABLE_METRICS = ("test_accuracy", "blind_accuracy", "ood_accuracy", "ood_control_accuracy", "test_auc",
