@@ -94,3 +94,40 @@ def load(path: Path) -> dict:
         first = (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)[:200]
         raise ValueError(f"checkpoint {path} cannot be read safely ({first}); it is damaged or was not written "
                          f"by kdrl_mini: delete it and start the run again") from None
+
+
+# Fields a resumed run may change (how long, where, how it is logged), and nothing else.
+RESUMABLE_CHANGES = ("max_steps", "output_dir", "threads", "eval_every", "eval_size", "checkpoint_every", "device")
+
+
+def run_state(trainer) -> dict:
+    """Everything a run needs to continue bit-exactly: trainable weights, optimiser, prompt
+    sampler, RNG states, step and config."""
+    import random
+
+    return {"step": trainer.step, "trainable": trainable_state(trainer.world.student),
+            "optimizer": trainer.opt.state_dict(), "sampler": trainer.sampler.state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python_rng": random.getstate(), "config": trainer.cfg.to_dict()}
+
+
+def restore_run(trainer, path: Path) -> int:
+    """Put a checkpoint's state into a freshly built trainer of the same config; returns its step.
+    A checkpoint written with other settings (beyond RESUMABLE_CHANGES) is refused."""
+    import random
+
+    state = load(path)
+    changed = [k for k, v in state.get("config", {}).items()
+               if k not in RESUMABLE_CHANGES and getattr(trainer.cfg, k, None) != v]
+    if changed:
+        raise ValueError(f"--resume: {path} was written with other settings for {changed}; resume with the "
+                         f"run's own config ({path.parent / 'config.yaml'}) or start a new --output-dir")
+    load_trainable(trainer.world.student, state["trainable"], path)
+    trainer.opt.load_state_dict(state["optimizer"])
+    trainer.sampler.load(state["sampler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    random.setstate(state["python_rng"])
+    return state["step"]

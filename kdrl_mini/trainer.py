@@ -15,7 +15,6 @@ tensors between the models and those functions. Run folder: ``config.yaml``, ``m
 
 from __future__ import annotations
 
-import random
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -282,30 +281,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        checkpoints.save({
-            "step": self.step, "trainable": checkpoints.trainable_state(self.world.student),
-            "optimizer": self.opt.state_dict(), "sampler": self.sampler.state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python_rng": random.getstate(), "config": self.cfg.to_dict(),
-        }, self.out / "checkpoint.pt")
+        checkpoints.save(checkpoints.run_state(self), self.out / "checkpoint.pt")
 
     def load_checkpoint(self) -> None:
-        path = self.out / "checkpoint.pt"
-        state = checkpoints.load(path)
-        changed = [k for k, v in state.get("config", {}).items() if k not in RESUMABLE_CHANGES
-                   and getattr(self.cfg, k, None) != v]
-        if changed:
-            raise ValueError(f"--resume: {path} was written with other settings for {changed}; resume with the "
-                             f"run's own config ({self.out / 'config.yaml'}) or start a new --output-dir")
-        checkpoints.load_trainable(self.world.student, state["trainable"], path)
-        self.opt.load_state_dict(state["optimizer"])
-        self.sampler.load(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        random.setstate(state["python_rng"])
-        self.step = state["step"]
+        self.step = checkpoints.restore_run(self, self.out / "checkpoint.pt")
         metrics.truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     # ---------------------------------------------------------------- the loop
@@ -361,6 +340,4 @@ class Trainer:
                 torch.save(checkpoints.trainable_state(student), self.out / "trainable.pt")
 
 
-# Fields a resumed run may change (how long, where, how it is logged), and nothing else.
-RESUMABLE_CHANGES = ("max_steps", "output_dir", "threads", "eval_every", "eval_size", "checkpoint_every", "device")
 read_metrics = metrics.read_metrics  # kept for callers of trainer.read_metrics

@@ -44,7 +44,7 @@ def test_each_algorithm_logs_the_fixed_schema(tmp_path, algorithm):
     Trainer(cfg).train(progress=False)
     steps, evals = read_metrics(cfg.output_dir)
     assert [s["step"] for s in steps] == [1, 2]
-    assert {e["split"] for e in evals} == {"test", "ood"}
+    assert {e["split"] for e in evals} == {"test", "blind", "ood", "ood_control"}
     assert all(set(e) == {"kind"} | set(EVAL_KEYS) for e in evals)
     for s in steps:
         assert set(s) == {"kind"} | set(TRAIN_KEYS)  # every key in every row

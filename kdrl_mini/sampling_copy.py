@@ -1,0 +1,101 @@
+"""Sampling from a LoRA student fast: LoRA folded into an fp32 base for ``generate``
+(:func:`merged_lora`), or a plain fp32 copy of the student's current weights, dequantised when the
+base is 4-bit/8-bit, with LoRA merged (:class:`MergedCopy`)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def merged_lora(model):
+    """Generate with LoRA folded into an fp32 base (one matmul per layer instead of three), then
+    restore the base weights bit-exactly (unmerging alone would leave rounding residue).
+
+    Only fp32 bases are merged: merging into bf16/fp16 weights would round small LoRA updates
+    away (and clone every adapted weight on the GPU). Quantised or half-precision bases and
+    models without LoRA are used as they are.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not layers or not all(m.get_base_layer().weight.dtype == torch.float32 for m in layers):
+        yield model
+        return
+    saved = [(m.get_base_layer().weight, m.get_base_layer().weight.detach().clone()) for m in layers]
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+        with torch.no_grad():
+            for weight, original in saved:
+                weight.copy_(original)
+
+
+def _dense_weight(layer) -> torch.Tensor:
+    """The full-precision weight of a linear layer: dequantised for bitsandbytes 4-bit/8-bit."""
+    w = layer.weight
+    if getattr(w, "quant_state", None) is not None:  # NF4
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(w.data, w.quant_state).to(torch.float32)
+    if w.dtype == torch.int8:  # LLM.int8: one scale per output row
+        scb = getattr(w, "SCB", None)
+        if scb is None:
+            scb = layer.state.SCB
+        return w.data.float() * (scb.float().unsqueeze(1) / 127.0)
+    return w.detach().to(torch.float32, copy=True)  # a copy: the caller adds LoRA deltas to it in place
+
+
+class MergedCopy:
+    """A plain fp32 model holding a LoRA student's current weights: base weights (dequantised
+    when 4-bit/8-bit) with the LoRA update merged in.
+
+    Sampling from it is sampling from the student's policy (its layers compute W x + LoRA(x),
+    with W = dequant(W_q) for a quantised base), but with one dense matmul per layer and no
+    bitsandbytes or peft call overhead, and without touching the trained model (no merge and
+    restore). ``refresh()`` copies the current weights in (once per rollout). It costs one fp32
+    copy of the student's weights: used on CPU by default, where the kit's students are small.
+    """
+
+    def __init__(self, student):
+        from transformers import AutoModelForCausalLM
+
+        base = student.get_base_model() if hasattr(student, "get_base_model") else student
+        config = base.config.to_dict()
+        config.pop("quantization_config", None)
+        config = type(base.config).from_dict(config)
+        self.student, self.base = student, base
+        with torch.random.fork_rng(devices=[]):  # random init of the copy must not move the run's RNG stream
+            self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
+        self.model.generation_config = base.generation_config
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self):
+        """Copy the student's current weights in; returns the fp32 model."""
+        from peft.tuners.lora import LoraLayer
+
+        params = dict(self.model.named_parameters())
+        for name, p in self.base.named_parameters():  # embeddings, norms, unquantised weights
+            key = name.replace(".base_layer", "")
+            if "lora_" not in name and p.is_floating_point() and key in params and params[key].shape == p.shape:
+                params[key].copy_(p)
+        targets = dict(self.model.named_modules())
+        for name, module in self.base.named_modules():  # linear layers: dequantised, LoRA merged
+            if isinstance(module, LoraLayer):
+                weight = _dense_weight(module.get_base_layer())
+                for adapter in module.active_adapters:
+                    weight += module.get_delta_weight(adapter).float()
+                targets[name].weight.copy_(weight)
+            elif is_quantised_linear(module) and not name.endswith("base_layer"):
+                targets[name].weight.copy_(_dense_weight(module))
+        return self.model
+
+
+def is_quantised_linear(module) -> bool:
+    w = getattr(module, "weight", None)
+    return isinstance(w, torch.Tensor) and (getattr(w, "quant_state", None) is not None or w.dtype == torch.int8)
