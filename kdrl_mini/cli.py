@@ -1,7 +1,7 @@
 """``kdrl-mini`` command line (also ``python -m kdrl_mini``).
 
     kdrl-mini train --config kdrl [--max-steps N] [--output-dir DIR] [--resume | --overwrite] [--seed S]
-                    [--checkpoint-every N] [--set key=value ...]
+                    [--checkpoint-every N] [--set key=value ...] [--engine kit|trl]
     kdrl-mini eval --run DIR | --student PATH [--split test|ood|both] [--n N]
     kdrl-mini reproduce [--output-dir DIR] [--steps N] [--full] [--seeds 0 1 2]
     kdrl-mini build-world [--root data] [--seed 0]
@@ -26,6 +26,8 @@ def _train(args) -> int:
     flags = {"max_steps": args.max_steps, "output_dir": args.output_dir, "seed": args.seed, "threads": args.threads,
              "checkpoint_every": args.checkpoint_every}
     cfg = load_config(args.config, **{**parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}})
+    if getattr(args, "engine", "kit") == "trl":
+        return _train_trl(cfg, args)
     run_folder.check(cfg.output_dir, args.resume, args.overwrite)  # before any model loads
     log = Trainer(cfg).train(resume=args.resume, overwrite=args.overwrite)
     evals = [row for row in log if is_eval(row)]
@@ -33,6 +35,20 @@ def _train(args) -> int:
     for e in (row for row in evals if row["step"] == last):
         print(f"{e['split']:>5}: accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}")
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
+    return 0
+
+
+def _train_trl(cfg, args) -> int:
+    """``--engine trl``: the same YAML fields mapped onto KDRLConfig, trained by TRL (kdrl_mini.integrations.trl)."""
+    if args.resume:
+        raise ValueError("--resume is not supported with --engine trl (TRL keeps its own checkpoints)")
+    try:
+        from .integrations.trl import train_with_trl
+    except ImportError as err:
+        raise ValueError(f"--engine trl needs TRL: pip install 'kdrl_mini[trl]' ({err})") from err
+    summary = train_with_trl(cfg)
+    print(f"trained {summary['steps']} steps through TRL; last kd/kl "
+          f"{summary['kd_kl'][-1] if summary['kd_kl'] else float('nan'):.4f}; output in {cfg.output_dir}")
     return 0
 
 
@@ -204,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUTPUT_DIR")
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override any config field, e.g. --set beta=0.1 kl_kind=k3")
+    t.add_argument("--engine", choices=["kit", "trl"], default="kit",
+                   help="kit: the kit's own loop; trl: KDRLTrainer on TRL (needs the [trl] extra, student_quant=none, "
+                        "lora_r=0; scale out with accelerate launch, see docs/scaling.md)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="greedy accuracy of a trained run or a checkpoint folder")

@@ -1,0 +1,135 @@
+"""The kit's TrainConfig mapped onto KDRLConfig, and the command line that trains the tiny world through TRL (``python -m kdrl_mini.integrations.trl``)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from .config import KDRLConfig
+from .trainer import KDRLTrainer, correctness_reward_func, format_reward_func, load_prompt_dataset
+
+
+def config_from_train_config(cfg, **overrides) -> KDRLConfig:
+    """Map the kit's ``TrainConfig`` (YAML) fields onto a ``KDRLConfig`` for ``kdrl-mini train --engine trl``.
+
+    Refuses kit settings the TRL path does not reproduce (quantised / LoRA students, kd-then-grpo, ...)."""
+    if cfg.algorithm not in ("kdrl", "grpo"):
+        raise ValueError(f"config field algorithm={cfg.algorithm!r}: --engine trl runs 'kdrl' or 'grpo' only")
+    if cfg.student_quant != "none" or cfg.lora_r != 0:
+        raise ValueError("--engine trl trains full fp32 weights: set student_quant: none and lora_r: 0 "
+                         f"(got student_quant={cfg.student_quant!r}, lora_r={cfg.lora_r})")
+    if cfg.kl_mode == "reward-seq":
+        raise ValueError("config field kl_mode='reward-seq' is only in the kit's own trainer; use loss or reward")
+    if cfg.ppo_epochs != 1:
+        raise ValueError(f"config field ppo_epochs={cfg.ppo_epochs}: --engine trl maps only 1 (TRL: num_iterations)")
+    if cfg.chat_template:
+        raise ValueError("config field chat_template=true: --engine trl passes plain-text prompts; for chat models "
+                         "build a conversational dataset and use KDRLTrainer directly")
+    agg = {"token-mean": "dapo", "seq-mean": "grpo", "seq-sum-norm": "dr_grpo"}[cfg.loss_agg]
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    kw = dict(
+        output_dir=cfg.output_dir, max_steps=cfg.max_steps, learning_rate=cfg.lr, seed=cfg.seed,
+        num_generations=cfg.group_size, per_device_train_batch_size=cfg.group_size * cfg.prompts_per_step,
+        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, epsilon=cfg.clip_eps,
+        epsilon_high=cfg.clip_eps_high, loss_type=agg, scale_rewards="group" if cfg.adv_scale == "std" else "none",
+        max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=cfg.gradient_checkpointing,
+        ddp_find_unused_parameters=False,  # every student weight takes part in the loss
+        lr_scheduler_type="constant", weight_decay=0.0, top_k=0, top_p=1.0,  # the kit: constant lr, plain sampling
+        reward_weights=[1.0, cfg.format_weight] if cfg.format_weight else None,  # reward_funcs_for(cfg)
+        beta=0.0, bf16=cuda and torch.cuda.is_bf16_supported(), report_to=[], logging_steps=1,
+        save_strategy="no", use_cpu=not cuda,
+        teacher_model_name_or_path=cfg.teacher_path,
+        teacher_load_in_8bit=cfg.teacher_quant == "8bit",
+        kd_beta=cfg.beta if cfg.algorithm == "kdrl" else 0.0,
+        kd_beta_schedule=cfg.beta_schedule if cfg.algorithm == "kdrl" else "constant",
+        kd_beta_end=cfg.beta_end, kd_anneal_steps=cfg.anneal_steps, kl_kind=cfg.kl_kind, kl_top_k=cfg.top_k,
+        kl_mode=cfg.kl_mode, kd_strategy=cfg.kd_strategy if cfg.algorithm == "kdrl" else "all",
+        kd_threshold=cfg.kd_threshold, teacher_batch_size=cfg.micro_batch_size,
+    )
+    kw.update(overrides)
+    return KDRLConfig(**kw)
+
+
+# ------------------------------------------------------------------ command line (tiny world)
+def build_arg_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m kdrl_mini.integrations.trl",
+        description="KDRL through TRL on the tiny world; run under `accelerate launch` for several processes.")
+    p.add_argument("--config", default=None, help="kit YAML config / name (as kdrl-mini train --config); mapped "
+                   "onto KDRLConfig with student_quant=none, lora_r=0")
+    p.add_argument("--max-steps", type=int, default=3)
+    p.add_argument("--output-dir", default="runs/trl-kdrl")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="kit config fields")
+    p.add_argument("--kd", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="KDRLConfig / GRPOConfig fields after the mapping (JSON values), "
+                        "e.g. per_device_train_batch_size=8")
+    p.add_argument("--rows", type=int, default=None, help="use only the first N training rows")
+    p.add_argument("--dump-weights", action="store_true", help="each rank saves its trainable weights and log "
+                   "(rank<i>.pt / rank<i>.json in --output-dir): the 2-process test compares them")
+    return p
+
+
+def reward_funcs_for(cfg) -> list:
+    """The kit's reward as TRL reward functions: correctness, plus the format reward when format_weight != 0
+    (weighted through GRPOConfig.reward_weights by ``config_from_train_config``)."""
+    return [correctness_reward_func] + ([format_reward_func] if cfg.format_weight else [])
+
+
+def train_with_trl(cfg, kd_overrides: dict | None = None, rows: int | None = None,
+                   dump_weights: bool = False) -> dict:
+    """Train the kit's ``TrainConfig`` on the tiny world through KDRLTrainer (``kdrl-mini train --engine trl``).
+
+    Returns this rank's summary (rank, world_size, steps, per-step kd/kl, kd/beta, reward, loss). With
+    ``dump_weights`` each rank also writes ``rank<i>.pt`` (trainable weights) and ``rank<i>.json``."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kd_args = config_from_train_config(cfg, **(kd_overrides or {}))
+    tok = AutoTokenizer.from_pretrained(cfg.student_path)
+    model = AutoModelForCausalLM.from_pretrained(cfg.student_path, dtype=torch.float32)
+    data = load_prompt_dataset(str(Path(cfg.data_dir) / "train.jsonl"))
+    if rows:
+        data = data.select(range(min(rows, len(data))))
+    trainer = KDRLTrainer(model=model, reward_funcs=reward_funcs_for(cfg), args=kd_args, train_dataset=data,
+                          processing_class=tok)
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    logs = [h for h in trainer.state.log_history if "kd/kl" in h]
+    summary = {"rank": rank, "world_size": trainer.accelerator.num_processes, "steps": trainer.state.global_step,
+               "kd_kl": [h["kd/kl"] for h in logs], "kd_beta": [h["kd/beta"] for h in logs],
+               "reward": [h.get("reward") for h in logs], "loss": [h.get("loss") for h in logs]}
+    print(f"[rank {rank}/{summary['world_size']}] finished {summary['steps']} steps; kd/kl per step "
+          f"{[round(x, 4) for x in summary['kd_kl']]}", flush=True)
+    if dump_weights:
+        out = Path(kd_args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
+                 if v.requires_grad}
+        torch.save(state, out / f"rank{rank}.pt")
+        (out / f"rank{rank}.json").write_text(json.dumps(summary))
+    return summary
+
+
+def run(argv=None) -> dict:
+    """``python -m kdrl_mini.integrations.trl``: parse the flags, then :func:`train_with_trl`."""
+    import os
+
+    from ...config import load_config, parse_set
+
+    args = build_arg_parser().parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("KDRL_THREADS", "1")))
+    fields_ = {"student_quant": "none", "lora_r": 0, "max_steps": args.max_steps, "output_dir": args.output_dir,
+               **parse_set(args.set)}
+    cfg = load_config(args.config or "kdrl", **fields_)
+    extra = {}
+    for item in args.kd:
+        k, _, v = item.partition("=")
+        try:
+            extra[k] = json.loads(v)
+        except json.JSONDecodeError:
+            extra[k] = v
+    return train_with_trl(cfg, extra, args.rows, args.dump_weights)

@@ -1,0 +1,258 @@
+"""``KDRLTrainer``: TRL's GRPOTrainer with the teacher's KD term from kdrl_mini's losses; the tiny world's rewards and prompts for TRL."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ...advantages import per_token_kl_advantages
+from ...kl import token_kl
+from ...losses import kd_mask, reverse_kl_loss
+from ...rewards import correctness_reward, format_reward
+from ...rollout import Batch
+from ...schedules import annealed
+from ...scoring import logprobs_from_logits, score_groups, score_in_micro_batches
+from ._common import GRPOTrainer
+from .config import KD_LOSS_TYPES, KDRLConfig, _refuse, mix_teacher_logps
+
+
+# ------------------------------------------------------------------ the tiny world, for TRL
+def correctness_reward_func(completions, answer, **kwargs) -> list[float]:
+    """TRL reward function: 1 when the completion's final ``#### n`` line equals the row's answer."""
+    return [correctness_reward(c, a) for c, a in zip(completions, answer)]
+
+
+def format_reward_func(completions, **kwargs) -> list[float]:
+    """TRL reward function: 1 for a well-formed final line (weight it with GRPOConfig.reward_weights)."""
+    return [format_reward(c) for c in completions]
+
+
+def load_prompt_dataset(path: str = "data/train.jsonl"):
+    """The tiny world's training rows as a ``datasets.Dataset`` with ``prompt`` and ``answer`` columns."""
+    from datasets import Dataset
+
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    return Dataset.from_list([{"prompt": r["prompt"], "answer": str(r["answer"])} for r in rows])
+
+
+# ------------------------------------------------------------------ the trainer
+class KDRLTrainer(GRPOTrainer):
+    """``GRPOTrainer`` + a frozen teacher + the KD term of KDRL (see the module docstring).
+
+    Args (beyond GRPOTrainer's):
+        args: a :class:`KDRLConfig`.
+        teacher_model: a loaded model, a path, or None (``args.teacher_model_name_or_path``).
+    """
+
+    def __init__(self, model, reward_funcs, args: KDRLConfig, teacher_model=None, **kwargs):
+        if not isinstance(args, KDRLConfig):
+            raise TypeError(f"KDRLTrainer needs a KDRLConfig, got {type(args).__name__}")
+        if teacher_model is None:
+            teacher_model = args.teacher_model_name_or_path
+        if teacher_model is None:
+            _refuse("teacher_model_name_or_path", None, "pass a teacher path here or teacher_model= to KDRLTrainer")
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        teachers = list(teacher_model) if isinstance(teacher_model, (list, tuple)) else [teacher_model]
+        if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
+            _refuse("teacher_weights", args.teacher_weights, f"one weight per teacher ({len(teachers)} teachers)")
+        self.teacher_models = [self._load_teacher(t) for t in teachers]
+        self.teacher_model = self.teacher_models[0]
+        student_vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
+        for t in self.teacher_models:
+            teacher_vocab = t.config.get_text_config().vocab_size
+            if student_vocab != teacher_vocab:
+                raise ValueError(f"teacher vocabulary ({teacher_vocab}) differs from the student's ({student_vocab}): "
+                                 "token-level KD needs one tokenizer")
+        if args.kl_kind in ("exact", "topk") and self.aux_loss_enabled:
+            _refuse("kl_kind", args.kl_kind, "full-vocabulary KL with a MoE router aux loss is not supported")
+        steps = args.kd_anneal_steps or max(args.max_steps, 1)
+        self._kd_beta_at = annealed(args.kd_beta_schedule, args.kd_beta, args.kd_beta_end, steps)
+        self._kd_capture: dict | None = None
+        self._kd_last_rewards_per_func: torch.Tensor | None = None
+
+    # -------------------------------------------------------------- teacher
+    def _load_teacher(self, teacher):
+        from transformers import AutoModelForCausalLM
+
+        a, device = self.args, self.accelerator.device
+        if isinstance(teacher, str):
+            kw = dict(a.teacher_model_init_kwargs or {})
+            if device.type == "cuda" and a.teacher_load_in_8bit and "quantization_config" not in kw:
+                from transformers import BitsAndBytesConfig
+
+                kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+                kw.setdefault("device_map", {"": device})
+            elif device.type == "cpu":
+                kw.setdefault("dtype", torch.float32)
+            with torch.random.fork_rng(devices=[]):  # loading must not move the RNG: kd_beta=0 parity with GRPO
+                teacher = AutoModelForCausalLM.from_pretrained(teacher, **kw)
+        quantised = getattr(teacher, "is_quantized", False) or getattr(teacher, "hf_quantizer", None) is not None
+        if not quantised:
+            teacher = teacher.to(device)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        return teacher
+
+    def kd_beta_now(self) -> float:
+        """kd_beta at the current optimiser step."""
+        return self._kd_beta_at(self.state.global_step)
+
+    @torch.no_grad()
+    def score_teacher(self, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size: int):
+        """Teacher log-probs [B, T] of the completions (and [B, T, V] logits for exact / top-k KL).
+
+        Uses ``score_groups`` (each prompt encoded once) when this process holds whole, contiguous groups
+        of identical prompts; else plain micro-batched scoring. Both are the kit's own functions. Several
+        teachers are mixed per token (``mix_teacher_logps``)."""
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attn = torch.cat([prompt_mask, completion_mask], dim=1)
+        batch = Batch(ids, attn, completion_mask.float(), prompt_ids.shape[1], [])
+        keep = self.args.kl_kind in ("exact", "topk")
+        B, G = prompt_ids.shape[0], group_size
+        whole = G > 1 and B % G == 0 and bool(
+            (prompt_ids.view(B // G, G, -1) == prompt_ids[::G].unsqueeze(1)).all()
+            and (prompt_mask.view(B // G, G, -1) == prompt_mask[::G].unsqueeze(1)).all())
+        mb = self.args.teacher_batch_size
+        scored = [score_groups(t, batch, G, mb, keep) if whole else score_in_micro_batches(t, batch, mb, keep)
+                  for t in self.teacher_models]
+        if len(scored) == 1:
+            return scored[0]
+        w = self.args.teacher_weights
+        logp = mix_teacher_logps([lp for lp, _ in scored], w)
+        # full distributions: mix the normalised log-probs (valid logits of the mixture)
+        logits = mix_teacher_logps([torch.log_softmax(z, dim=-1) for _, z in scored], w) if keep else None
+        return logp, logits
+
+    # -------------------------------------------------------------- rollout
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._kd_last_rewards_per_func = rewards_per_func  # gathered over processes, like TRL's advantages
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        a = self.args
+        mode = "train" if self.model.training else "eval"
+        G = self.num_generations if mode == "train" else getattr(self, "num_generations_eval", self.num_generations)
+        rpf = self._kd_last_rewards_per_func
+        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)  # unscorable rows -> 0
+        n = out["prompt_ids"].shape[0]
+        i = self.accelerator.process_index
+        kd_w = kd_mask(rewards, G, a.kd_strategy, a.kd_threshold)[i * n:(i + 1) * n].to(out["advantages"].device)
+        mask = self._kd_mask(out)
+        t_logp, t_logits = self.score_teacher(out["prompt_ids"], out["prompt_mask"], out["completion_ids"],
+                                              out["completion_mask"], G)
+        out["teacher_per_token_logps"], out["kd_weights"] = t_logp, kd_w
+        if t_logits is not None:
+            out["teacher_logits"] = t_logits
+        if a.kl_mode == "reward":
+            old = out.get("old_per_token_logps")
+            if old is None:  # on-policy: pi_old is the model that just sampled
+                with torch.no_grad():
+                    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+                    attn = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+                    old = self._get_per_token_logps_and_entropies(
+                        self.model, ids, attn, out["completion_ids"].shape[1],
+                        batch_size=a.per_device_train_batch_size)[0]
+            beta = self.kd_beta_now()
+            out["advantages"] = per_token_kl_advantages(out["advantages"], beta, t_logp, old, mask, kd_w)
+            k1 = token_kl("k1", old, t_logp)
+            self._kd_log(mode, k1, mask, kd_w, beta)
+        return out
+
+    @staticmethod
+    def _kd_mask(inputs) -> torch.Tensor:
+        m = inputs["completion_mask"]
+        return (m if "tool_mask" not in inputs else m * inputs["tool_mask"]).bool()
+
+    # -------------------------------------------------------------- loss
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        cap = self._kd_capture
+        if cap is None or not kwargs.get("compute_entropy", False):
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              *args, **kwargs)
+        if self.args.kl_kind in ("exact", "topk"):  # the KL needs the student's full distribution
+            extra = [k for k, v in kwargs.items() if v is not None and k not in
+                     ("batch_size", "compute_entropy", "compute_aux_loss", "num_images", "num_tiles")]
+            if args or extra:
+                _refuse("kl_kind", self.args.kl_kind, f"full-vocabulary KL supports text-only inputs (got {extra})")
+            with self.accelerator.autocast():
+                z = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1,
+                          use_cache=False).logits[:, :-1].float() / self.temperature
+            logps = logprobs_from_logits(z, input_ids[:, -logits_to_keep:])
+            lsm = torch.log_softmax(z, dim=-1)  # differentiable: TRL's entropy bonus may use it
+            entropies = -(lsm.exp() * lsm).sum(-1)
+            cap["logps"], cap["logits"] = logps, z
+            return logps, entropies, None
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        cap["logps"] = logps
+        return logps, entropies, aux
+
+    def kd_token_weights(self, inputs, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token weights whose weighted sum reproduces TRL's normaliser for ``loss_type`` (incl. gradient
+        accumulation and, for 'dapo', the global token count), passed to ``reverse_kl_loss(weights=...)``."""
+        train = self.model.training
+        accum = self.current_gradient_accumulation_steps if train else 1.0
+        m = mask.to(torch.float32)
+        B = m.shape[0]
+        lt = self.loss_type
+        if lt == "grpo":
+            return m / m.sum(-1, keepdim=True).clamp(min=1.0) / B / accum
+        if lt == "bnpo":
+            return m / m.sum().clamp(min=1.0) / accum
+        if lt == "dr_grpo":
+            return m / (B * self.max_completion_length) / accum
+        if lt == "dapo":
+            norm = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if train:
+                norm = norm * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            return m / norm
+        _refuse("loss_type", lt, f"kl_mode='loss' supports {list(KD_LOSS_TYPES)}")
+
+    def _compute_loss(self, model, inputs):
+        a = self.args
+        if a.kl_mode != "loss":  # reward mode: the KL is already in inputs["advantages"]
+            return super()._compute_loss(model, inputs)
+        self._kd_capture = {}
+        try:
+            loss = super()._compute_loss(model, inputs)
+            cap = self._kd_capture
+        finally:
+            self._kd_capture = None
+        mask = self._kd_mask(inputs)
+        kd, m = self.kd_term(cap["logps"], inputs, mask, cap.get("logits"))
+        beta = self.kd_beta_now()
+        if beta > 0:  # beta = 0 is TRL's GRPO exactly: not even a NaN KL can leak in
+            loss = loss + beta * kd
+        mode = "train" if self.model.training else "eval"
+        self._kd_log(mode, m["kl_tokens"], mask, inputs["kd_weights"], beta, kd_loss=m["kd_loss"])
+        return loss
+
+    def kd_term(self, logps, inputs, mask, logits=None):
+        """``reverse_kl_loss`` on TRL's per-token log-probs, aggregated like TRL's policy loss.
+        Returns (kd_loss, metrics) with metrics["kl_tokens"] the per-token KL (detached) for logging."""
+        a = self.args
+        kd, m = reverse_kl_loss(logps, inputs["teacher_per_token_logps"], mask, a.kl_kind, logits,
+                                inputs.get("teacher_logits"), a.kl_top_k, inputs["kd_weights"],
+                                weights=self.kd_token_weights(inputs, mask))
+        with torch.no_grad():
+            t_logits = inputs.get("teacher_logits")
+            lp = None if logps is None else logps.detach()
+            m["kl_tokens"] = token_kl(a.kl_kind, lp, inputs["teacher_per_token_logps"],
+                                      None if logits is None else logits.detach(), t_logits, a.kl_top_k)
+        return kd, m
+
+    def _kd_log(self, mode, kl_tokens, mask, kd_w, beta, kd_loss=None):
+        """Global (all-process, token-weighted) means through TRL's metrics: kd/kl, kd/frac; kd/beta; kd/loss."""
+        m = mask.to(torch.float32)
+        kl = torch.where(mask, kl_tokens.detach().float(), torch.zeros_like(m))
+        frac = (kd_w.to(m.dtype).unsqueeze(-1) * m).sum()
+        totals = self.accelerator.reduce(torch.stack([kl.sum(), frac, m.sum()]), reduction="sum")
+        count = totals[2].clamp(min=1.0)
+        self._metrics[mode]["kd/kl"].append((totals[0] / count).item())
+        self._metrics[mode]["kd/frac"].append((totals[1] / count).item())
+        self._metrics[mode]["kd/beta"].append(float(beta))
+        if kd_loss is not None:
+            self._metrics[mode]["kd/loss"].append(self.accelerator.reduce(kd_loss.detach(), reduction="mean").item())
