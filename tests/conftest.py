@@ -1,13 +1,11 @@
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 from pathlib import Path
 
 import pytest
 import torch
+
+from kdrl_mini.utils import setup  # noqa: E402
+
+setup(seed=0, threads=1)  # the kit's one entry-point setup: offline, quiet, seeded, one CPU thread
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
