@@ -18,7 +18,11 @@ def test_generator_is_deterministic():
     assert tasks.make_split(50, seed=3) != tasks.make_split(50, seed=4)
 
 
-@pytest.mark.parametrize("spec", [tasks.IN_DOMAIN, tasks.OUT_OF_DOMAIN])
+# every spec the world draws from (IN_DOMAIN, OUT_OF_DOMAIN and the crossing / long-chain ones)
+ALL_SPECS = sorted({spec for mix in tasks.MIXES.values() for spec, _ in mix} | {tasks.IN_DOMAIN, tasks.OUT_OF_DOMAIN}, key=repr)
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=repr)
 def test_answers_and_worked_solutions_are_correct(spec):
     rng = random.Random(0)
     for _ in range(300):
