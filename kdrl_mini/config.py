@@ -36,6 +36,8 @@ KL_KINDS = TOKEN_KL_KINDS
 # before normalisation (a variant: its beta cancels inside all-wrong groups).
 KL_MODES = ("loss", "reward", "reward-seq")
 QUANTS = ("none", "4bit", "8bit")
+ANSWER_CHECKERS = ("strict", "math")
+COMPUTE_DTYPES = ("auto", "bf16", "fp16")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -48,6 +50,16 @@ class TrainConfig:
     student_path: str = "data/models/student"
     teacher_path: str = "data/models/teacher"
     data_dir: str = "data"                  # train.jsonl + eval splits (test, blind, ood, ...)
+    # data from `datasets` instead (None = the JSONL splits in data_dir, i.e. the tiny world)
+    dataset: str | None = None              # hub id ("openai/gsm8k"), a local file or folder, or "dir/{split}.parquet"
+    dataset_config: str | None = None       # hub config name (gsm8k: "main")
+    train_split: str = "train"
+    test_split: str = "test"
+    ood_split: str | None = None            # optional out-of-distribution eval split
+    prompt_column: str = "prompt"           # column map: GSM8K's prompt column is "question"
+    answer_column: str = "answer"
+    answer_checker: str = "strict"          # "strict": the "#### n" line (tiny world); "math": math-verify
+    prompt_suffix: str = ""                 # appended to every prompt (an instruction for instruct models)
     student_quant: str = "4bit"             # "4bit" NF4 (+LoRA), "8bit" or "none" (fp32 CPU / bf16 CUDA)
     teacher_quant: str = "8bit"
     lora_r: int = 16                        # 0 = train all weights (student_quant must be "none")
@@ -91,6 +103,7 @@ class TrainConfig:
     log_exact_kl: bool | None = None        # exact KL(student || teacher) per step; None = when [B, T, V] is small
     output_dir: str = "runs/default"
     device: str | None = None               # None = CUDA if available else CPU
+    compute_dtype: str = "auto"             # CUDA compute dtype: "bf16", "fp16" (T4: no bf16), "auto" = bf16 if supported
     threads: int | None = 1                 # torch CPU threads (tiny models: 1 is fastest)
 
     def __post_init__(self):
@@ -114,6 +127,8 @@ class TrainConfig:
         choice("adv_scale", ADV_SCALES)
         choice("student_quant", QUANTS)
         choice("teacher_quant", QUANTS)
+        choice("answer_checker", ANSWER_CHECKERS)
+        choice("compute_dtype", COMPUTE_DTYPES)
         if self.group_size < 2:
             raise ValueError(f"config field group_size={self.group_size}: GRPO needs at least 2 responses per prompt")
         for name in ("beta", "lr", "clip_eps", "temperature"):
