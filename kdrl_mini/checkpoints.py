@@ -109,7 +109,8 @@ def run_state(trainer) -> dict:
             "optimizer": trainer.opt.state_dict(), "sampler": trainer.sampler.state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python_rng": random.getstate(), "config": trainer.cfg.to_dict()}
+            "python_rng": random.getstate(), "config": trainer.cfg.to_dict(),
+            "scaler": trainer.scaler.state_dict() if getattr(trainer, "scaler", None) is not None else None}
 
 
 def restore_run(trainer, path: Path) -> int:
@@ -126,6 +127,8 @@ def restore_run(trainer, path: Path) -> int:
     load_trainable(trainer.world.student, state["trainable"], path)
     trainer.opt.load_state_dict(state["optimizer"])
     trainer.sampler.load(state["sampler"])
+    if state.get("scaler") is not None and getattr(trainer, "scaler", None) is not None:
+        trainer.scaler.load_state_dict(state["scaler"])  # fp16 loss scale (CUDA only)
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

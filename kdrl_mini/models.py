@@ -50,6 +50,21 @@ def pick_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def compute_dtype(name: str = "auto", device=None) -> torch.dtype:
+    """The dtype models compute in: fp32 on CPU; on CUDA bf16 or fp16 as asked ("auto": bf16 where the
+    card supports it, else fp16, e.g. a T4). bf16 asked for on a card without it is refused."""
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    if dev.type != "cuda":
+        return torch.float32
+    has_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if name == "bf16" and not has_bf16:
+        raise ValueError(f"compute_dtype='bf16' but {torch.cuda.get_device_name(dev)} has no bf16 (T4-class "
+                         f"cards); set compute_dtype: fp16 (or auto)")
+    if name == "fp16" or (name == "auto" and not has_bf16):
+        return torch.float16
+    return torch.bfloat16
+
+
 def quiet_bitsandbytes() -> None:
     """Silence bitsandbytes' per-matmul float16-cast notice on CPU (real errors still raise)."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -195,13 +210,13 @@ def disable_cpu_4bit_repacking(model) -> int:
 
 
 def load_student(path: str | Path, quantization: str = "4bit", lora: LoraSpec | None = LoraSpec(),
-                 device: str | None = None, gradient_checkpointing: bool = False):
+                 device: str | None = None, gradient_checkpointing: bool = False, dtype: torch.dtype | None = None):
     """The trainable student: base weights (4-bit NF4 by default) + LoRA adapters.
 
     ``lora=None`` trains all weights (only allowed without quantisation: quantised weights
     cannot be trained directly).
     """
-    model = load_causal_lm(path, quantization, device, role="student")
+    model = load_causal_lm(path, quantization, device, role="student", dtype=dtype)
     if lora is None:
         if quantization != "none":
             raise ValueError(f"a {quantization} student needs LoRA adapters: quantised weights are frozen; "
@@ -223,9 +238,10 @@ def load_student(path: str | Path, quantization: str = "4bit", lora: LoraSpec | 
     return get_peft_model(model, config)
 
 
-def load_teacher(path: str | Path, quantization: str = "8bit", device: str | None = None):
+def load_teacher(path: str | Path, quantization: str = "8bit", device: str | None = None,
+                 dtype: torch.dtype | None = None):
     """The frozen teacher (8-bit by default), in eval mode with gradients off."""
-    model = load_causal_lm(path, quantization, device, role="teacher")
+    model = load_causal_lm(path, quantization, device, role="teacher", dtype=dtype)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -236,9 +252,47 @@ def vocab_size_of(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
+def config_vocab_rows(config: dict) -> int | None:
+    """Logit rows a model's config.json declares (``vocab_size``, or its text model's)."""
+    rows = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    return rows if isinstance(rows, int) and rows > 0 else None
+
+
+def shared_vocab(tokenizer, student_rows: int | None, teacher_rows: int | None) -> int | None:
+    """The logit columns KD compares, decided from the tokenizer before any weights load.
+
+    A model family often pads its embedding rows past the tokenizer (Qwen2.5: 151,665 tokens in
+    151,936 rows for 0.5B/1.5B, 152,064 for 7B); the padding rows are no token. Returns None when
+    both models have exactly one row per token (nothing to slice), else ``len(tokenizer)``, the
+    columns both models' logits are cut to (:func:`restrict_vocab`). A model with fewer rows than
+    the tokenizer has tokens is refused: it cannot score them.
+    """
+    n = len(tokenizer)
+    for role, rows in (("student", student_rows), ("teacher", teacher_rows)):
+        if rows is not None and rows < n:
+            raise ValueError(f"the {role} has {rows} logit rows but the tokenizer has {n} tokens; use the "
+                             f"tokenizer saved with these checkpoints")
+    return None if student_rows == teacher_rows == n else n
+
+
+def restrict_vocab(model, n: int | None):
+    """Cut ``model``'s logits to the first ``n`` columns (the tokenizer's tokens): a forward hook on
+    its output layer, so sampling, scoring and exact KL all see one vocabulary of ``n`` tokens.
+    ``n=None`` leaves the model alone. Idempotent; returns the model."""
+    if n is None or getattr(model, "kdrl_vocab", None) == n:
+        return model
+    if getattr(model, "kdrl_vocab", None) is not None:
+        raise ValueError(f"this model's logits are already cut to {model.kdrl_vocab} columns, not {n}")
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: out[..., :n])
+    model.kdrl_vocab = n
+    return model
+
+
 def check_same_vocab(student, teacher, tokenizer=None) -> None:
-    """KD compares distributions over one vocabulary: refuse a mismatched pair with the fix."""
-    vs, vt = vocab_size_of(student), vocab_size_of(teacher)
+    """KD compares distributions over one vocabulary: refuse a pair whose logits differ in width
+    after :func:`restrict_vocab` (padding rows beyond the tokenizer are cut, not compared)."""
+    vs = getattr(student, "kdrl_vocab", None) or vocab_size_of(student)
+    vt = getattr(teacher, "kdrl_vocab", None) or vocab_size_of(teacher)
     if vs != vt:
         raise ValueError(
             f"teacher vocabulary ({vt}) differs from student ({vs}): KD needs one tokenizer; "
