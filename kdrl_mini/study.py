@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -75,34 +76,69 @@ def final_metrics(run_dir: Path) -> dict:
 
 
 def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dict[str, list[int]], base: TrainConfig,
-              progress: bool = True, summarize=final_metrics) -> list[dict]:
+              progress: bool = True, summarize=final_metrics, step_progress: bool = False) -> list[dict]:
     """Train every (variant, seed); skip finished runs, resume interrupted ones.
 
     ``seeds`` is one list for every variant or a dict variant -> its seeds; ``summarize(run_dir)``
-    gives the numbers written to each finished run's ``final.json``."""
+    gives the numbers written to each finished run's ``final.json``; ``step_progress`` adds each
+    run's own step bar (long GPU runs)."""
     out_dir = Path(out_dir)
     per = seeds if isinstance(seeds, dict) else {name: seeds for name in plan}
     jobs = [(name, seed) for name in plan for seed in per[name]]
     records = []
     world = None
-    bar = tqdm(jobs, desc="study", disable=not progress)
-    for name, seed in bar:
+    finished = sum((out_dir / "runs" / n / f"seed{k}" / "final.json").exists() for n, k in jobs)
+    bar = tqdm(total=len(jobs), initial=finished, desc="study", disable=not progress)  # rate of new runs only
+    for name, seed in jobs:
         run = out_dir / "runs" / name / f"seed{seed}"
-        bar.set_postfix(run=f"{name}/seed{seed}")
         cfg = base.replace(seed=seed, output_dir=str(run), **plan[name])
         cfg.validate()
         if (run / "final.json").exists():
             _check_same_config(run, cfg)
+        elif not _take(run):  # another worker of this study is training it
+            continue
         else:
+            bar.set_postfix(run=f"{name}/seed{seed}")
             trainer = Trainer(cfg, world=_fresh_student(world, cfg))
             world = trainer.world
             resume = (run / "checkpoint.pt").exists()  # killed before its first checkpoint: start over
-            trainer.train(resume=resume, overwrite=not resume, progress=False)
+            trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
             (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **summarize(run)}, indent=1))
             (run / "checkpoint.pt").unlink(missing_ok=True)  # the study keeps metrics, not weights
             shutil.rmtree(run / "adapter", ignore_errors=True)
+            (run / WORKER_FILE).unlink(missing_ok=True)
+            bar.update()
         records.append(json.loads((run / "final.json").read_text()))
     return records
+
+
+WORKER_FILE = ".study-worker"  # the pid of the study process training this run
+
+
+def _take(run: Path) -> bool:
+    """Claim ``run`` for this process, so that several ``reproduce --full`` workers can share one
+    study (one per free core): False when a live process holds it, True once this one does (a
+    claim left by a process that is gone is taken over)."""
+    from .run_folder import _alive
+
+    run.mkdir(parents=True, exist_ok=True)
+    marker = run / WORKER_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(marker.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                return False
+            marker.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
 
 
 def _check_same_config(run: Path, cfg: TrainConfig) -> None:

@@ -54,3 +54,25 @@ def test_committed_table_and_claims_re_aggregate(tmp_path):
     study.write_table(study.aggregate(records), tmp_path / "table.csv")
     assert (tmp_path / "table.csv").read_text() == (RESULTS / "table.csv").read_text()
     assert study.claims_table(records, beta=0.05) + "\n" == (RESULTS / "claims.md").read_text()
+
+
+def test_study_workers_share_runs_by_claim(tmp_path):
+    """Two `reproduce --full` processes may share a study: a run claimed by a live process is left
+    to it, a claim left by a dead process is taken over."""
+    import os
+    import subprocess
+
+    from kdrl_mini.study import WORKER_FILE, _take
+
+    run = tmp_path / "runs" / "grpo" / "seed1"
+    assert _take(run) and (run / WORKER_FILE).read_text() == str(os.getpid())
+    assert _take(run)  # this process's own claim
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (run / WORKER_FILE).write_text(str(other.pid))
+        assert not _take(run)  # alive: leave it
+    finally:
+        other.kill()
+        other.wait()
+    assert _take(run)  # gone: taken over
+    assert (run / WORKER_FILE).read_text() == str(os.getpid())
