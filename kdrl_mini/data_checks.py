@@ -40,20 +40,25 @@ def _line_numbers(path: Path) -> list[int]:
     return [i for i, line in enumerate(lines, start=1) if line.strip()]
 
 
-def check_rows(rows, source: str | Path, tokenizer, max_positions: int | None, budget: int = 0) -> None:
+def check_rows(rows, source: str | Path, tokenizer, max_positions: int | None, budget: int = 0,
+               indexed: bool = False) -> None:
     """Refuse rows the models cannot use; ``source`` is the file they came from.
 
     rows: dicts with ``prompt`` and ``answer`` (already shape-checked).
     Line numbers are read from ``source`` (blank lines skipped, as the loader does); without the
     file, row i is reported as line i + 1.
+    indexed: ``source`` is a label (e.g. "dataset openai/gsm8k, split test") and row i is reported
+    as "<source>, row i" (0-based, as ``datasets`` indexes it), not as a file line.
     tokenizer: the student's tokenizer (the teacher's maps text to the same ids).
     max_positions: the smaller context length of the two models (None: not checked).
     budget: tokens generated after the prompt (the eval budget is the larger one).
     """
-    source = Path(source)
-    numbers = _line_numbers(source)
+    numbers = [] if indexed else _line_numbers(Path(source))
+    source = source if indexed else Path(source)
 
     def where(i: int) -> str:
+        if indexed:
+            return f"{source}, row {i}"
         return f"{source}:{numbers[i] if i < len(numbers) else i + 1}"
 
     unk = getattr(tokenizer, "unk_token_id", None)

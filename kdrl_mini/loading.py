@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import data_checks, models, tasks
+from . import data_checks, data_source, model_source, models, tasks
 from .config import TrainConfig
 
 EVAL_SPLITS = ("test", "blind", "ood", "ood_control")
@@ -38,11 +38,16 @@ class World:
         return [s for s in EVAL_SPLITS if s in self.splits]
 
 
-def load_student_for(cfg: TrainConfig):
-    """A freshly initialised trainable student for ``cfg`` (LoRA init seeded by ``cfg.seed``)."""
+def load_student_for(cfg: TrainConfig, vocab: int | None = None):
+    """A freshly initialised trainable student for ``cfg`` (LoRA init seeded by ``cfg.seed``);
+    ``cfg.student_path`` is a local folder or a hub id (:mod:`kdrl_mini.model_source`). ``vocab``
+    cuts its logits to the tokenizer's tokens (:func:`models.restrict_vocab`; None: uncut)."""
+    student_dir = model_source.resolve_model(cfg.student_path, "student")
     torch.manual_seed(cfg.seed)
     lora = models.LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora_r > 0 else None
-    return models.load_student(cfg.student_path, cfg.student_quant, lora, cfg.device, cfg.gradient_checkpointing)
+    dtype = models.compute_dtype(cfg.compute_dtype, cfg.device)
+    student = models.load_student(student_dir, cfg.student_quant, lora, cfg.device, cfg.gradient_checkpointing, dtype)
+    return models.restrict_vocab(student, vocab)
 
 
 def _max_positions(*folders) -> int | None:
@@ -71,22 +76,39 @@ def load_split_checked(data_dir, split: str, tokenizer, max_positions: int | Non
     return rows
 
 
+def load_dataset_checked(cfg: TrainConfig, tokenizer, max_positions: int | None, budget: int) -> dict:
+    """The splits of ``cfg.dataset`` ({"train", "test"[, "ood"]} -> rows), refused with dataset,
+    split and row index when the models could not use them."""
+    splits = {}
+    for name, split in data_source.load_splits(cfg).items():
+        data_checks.check_rows(split.rows, split.label, tokenizer, max_positions, budget, indexed=True)
+        splits[name] = split.rows
+    return splits
+
+
 def load_world(cfg: TrainConfig) -> World:
     """Load models and data named by ``cfg`` (checks paths, rows and vocabularies).
 
-    Data rows are checked (``kdrl_mini.data_checks``) before any weights load, so a bad row is
-    reported in about a second."""
-    student_dir = models.check_model_dir(cfg.student_path, "student")
-    teacher_dir = models.check_model_dir(cfg.teacher_path, "teacher")
+    Models are local folders or hub ids (``kdrl_mini.model_source``); data is the JSONL splits in
+    ``cfg.data_dir`` or, when ``cfg.dataset`` is set, splits through ``datasets``
+    (``kdrl_mini.data_source``). Data rows are checked (``kdrl_mini.data_checks``) before any
+    weights load, so a bad row is reported in about a second."""
+    student_dir = model_source.resolve_model(cfg.student_path, "student")
+    teacher_dir = model_source.resolve_model(cfg.teacher_path, "teacher")
     tok = models.load_tokenizer(student_dir)
-    models.check_same_tokenizer(cfg.student_path, teacher_dir)
-    names = ["train"] + [s for s in EVAL_SPLITS if (Path(cfg.data_dir) / f"{s}.jsonl").is_file()]
+    models.check_same_tokenizer(student_dir, teacher_dir)
+    rows = [models.config_vocab_rows(json.loads((d / "config.json").read_text())) for d in (student_dir, teacher_dir)]
+    vocab = models.shared_vocab(tok, *rows)  # before any weights load; None: one row per token already
     context = _max_positions(student_dir, teacher_dir)
     budget = cfg.max_new_tokens + EVAL_EXTRA_TOKENS  # the greedy evaluation's budget, the larger one
-    splits = {s: load_split_checked(cfg.data_dir, s, tok, context, budget) for s in names}
-    student = load_student_for(cfg)
-    teacher = models.load_teacher(cfg.teacher_path, cfg.teacher_quant, cfg.device)
-    models.check_same_vocab(student, teacher, tok)
+    if cfg.dataset:
+        splits = load_dataset_checked(cfg, tok, context, budget)
+    else:
+        names = ["train"] + [s for s in EVAL_SPLITS if (Path(cfg.data_dir) / f"{s}.jsonl").is_file()]
+        splits = {s: load_split_checked(cfg.data_dir, s, tok, context, budget) for s in names}
+    student = load_student_for(cfg, vocab)
+    teacher = models.load_teacher(teacher_dir, cfg.teacher_quant, cfg.device, models.compute_dtype(cfg.compute_dtype, cfg.device))
+    models.check_same_vocab(student, models.restrict_vocab(teacher, vocab), tok)
     return World(student, teacher, tok, splits)
 
 

@@ -155,7 +155,8 @@ def _check_same_config(run: Path, cfg: TrainConfig) -> None:
 
 def _fresh_student(world, cfg: TrainConfig):
     """Reuse the loaded teacher, tokenizer and data; load a new student for every run."""
-    return None if world is None else dataclasses.replace(world, student=load_student_for(cfg))
+    vocab = None if world is None else getattr(world.student, "kdrl_vocab", None)  # the same logit columns
+    return None if world is None else dataclasses.replace(world, student=load_student_for(cfg, vocab))
 
 
 # ---------------------------------------------------------------- aggregation

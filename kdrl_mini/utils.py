@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import warnings
+from pathlib import Path
+
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow", ".csv")  # local data files `datasets` reads
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # "owner/name"
+_TRUE = ("1", "true", "yes", "on")
 
 
 def offline() -> None:
@@ -13,6 +19,29 @@ def offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def hub_offline() -> bool:
+    """Is the Hugging Face hub switched off right now (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE set true)?"""
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def is_hub_id(name) -> bool:
+    """Does ``name`` name a hub repository ("owner/name") rather than a local path?
+
+    Not a hub id: anything that exists on disk, a data file name (``DATA_SUFFIXES``), a
+    ``"{split}"`` pattern, absolute or relative-looking paths and deeper paths ("a/b/c")."""
+    if not isinstance(name, str) or "{split}" in name or ".." in name:
+        return False
+    if name.lower().endswith(DATA_SUFFIXES) or Path(name).expanduser().exists():
+        return False
+    return _HUB_ID.fullmatch(name) is not None
+
+
+def hub_names(cfg) -> list[str]:
+    """The hub ids a config names (dataset, student, teacher); empty for the kit's own local world."""
+    names = (getattr(cfg, "dataset", None), getattr(cfg, "student_path", None), getattr(cfg, "teacher_path", None))
+    return [n for n in names if is_hub_id(n)]
 
 
 def seed_everything(seed: int = 0, deterministic: bool = True) -> None:
@@ -50,10 +79,12 @@ def set_threads(threads: int | None, device=None) -> None:
 
 def setup(seed: int = 0, threads: int | None = 1, offline_hub: bool = True) -> None:
     """One call at each entry point (CLI, first notebook cell, test conftest): quiet, seeded,
-    one torch thread on CPU, offline by default (the shipped world is local). Deterministic
+    one torch thread on CPU, offline by default (the shipped world is local; ``offline_hub=False``
+    for a run that names hub ids, where the user's own HF_HUB_OFFLINE still wins). Deterministic
     kernels are requested on CPU only (on CUDA they fill new memory with NaN and slow kernels)."""
     import torch
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if offline_hub:
         offline()
     quiet()

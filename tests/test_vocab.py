@@ -109,3 +109,21 @@ def test_loss_scaling_path_gives_the_unscaled_update(tmp_path):
     assert any(not torch.equal(after_plain[n], start[n]) for n in start)  # the step moved something
     assert scaled.scaler.get_scale() == 2.0**10  # no overflow, so the scale holds
 
+
+
+def test_load_world_cuts_a_padded_student_to_the_teachers_tokens(padded_dir):
+    """A student with padding rows (96) and a teacher without (80), one tokenizer: the world loads,
+    both models give 80 logit columns, and a training step runs."""
+    from kdrl_mini.config import load_config
+    from kdrl_mini.loading import load_world
+    from kdrl_mini.study import _fresh_student
+    from kdrl_mini.trainer import Trainer
+
+    cfg = load_config("kdrl", student_path=str(padded_dir), group_size=2, prompts_per_step=2, max_new_tokens=8,
+                      max_steps=1, eval_size=2, output_dir="unused")
+    world = load_world(cfg)
+    ids = torch.tensor([[5, 6, 7]])
+    assert world.student(input_ids=ids).logits.shape[-1] == world.teacher(input_ids=ids).logits.shape[-1] == 80
+    assert _fresh_student(world, cfg).student.kdrl_vocab == 80  # the study's fresh students keep the cut
+    row = Trainer(cfg, world=world).train_step()
+    assert row["skipped"] == 0.0 and row["exact_kl"] == row["exact_kl"]  # exact KL over 80 columns, not NaN
