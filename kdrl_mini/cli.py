@@ -4,8 +4,10 @@
                     [--checkpoint-every N] [--set key=value ...] [--engine kit|trl]
     kdrl-mini eval --run DIR | --student PATH [--split test|ood|both] [--n N]
     kdrl-mini reproduce [--output-dir DIR] [--steps N] [--full] [--seeds 0 1 2]
+    kdrl-mini reproduce --preset t4-16gb|24gb|80gb-paper|list [--dry-run] [--steps N] [--set key=value ...]
+    kdrl-mini presets
     kdrl-mini build-world [--root data] [--seed 0]
-    kdrl-mini real-pair [--steps 3] [--cache-dir .cache/real] [--keep-every 2]
+    kdrl-mini real-pair [--steps 3] [--cache-dir .cache/real] [--keep-every 2] [--heal | --no-heal] [--eval-size 4]
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def _load_trained_weights(world, run: Path) -> None:
 
 
 def _reproduce(args) -> int:
+    if args.preset:
+        return _reproduce_preset(args)
     if args.full:
         return _reproduce_full(args)
     from . import study
@@ -146,6 +150,46 @@ def _reproduce_full(args) -> int:
     return 0
 
 
+def _reproduce_preset(args) -> int:
+    """``--preset NAME``: GRPO, KD-RKL, KDRL and KDRL annealed on one GPU with a real pair and GSM8K
+    (kdrl_mini.preset_study): plan, memory estimate and free-memory check before anything loads."""
+    from . import preset_study
+    from .config import parse_set
+    from .presets import estimate_preset, load_preset
+
+    if args.preset == "list":
+        return _presets(args)
+    if args.full:
+        raise ValueError("--preset and --full are two different studies; pass one of them")
+    overrides = parse_set(args.set)
+    overrides.update({k: v for k, v in {"max_steps": args.steps, "threads": args.threads}.items() if v})
+    cfg, info = load_preset(args.preset, **overrides)
+    out = Path(args.output_dir or cfg.output_dir)
+    cfg = cfg.replace(output_dir=str(out))
+    variants, seeds = preset_study.plan(cfg, info, args.seeds, args.only)
+    est, sources = estimate_preset(cfg, info)
+    print(preset_study.describe(cfg, info, est, sources, variants, seeds, out))
+    print(preset_study.memory_check(args.preset, est, cfg))
+    if args.dry_run:
+        print("dry run: no model loaded, nothing trained")
+        return 0
+    t0 = time.time()
+    records = preset_study.run(cfg, info, out, variants, seeds)
+    print((out / "table.md").read_text() + "\n" + (out / "claims.md").read_text())
+    print(f"{len(records)} finished runs ({time.time() - t0:.0f} s this call); {out / 'table.md'}, "
+          f"{out / 'comparison.png'}; rerun the same command to resume")
+    return 0
+
+
+def _presets(args) -> int:
+    from .preset_study import presets_table
+
+    print(presets_table())
+    print("Estimates from the presets' model numbers, not measurements (no GPU has run them yet); "
+          "details: kdrl-mini reproduce --preset NAME --dry-run")
+    return 0
+
+
 def _build_world(args) -> int:
     from .world import build_world
 
@@ -161,10 +205,17 @@ def _real_pair(args) -> int:
 
     cache = Path(args.cache_dir) if args.cache_dir else real.DEFAULT_CACHE
     t0 = time.time()
-    paths = real.materialize_pair(cache, args.keep_every, seed=args.seed)
-    print(f"pair ready in {time.time() - t0:.0f} s: teacher {paths['teacher']}, student {paths['student']}")
-    overrides = {"max_steps": args.steps, "seed": args.seed, "threads": args.threads, "output_dir": args.output_dir}
-    cfg = real.real_config(cache, args.keep_every, **{k: v for k, v in overrides.items() if v is not None})
+    paths = real.materialize_pair(cache, args.keep_every, seed=args.seed, heal=args.heal)
+    student = paths.get("healed", paths["student"])
+    print(f"pair ready in {time.time() - t0:.0f} s: teacher {paths['teacher']}, student {student}")
+    if args.heal:
+        h = json.loads((student / real.MARKER).read_text())
+        print(f"healed on {h['examples']} teacher answers: SFT loss {h['loss_first']:.2f} -> {h['loss_last']:.2f} "
+              f"(built in {h['label_seconds'] + h['fit_seconds']:.0f} s; cached, reused until the recipe changes)")
+    overrides = {"max_steps": args.steps, "seed": args.seed, "threads": args.threads, "output_dir": args.output_dir,
+                 "eval_size": args.eval_size}
+    cfg = real.real_config(cache, args.keep_every, healed=args.heal,
+                           **{k: v for k, v in overrides.items() if v is not None})
     trainer = Trainer(cfg)
     log = trainer.train(overwrite=True)  # the demo always starts a fresh run
     print(f"{'step':>4} {'reward':>7} {'exact_kl':>9} {'step_s':>7}")
@@ -173,7 +224,7 @@ def _real_pair(args) -> int:
     for e in (row for row in log if row.get("kind") == "eval"):
         print(f"{e['split']:>5}: greedy accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}  (n={cfg.eval_size})")
     trainable, total = models.trainable_parameters(trainer.world.student)
-    print(f"parameters: teacher {parameter_count(paths['teacher']):,}, student {parameter_count(paths['student']):,} "
+    print(f"parameters: teacher {parameter_count(paths['teacher']):,}, student {parameter_count(student):,} "
           f"(LoRA trainable {trainable:,})")
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0
@@ -240,7 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--full", action="store_true", help="the pre-registered study into data/study (resumable)")
     r.add_argument("--seeds", type=int, nargs="+")
     r.add_argument("--only", nargs="+", help="restrict to these variant names")
+    r.add_argument("--preset", help="one GPU with a real pair on GSM8K: t4-16gb, 24gb, 80gb-paper, or list")
+    r.add_argument("--dry-run", action="store_true", help="with --preset: print the plan and estimates, load nothing")
+    r.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="with --preset: override config fields, "
+                   "e.g. --set micro_batch_size=2")
     r.set_defaults(func=_reproduce)
+
+    lp = sub.add_parser("presets", help="list the one-GPU presets with their memory and time estimates")
+    lp.set_defaults(func=_presets)
 
     b = sub.add_parser("build-world", help="rebuild the tiny world's data, tokenizer, teacher and student")
     b.add_argument("--root", default="data")
@@ -253,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--keep-every", type=_at_least(1), default=2, help="student keeps every k-th teacher layer (default 2)")
     q.add_argument("--output-dir", type=_folder, help="run folder (default CACHE_DIR/runs/kdrl)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--heal", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the healed student: a short SFT on the teacher's answers, built once into "
+                        "CACHE_DIR (a few minutes the first time); --no-heal trains the freshly pruned one")
+    q.add_argument("--eval-size", type=_at_least(1), help="test and OOD rows of the greedy evaluation at the end (default 4)")
     q.set_defaults(func=_real_pair)
 
     for sp in (t, e, r, b, q):
@@ -260,11 +322,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _names_hub(args) -> bool:
+    """Does the command's config name a hub id (dataset, student or teacher)? Then the run may use
+    the hub (the user's own HF_HUB_OFFLINE still wins); the kit's own local world stays offline.
+    A config that cannot be read counts as local: the command itself reports it, with the fix."""
+    from .config import TrainConfig, load_config, parse_set
+    from .utils import hub_names
+
+    try:
+        if getattr(args, "config", None):
+            cfg = load_config(args.config, **parse_set(getattr(args, "set", None)))
+        elif getattr(args, "run", None):
+            cfg = load_config(Path(args.run) / "config.yaml")
+        elif getattr(args, "student", None):
+            cfg = TrainConfig(student_path=args.student, teacher_path=args.teacher or args.student)
+        elif getattr(args, "preset", None) not in (None, "list"):  # reproduce --preset NAME: hub models, GSM8K
+            from .presets import load_preset
+
+            cfg = load_preset(args.preset, **parse_set(getattr(args, "set", None)))[0]
+        else:
+            return False
+    except (ValueError, TypeError, OSError):
+        return False
+    return bool(hub_names(cfg))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .utils import setup
 
-    setup(seed=getattr(args, "seed", None) or 0, threads=getattr(args, "threads", None) or 1)
+    setup(seed=getattr(args, "seed", None) or 0, threads=getattr(args, "threads", None) or 1,
+          offline_hub=not _names_hub(args))
     try:
         return args.func(args)
     except (ValueError, FloatingPointError, OSError) as err:

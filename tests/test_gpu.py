@@ -36,3 +36,48 @@ def test_merged_lora_leaves_bf16_bases_alone():
     before = base.detach().clone()
     with models.merged_lora(student):
         assert torch.equal(base, before)
+
+
+def _preset_sources_reachable(cfg) -> bool:
+    """The preset's models and GSM8K are in the local cache, or the hub may be used (KDRL_TEST_HUB=1)."""
+    import os
+
+    if os.environ.get("KDRL_TEST_HUB") == "1":
+        return True
+    try:
+        from kdrl_mini.model_source import read_model_config
+
+        read_model_config(cfg.student_path)
+        read_model_config(cfg.teacher_path)
+        return True
+    except Exception:  # noqa: BLE001 - offline and not cached
+        return False
+
+
+def test_two_steps_of_the_t4_preset(tmp_path, monkeypatch):
+    """Two KDRL steps of the t4-16gb preset as shipped (Qwen2.5-0.5B 4-bit + LoRA, 1.5B 8-bit teacher,
+    GSM8K), after the memory check; the measured peak is printed next to the estimate. Needs the
+    models (and GSM8K) cached, or KDRL_TEST_HUB=1 on a machine that may download them."""
+    import os
+
+    from kdrl_mini import memory_estimate as me
+    from kdrl_mini.preset_study import memory_check
+    from kdrl_mini.presets import estimate_preset, load_preset
+
+    cfg, info = load_preset("t4-16gb", max_steps=2, eval_every=0, eval_size=8, checkpoint_every=0,
+                            output_dir=str(tmp_path / "t4"))
+    if not _preset_sources_reachable(cfg):
+        pytest.skip("the hub is offline and the t4-16gb models are not cached (set KDRL_TEST_HUB=1 to download)")
+    if os.environ.get("KDRL_TEST_HUB") == "1":
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    est, _ = estimate_preset(cfg, info)
+    print(memory_check("t4-16gb", est, cfg))
+    torch.cuda.reset_peak_memory_stats()
+    log = Trainer(cfg).train(overwrite=True, progress=False)
+    rows = [r for r in log if r.get("kind") == "train"]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) and r["skipped"] == 0.0 for r in rows)
+    peak = torch.cuda.max_memory_allocated()
+    print(f"t4-16gb: measured peak {peak / me.GiB:.2f} GiB allocated, estimate {me.needed_bytes(est) / me.GiB:.2f} GiB; "
+          f"step {rows[-1]['step_time']:.0f} s measured vs {est.step_seconds:.0f} s estimated")
+    assert peak <= me.needed_bytes(est), "the estimate is too low: update kdrl_mini/memory_estimate.py"
