@@ -1,5 +1,7 @@
 """Rule-based rewards for GSM8K-style answers ("... #### 42"): correctness and format.
 
+Two answer checkers: "strict" (the "#### <answer>" line, below; the tiny world's reward) and
+"math" (math-verify: ``\\boxed{}``, LaTeX, units; :mod:`kdrl_mini.answer_check`).
 Completions come from a model being trained, so anything may arrive (None, bytes, megabytes of
 junk): every function here returns 0 for it instead of raising.
 """
@@ -8,7 +10,10 @@ import math
 
 import torch
 
+from .answer_check import math_reward
+
 MARKER = "####"
+CHECKERS = ("strict", "math")  # = config.ANSWER_CHECKERS
 
 
 def _as_text(text) -> str | None:
@@ -91,16 +96,30 @@ def format_reward(text) -> float:
     return float(bool(answer) and "#" not in answer)
 
 
-def reward(text, answer, format_weight: float = 0.0) -> float:
-    r"""r = correctness + format_weight * format, each in {0, 1}."""
-    return correctness_reward(text, answer) + format_weight * format_reward(text)
+def _check_checker(checker: str) -> None:
+    if checker not in CHECKERS:
+        raise ValueError(f"answer checker {checker!r} is unknown; choose one of {list(CHECKERS)}")
 
 
-def batch_rewards(texts, answers, format_weight: float = 0.0, device=None) -> torch.Tensor:
+def correctness(text, answer, checker: str = "strict") -> float:
+    """1.0 if ``text``'s final answer equals ``answer`` by the chosen checker, else 0.0:
+    "strict" = :func:`correctness_reward`, "math" = :func:`kdrl_mini.answer_check.math_reward`."""
+    _check_checker(checker)
+    return math_reward(text, answer) if checker == "math" else correctness_reward(text, answer)
+
+
+def reward(text, answer, format_weight: float = 0.0, checker: str = "strict") -> float:
+    r"""r = correctness + format_weight * format, each in {0, 1} (the format term always asks for
+    a final "####" line, whatever the checker)."""
+    return correctness(text, answer, checker) + format_weight * format_reward(text)
+
+
+def batch_rewards(texts, answers, format_weight: float = 0.0, device=None, checker: str = "strict") -> torch.Tensor:
     """Rewards of B completions against their B gold answers -> FloatTensor [B] on ``device``
     (the policy's device: rewards meet the model's tensors in the loss)."""
+    _check_checker(checker)
     texts, answers = list(texts), list(answers)
     if len(texts) != len(answers):
         raise ValueError(f"{len(texts)} completions but {len(answers)} answers: pass one answer per completion")
-    return torch.tensor([reward(t, a, format_weight) for t, a in zip(texts, answers)], dtype=torch.float32,
+    return torch.tensor([reward(t, a, format_weight, checker) for t, a in zip(texts, answers)], dtype=torch.float32,
                         device=device)

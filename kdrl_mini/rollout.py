@@ -45,10 +45,13 @@ def _take(value, sl: slice):
     return value[sl] if isinstance(value, (torch.Tensor, list)) else value
 
 
-def format_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[str]:
-    """Wrap each prompt as a user turn of the tokenizer's chat template (instruct models)."""
+def format_prompts(tokenizer, prompts: list[str], chat_template: bool, suffix: str = "") -> list[str]:
+    """Append ``suffix`` verbatim to each prompt (an instruction such as "\\nPut your final answer
+    in \\boxed{}."; it carries its own separator), then, if ``chat_template``, wrap each as a user
+    turn of the tokenizer's chat template (instruct models)."""
+    prompts = [p + suffix for p in prompts]
     if not chat_template:
-        return list(prompts)
+        return prompts
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat_template=True but this tokenizer has no chat template; "
                          "set chat_template: false for base models")
@@ -137,16 +140,17 @@ def teacher_forced_batch(tokenizer, prompts: list[str], completions: list[str], 
 
 @torch.no_grad()
 def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 100,
-                chat_template: bool = False) -> dict:
+                chat_template: bool = False, suffix: str = "", checker: str = "strict") -> dict:
     """Greedy-decoding accuracy, mean completion length (tokens, EOS included) and the share of
-    answers cut off by the budget, on ``rows``."""
+    answers cut off by the budget, on ``rows`` (prompts get ``suffix``; answers are checked by
+    ``checker``, see :func:`kdrl_mini.rewards.correctness`)."""
     model.eval()
     correct, lengths, cut, texts = [], [], [], []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        prompts = format_prompts(tokenizer, [r["prompt"] for r in chunk], chat_template)
+        prompts = format_prompts(tokenizer, [r["prompt"] for r in chunk], chat_template, suffix)
         b = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=True)
-        correct += batch_rewards(b.texts, [r["answer"] for r in chunk]).tolist()
+        correct += batch_rewards(b.texts, [r["answer"] for r in chunk], checker=checker).tolist()
         lengths += b.completion_mask.sum(1).tolist()
         cut += b.truncated.float().tolist()
         texts += b.texts

@@ -119,6 +119,9 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.params = [p for p in self.world.student.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        self.dtype = models.compute_dtype(cfg.compute_dtype, self.device)  # fp32 on CPU
+        # fp16 (T4-class cards) needs loss scaling: small gradients would underflow to zero.
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.sampler = PromptSampler(len(self.world.train), cfg.seed)
         self.beta_at = annealed(cfg.beta_schedule, cfg.beta, cfg.beta_end, cfg.anneal_steps or cfg.max_steps)
         self.step, self.bad_steps = 0, 0
@@ -170,12 +173,13 @@ class Trainer:
         """Sample G responses per prompt, score rewards and (if needed) teacher log-probs, form advantages."""
         cfg, w, phase = self.cfg, self.world, self.phase
         in_loss = phase in ("kd-rkl", "kdrl")
-        prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template)
+        prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template, cfg.prompt_suffix)
         answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
         with self.sampling_policy() as policy:
             batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
-        correct = batch_rewards(batch.texts, answers, device=self.device)
-        rewards = batch_rewards(batch.texts, answers, cfg.format_weight, self.device) if cfg.format_weight else correct
+        correct = batch_rewards(batch.texts, answers, device=self.device, checker=cfg.answer_checker)
+        rewards = (batch_rewards(batch.texts, answers, cfg.format_weight, self.device, checker=cfg.answer_checker)
+                   if cfg.format_weight else correct)
         laps("rollout")
         teacher_logp, teacher_logits = None, None
         if in_loss or self.log_exact_kl:
@@ -201,7 +205,7 @@ class Trainer:
             logits = completion_logits(self.world.student, ro.batch)
         logp = logprobs_from_logits(logits, ro.batch.completion_ids, cfg.temperature)
         loss, m = LOSSES[self.phase](ro, logp, logits, cfg, beta)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         n = ro.mask.sum()
         out = {k: (v if k in SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
         out["loss"] = loss.detach()
@@ -222,6 +226,8 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             parts = [self.micro_step(ro.rows(slice(i, i + mb)), beta) for i in range(0, B, mb)]
             sums = {k: sum(p[k] for p in parts) for k in parts[0]}
+            if self.scaler is not None:
+                self.scaler.unscale_(self.opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             skipped = self._guarded_update(sums["loss"], grad_norm)
         laps("train")
@@ -229,7 +235,15 @@ class Trainer:
         return self._row(ro, sums, beta, grad_norm, skipped, laps)
 
     def _guarded_update(self, loss, grad_norm) -> bool:
-        """Optimiser step unless the loss or gradient is non-finite (then skipped and counted)."""
+        """Optimiser step unless the loss or gradient is non-finite (then skipped and counted).
+
+        With fp16 loss scaling an overflowing gradient is the scaler's business (it skips the step
+        and lowers the scale); only a non-finite loss counts as bad."""
+        if self.scaler is not None and bool(torch.isfinite(loss)):
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.bad_steps = 0
+            return not bool(torch.isfinite(grad_norm))
         if bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
             self.opt.step()
             self.bad_steps = 0
@@ -264,9 +278,8 @@ class Trainer:
         return metrics.train_row(values)
 
     def _autocast(self):
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        """The student's training forward in the compute dtype on CUDA (bf16, or fp16 with loss scaling)."""
+        return torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" else nullcontext()
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -276,7 +289,8 @@ class Trainer:
         with self.sampling_policy(training=False) as policy:
             r = greedy_eval(policy, self.world.tokenizer, rows,
                             max_new_tokens=self.cfg.max_new_tokens + EVAL_EXTRA_TOKENS,
-                            chat_template=self.cfg.chat_template)
+                            chat_template=self.cfg.chat_template, suffix=self.cfg.prompt_suffix,
+                            checker=self.cfg.answer_checker)
         return metrics.eval_row(self.step, split, r)
 
     # ---------------------------------------------------------------- checkpoints
