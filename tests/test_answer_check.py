@@ -252,3 +252,12 @@ def test_trainer_threads_checker_and_suffix(math_trainer, monkeypatch):
     monkeypatch.setattr(tr, "cfg", tr.cfg.replace(answer_checker="strict"))
     assert tr.collect(rows[:2], beta=0.05, laps=metrics.Laps(tr.device)).correct.tolist() == [0.0] * 4
     assert tr.evaluate("test", n=2)["eval_accuracy"] == 0.0
+
+
+def test_math_rewards_are_built_on_the_policys_device():
+    """The CUDA wiring on CPU (meta device): the math checker's rewards land where the loss runs."""
+    from kdrl_mini.rewards import batch_rewards
+
+    meta = torch.device("meta")
+    r = batch_rewards(["\\boxed{1}", "no"], ["1", "1"], device=meta, checker="math")
+    assert r.device == meta and r.shape == (2,)
