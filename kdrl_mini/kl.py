@@ -65,6 +65,29 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.
     raise ValueError(f"unknown KL estimator {kind!r}: choose one of {', '.join(KL_ESTIMATORS)}")
 
 
+def entropy(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    r"""Entropy in nats of the categorical distribution p = softmax(logits) along ``dim``.
+
+        H(p) = -\sum_v p_v \log p_v,   computed from log_softmax, with 0 \log 0 = 0
+
+    Masked entries (logit -inf, so p_v = 0) contribute 0 to the value and receive zero (not NaN)
+    gradient. A NaN logit gives NaN (it is not mistaken for zero probability). Every distribution
+    needs at least one finite logit. Uniform over V entries gives log V; one-hot gives 0.
+
+    Args:
+        logits: any shape with the vocabulary (support) along ``dim``, e.g. [V], [B, T, V].
+        dim: the dimension that is summed over.
+
+    Returns:
+        ``logits``'s shape without ``dim`` (e.g. [] for [V], [B, T] for [B, T, V]).
+    """
+    log_p = torch.log_softmax(logits, dim=dim)
+    # Replace -inf by 0 *before* multiplying: 0 * (-inf) = NaN would appear in the value and in the
+    # backward pass even where the probability is exactly 0.
+    safe = torch.where(log_p != float("-inf"), log_p, torch.zeros_like(log_p))
+    return -(safe.exp() * safe).sum(dim)
+
+
 def _kl_from_log_probs(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """sum_v a_v (log a_v - log b_v) over the last dim, with 0 * log 0 = 0. A NaN anywhere gives
     NaN (it is not mistaken for "no support", which would report 0 while the gradient is NaN)."""

@@ -15,6 +15,8 @@ Padding positions may hold any value (even -inf or NaN): they are zeroed before 
 neither the loss nor the gradients.
 """
 
+import math
+
 import torch
 
 from .kl import token_kl
@@ -103,6 +105,36 @@ def grpo_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2, clip_eps_
     metrics = {"policy_loss": loss.detach(), "clip_frac": masked_mean((clipped < unclipped).to(ratio.dtype), m),
                "ratio_mean": masked_mean(ratio, m)}
     return loss, metrics
+
+
+def one_token_surrogate(ratio: float, advantage: float, clip_eps: float = 0.2,
+                        clip_eps_high: float | None = None) -> tuple[float, float, bool]:
+    r"""GRPO's clipped surrogate for a single one-token response, read off ``grpo_loss``.
+
+    With \log\pi_{old} = 0 and \log\pi_\theta = \log\rho, ``grpo_loss`` gives L = -J and autograd
+    gives dJ / d\log\pi_\theta, the weight with which the token's log-probability is pushed:
+
+        J = \min(\rho A,\ clip(\rho, 1-\epsilon_{low}, 1+\epsilon_{high}) A)
+        dJ/d\log\pi_\theta = \rho A where the unclipped branch is selected, 0 where the clipped one is
+
+    Args:
+        ratio: \rho = \pi_\theta / \pi_{old} > 0.
+        advantage: A.
+        clip_eps, clip_eps_high: \epsilon_{low} and \epsilon_{high} (default clip_eps), as in ``grpo_loss``.
+
+    Returns:
+        (J, dJ_dlogp, clipped) as Python floats and a bool; clipped is True where the clipped
+        branch is selected and differs (``grpo_loss``'s ``clip_frac`` of this one token).
+    """
+    if not ratio > 0:
+        raise ValueError(f"ratio must be positive (it is pi_theta / pi_old), got {ratio}")
+    logp = torch.tensor([[math.log(ratio)]], dtype=torch.float64, requires_grad=True)
+    loss, metrics = grpo_loss(logp, torch.zeros(1, 1, dtype=torch.float64),
+                              torch.tensor([float(advantage)], dtype=torch.float64), torch.ones(1, 1),
+                              clip_eps=clip_eps, clip_eps_high=clip_eps_high)
+    loss.backward()
+    # + 0.0 turns -0.0 (the negated zero of a clipped gradient) into 0.0
+    return -loss.item() + 0.0, -logp.grad.item() + 0.0, bool(metrics["clip_frac"].item() > 0)
 
 
 def kd_mask(rewards: torch.Tensor, group_size: int, strategy: str = "all", threshold: float = 1.0) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Measuring models: parameter counts, weight bytes, resident and peak memory, load times, and the
-KL a quantisation costs. The benchmarks and the real-pair docs use these same functions.
+"""Measuring models: parameter counts, weight bytes, resident and peak memory, load times, the
+KL a quantisation costs and the greedy answers it changes. The benchmarks and the real-pair docs
+use these same functions.
 
 Peak memory is ``VmHWM`` from ``/proc/self/status`` (Linux), which :func:`reset_peak` resets, so a
 peak can be measured for one phase of a long-lived process; :func:`measure_load_fresh` measures
@@ -188,3 +189,43 @@ def quantization_kl(model_dir: str | Path, prompts: list[str], quantization: str
     mask = batch.completion_mask.bool()
     return [{"prompt": p, "tokens": int(m.sum()), "mean_kl": float(k[m].mean()), "max_kl": float(k[m].max())}
             for p, k, m in zip(prompts, kl, mask)]
+
+
+@torch.no_grad()
+def greedy_changes(model_a, model_b, tokenizer, rows: list[dict], max_new_tokens: int = 64,
+                   batch_size: int = 100, checker: str = "strict") -> dict:
+    """Greedy completions of two models on the same prompts, compared text by text and answer by answer.
+
+    Typically ``model_a`` is the fp32 model and ``model_b`` a quantised (or fine-tuned) version of
+    it. Both decode greedily (``rollout.sample(..., greedy=True)``) the prompts of ``rows`` (dicts
+    with "prompt" and "answer"), ``batch_size`` prompts per call, and each completion is scored
+    against its gold answer with ``rewards.batch_rewards``. Both models are put in eval mode for
+    the decoding and then back in the mode they were in.
+
+    Returns:
+        {"n": rows compared, "accuracy_a", "accuracy_b": shares of correct answers, "changed":
+        completions whose text differs, "right_to_wrong": correct under a but not under b,
+        "wrong_to_right": the reverse, "texts_a", "texts_b": the completions}.
+    """
+    from .rewards import batch_rewards
+    from .rollout import sample
+
+    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+    texts, right = {}, {}
+    for key, model in (("a", model_a), ("b", model_b)):
+        was_training = model.training
+        model.eval()
+        try:
+            texts[key] = [t for i in range(0, len(prompts), batch_size)
+                          for t in sample(model, tokenizer, prompts[i:i + batch_size], max_new_tokens=max_new_tokens,
+                                          greedy=True).texts]
+        finally:
+            model.train(was_training)
+        right[key] = batch_rewards(texts[key], answers, checker=checker) == 1
+    n = len(rows)
+    return {"n": n,
+            "accuracy_a": float(right["a"].sum()) / max(n, 1), "accuracy_b": float(right["b"].sum()) / max(n, 1),
+            "changed": sum(x != y for x, y in zip(texts["a"], texts["b"])),
+            "right_to_wrong": int((right["a"] & ~right["b"]).sum()),
+            "wrong_to_right": int((~right["a"] & right["b"]).sum()),
+            "texts_a": texts["a"], "texts_b": texts["b"]}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .kl import exact_kl
+from .kl import entropy, exact_kl
 
 if TYPE_CHECKING:
     from .rollout import Batch
@@ -111,8 +111,9 @@ def position_stats(logits: torch.Tensor, mask: torch.Tensor, teacher_logits: tor
     kl = ent.clone()
     for sl in _row_chunks(logits.shape[0], logits.shape[1] * logits.shape[2]):
         z = logits[sl].float() / temperature
-        logp = torch.log_softmax(z, dim=-1)
-        h = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)
+        # The logged entropy counts a position whose logits hold NaN or +inf as 0 (entropy itself
+        # returns NaN there); the exact_kl sum below stays NaN.
+        h = entropy(z).nan_to_num(0.0)
         ent = ent + torch.where(m[sl], h, torch.zeros_like(h)).sum()
         if teacher_logits is not None:
             k = exact_kl(z, teacher_logits[sl].float())

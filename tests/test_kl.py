@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from kdrl_mini.kl import exact_kl, kl_estimate, token_kl
+from kdrl_mini.kl import entropy, exact_kl, kl_estimate, token_kl
 
 LN2 = math.log(2.0)
 
@@ -238,3 +238,71 @@ def test_token_kl_errors():
         token_kl("topk", z, z, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="exact"):
         token_kl("js", z, z)
+
+
+# ---------------------------------------------------------------- entropy
+def _entropy_reference(logits, dim=-1):
+    """-sum p log p in float64 from explicit probabilities, 0 log 0 = 0."""
+    p = torch.softmax(logits.double(), dim=dim)
+    terms = torch.where(p > 0, -p * p.log(), torch.zeros_like(p))
+    return terms.sum(dim)
+
+
+def test_entropy_uniform_is_log_v_and_one_hot_is_zero():
+    for V in (1, 2, 7, 1000):
+        assert entropy(torch.zeros(V)).item() == pytest.approx(math.log(V), abs=1e-5)
+        assert entropy(torch.full((V,), 3.7)).item() == pytest.approx(math.log(V), abs=1e-5)
+    one_hot = torch.full((5,), float("-inf"))
+    one_hot[2] = 0.0
+    assert entropy(one_hot).item() == 0.0
+    # nearly one-hot with finite logits: tiny but positive
+    assert 0.0 < entropy(torch.tensor([0.0, -30.0, -30.0])).item() < 1e-11
+
+
+def test_entropy_closed_form_two_outcomes():
+    p = torch.tensor([0.7, 0.3])
+    assert entropy(p.log()).item() == pytest.approx(-(0.7 * math.log(0.7) + 0.3 * math.log(0.3)), rel=1e-6)
+
+
+def test_entropy_minus_inf_entries_contribute_zero_value_and_gradient():
+    logits = torch.tensor([[0.3, float("-inf"), -1.2, float("-inf")],
+                           [float("-inf"), 2.0, float("-inf"), float("-inf")]], requires_grad=True)
+    h = entropy(logits)
+    finite = torch.tensor([0.3, -1.2])
+    assert h[0].item() == pytest.approx(entropy(finite).item(), rel=1e-6)
+    assert h[1].item() == 0.0
+    h.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[0, 1] == 0 and logits.grad[0, 3] == 0 and (logits.grad[1] == 0).all()
+    # the gradient on the finite entries is that of the entropy restricted to them
+    ref = finite.clone().requires_grad_()
+    entropy(ref).backward()
+    torch.testing.assert_close(logits.grad[0, [0, 2]], ref.grad)
+
+
+def test_entropy_nan_logit_gives_nan():
+    assert torch.isnan(entropy(torch.tensor([0.0, float("nan"), 1.0])))
+
+
+def test_entropy_matches_float64_reference_with_batch_shapes_and_dim():
+    g = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(3, 5, 11, generator=g)
+    logits[0, 1, :4] = float("-inf")
+    logits[2, :, 7] = float("-inf")
+    h = entropy(logits)
+    assert h.shape == (3, 5) and h.dtype == torch.float32
+    torch.testing.assert_close(h.double(), _entropy_reference(logits), rtol=1e-5, atol=1e-6)
+    assert (h >= 0).all() and (h <= math.log(11) + 1e-6).all()
+    # another dim: the same numbers with the vocabulary moved to dim 1
+    h1 = entropy(logits.transpose(1, 2), dim=1)
+    assert h1.shape == (3, 5)
+    torch.testing.assert_close(h1, h)
+    # 1-D input gives a 0-dim tensor; float64 stays float64
+    assert entropy(logits[1, 2]).shape == ()
+    assert entropy(logits.double()).dtype == torch.float64
+
+
+def test_entropy_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(entropy, (logits,))

@@ -11,6 +11,7 @@ from kdrl_mini.losses import (
     grpo_loss,
     kd_mask,
     kdrl_loss,
+    one_token_surrogate,
     reverse_kl_loss,
     token_weights,
 )
@@ -331,3 +332,42 @@ def test_exact_kl_loss_ignores_nan_logits_at_padding_in_value_and_gradient():
 def test_exact_kl_with_nan_logits_is_nan_not_zero():
     z = torch.tensor([[0.0, float("nan"), 1.0]])
     assert torch.isnan(exact_kl(z, torch.zeros(1, 3))).all()
+
+
+# ---------------------------------------------------------------- one_token_surrogate
+@pytest.mark.parametrize("adv", [1.0, -1.0, 2.5, -0.4])
+@pytest.mark.parametrize("ratio", [0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.6])
+def test_one_token_surrogate_closed_form(ratio, adv):
+    eps = 0.2
+    J, g, clipped = one_token_surrogate(ratio, adv, clip_eps=eps)
+    clip_ratio = min(max(ratio, 1 - eps), 1 + eps)
+    assert J == pytest.approx(min(ratio * adv, clip_ratio * adv), rel=1e-9)
+    # the clipped branch is selected (and differs) when rho leaves the range on the side A favours
+    outside = ratio > 1 + eps if adv > 0 else ratio < 1 - eps
+    assert clipped is outside
+    assert g == (0.0 if outside else pytest.approx(ratio * adv, rel=1e-9))
+
+
+def test_one_token_surrogate_hand_values_and_signs():
+    # A > 0: pushed up with weight rho inside the range, not at all above 1 + eps
+    assert one_token_surrogate(0.6, 1.0) == pytest.approx((0.6, 0.6, False))
+    assert one_token_surrogate(1.3, 1.0) == pytest.approx((1.2, 0.0, True))
+    # A < 0: pushed down, not at all below 1 - eps; above 1 + eps the unclipped branch stays
+    assert one_token_surrogate(0.7, -1.0) == pytest.approx((-0.8, 0.0, True))
+    assert one_token_surrogate(1.4, -1.0) == pytest.approx((-1.4, -1.4, False))
+    J, g, _ = one_token_surrogate(1.3, 1.0)
+    assert math.copysign(1.0, g) == 1.0  # a clipped gradient is +0.0, not -0.0
+
+
+def test_one_token_surrogate_clip_eps_high():
+    # clip-higher: rho = 1.25 is inside [0.8, 1.28] for A > 0 ...
+    assert one_token_surrogate(1.25, 1.0, clip_eps=0.2, clip_eps_high=0.28) == pytest.approx((1.25, 1.25, False))
+    assert one_token_surrogate(1.25, 1.0, clip_eps=0.2) == pytest.approx((1.2, 0.0, True))
+    # ... and the low side still uses clip_eps
+    assert one_token_surrogate(0.75, -1.0, clip_eps=0.2, clip_eps_high=0.28) == pytest.approx((-0.8, 0.0, True))
+
+
+def test_one_token_surrogate_rejects_non_positive_ratio():
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="ratio must be positive"):
+            one_token_surrogate(bad, 1.0)
