@@ -70,4 +70,6 @@ def power(sd: float, n: int, effect: float, level: float = 0.95) -> float:
         return float("nan")
     df, nc = n - 1, effect / (sd / math.sqrt(n))
     crit = _st.t.ppf(0.5 + level / 2, df)
-    return float(_st.nct.sf(crit, df, nc) + _st.nct.cdf(-crit, df, nc))
+    # P(T > crit) + P(T < -crit); the lower tail as the upper tail of -T (scipy's nct.cdf returns
+    # NaN far in its lower tail, e.g. nc = 8.6, df = 4).
+    return float(_st.nct.sf(crit, df, nc) + _st.nct.sf(crit, df, -nc))
