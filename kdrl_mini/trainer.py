@@ -121,7 +121,9 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.dtype = models.compute_dtype(cfg.compute_dtype, self.device)  # fp32 on CPU
         # fp16 (T4-class cards) needs loss scaling: small gradients would underflow to zero.
-        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        # Start at 2^10, not torch's 2^16: policy-gradient losses are O(1) and a first steps' overflow
+        # would skip updates; the scaler grows the scale while no gradient overflows.
+        self.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10) if self.dtype == torch.float16 else None
         self.sampler = PromptSampler(len(self.world.train), cfg.seed)
         self.beta_at = annealed(cfg.beta_schedule, cfg.beta, cfg.beta_end, cfg.anneal_steps or cfg.max_steps)
         self.step, self.bad_steps = 0, 0

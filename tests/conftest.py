@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,9 @@ import torch
 
 from kdrl_mini.utils import setup  # noqa: E402
 
-setup(seed=0, threads=1)  # the kit's one entry-point setup: offline, quiet, seeded, one CPU thread
+# The kit's one entry-point setup: quiet, seeded, one CPU thread, offline unless a GPU machine asks
+# for the preset test's downloads with KDRL_TEST_HUB=1 (the hub libraries read the flag at import).
+setup(seed=0, threads=1, offline_hub=os.environ.get("KDRL_TEST_HUB") != "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
