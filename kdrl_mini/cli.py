@@ -8,6 +8,7 @@
     kdrl-mini presets
     kdrl-mini build-world [--root data] [--seed 0]
     kdrl-mini real-pair [--steps 3] [--cache-dir .cache/real] [--keep-every 2] [--heal | --no-heal] [--eval-size 4]
+                        [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -200,9 +201,11 @@ def _build_world(args) -> int:
 
 def _real_pair(args) -> int:
     from . import models, real
+    from .config import parse_set
     from .measure import parameter_count
     from .trainer import Trainer
 
+    set_fields = parse_set(args.set)  # before anything is built: a typo fails at once
     cache = Path(args.cache_dir) if args.cache_dir else real.DEFAULT_CACHE
     t0 = time.time()
     paths = real.materialize_pair(cache, args.keep_every, seed=args.seed, heal=args.heal)
@@ -215,7 +218,7 @@ def _real_pair(args) -> int:
     overrides = {"max_steps": args.steps, "seed": args.seed, "threads": args.threads, "output_dir": args.output_dir,
                  "eval_size": args.eval_size}
     cfg = real.real_config(cache, args.keep_every, healed=args.heal,
-                           **{k: v for k, v in overrides.items() if v is not None})
+                           **{**set_fields, **{k: v for k, v in overrides.items() if v is not None}})
     trainer = Trainer(cfg)
     before = [trainer.evaluate(split) for split in trainer.world.eval_splits]  # the same eval as at the end
     log = trainer.train(overwrite=True)  # the demo always starts a fresh run
@@ -318,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the healed student: a short SFT on the teacher's answers, built once into "
                         "CACHE_DIR (a few minutes the first time); --no-heal trains the freshly pruned one")
     q.add_argument("--eval-size", type=_at_least(1), help="test and OOD rows of the greedy evaluation at the end (default 4)")
+    q.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override any field of real.real_config, e.g. "
+                   "--set student_quant=none lora_r=16 group_size=8")
     q.set_defaults(func=_real_pair)
 
     for sp in (t, e, r, b, q):

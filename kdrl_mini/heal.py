@@ -9,7 +9,8 @@ The classic repair is a little distillation before RL:
    ``#### <number>`` line (generation of a row stops there, which halves the labelling cost;
    SmolLM2 otherwise repeats its last lines until the budget runs out). Answers without such a
    line are dropped (``keep="formatted"``); right and wrong answers are both kept: the student
-   learns to imitate the teacher, mistakes included.
+   learns to imitate the teacher, mistakes included. ``keep="correct"`` keeps only the right
+   ones (rejection-sampled distillation; the same labels, filtered).
 2. **SFT** (:func:`fit`): the fp32 student is fine-tuned on those answers (token-mean negative
    log-likelihood of the teacher's tokens, i.e. forward KL on teacher samples), every decoder
    layer and norm trainable, the tied embedding / LM head frozen (it is the teacher's already,
@@ -55,7 +56,8 @@ class HealSpec:
     (the answers are cycled in seeded epochs); lr: peak learning rate (``warmup`` linear steps,
     then cosine decay to ``lr * min_lr_ratio``); lora_r: 0 trains the decoder layers fully,
     > 0 trains LoRA adapters of that rank instead (merged before saving); keep: "formatted"
-    (answers with a ``#### n`` line) or "all".
+    (answers with a ``#### n`` line), "correct" (formatted and right: rejection-sampled
+    distillation; the same labels as "formatted", filtered) or "all".
     """
 
     n_prompts: int = 200
@@ -76,8 +78,8 @@ class HealSpec:
                 raise ValueError(f"heal spec {name}={getattr(self, name)} must be >= 1")
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ValueError(f"heal spec lr={self.lr} must be a positive number")
-        if self.keep not in ("formatted", "all"):
-            raise ValueError(f"heal spec keep={self.keep!r}: choose 'formatted' or 'all'")
+        if self.keep not in ("formatted", "correct", "all"):
+            raise ValueError(f"heal spec keep={self.keep!r}: choose 'formatted', 'correct' or 'all'")
         if self.lora_r < 0 or self.warmup < 0:
             raise ValueError("heal spec lora_r and warmup must be >= 0")
 
@@ -172,14 +174,16 @@ def build_heal_data(teacher_dir: str | Path, rows: list[dict], out_file: str | P
                     progress: bool = True, tokenizer=None, chat_template: bool = True) -> list[dict]:
     """The heal examples, cached in ``out_file`` (JSONL, written atomically): the first
     ``spec.n_prompts`` rows, each with the teacher's ``target`` answer and whether it is
-    ``correct``; filtered by ``spec.keep``. A finished file is read back, not rebuilt.
+    ``correct``; filtered by ``spec.keep`` (the file holds the "formatted" set for
+    ``keep="correct"``, which is filtered when read). A finished file is read back, not rebuilt.
     ``tokenizer``: the pair's shared tokenizer (default: the teacher folder's)."""
     from . import models
     from .rewards import batch_rewards
 
     out_file = Path(out_file)
     if out_file.is_file():
-        return [json.loads(line) for line in out_file.read_text().splitlines() if line.strip()]
+        data = [json.loads(line) for line in out_file.read_text().splitlines() if line.strip()]
+        return _only_correct(data) if spec.keep == "correct" else data
     rows = rows[:spec.n_prompts]
     tok = tokenizer or models.load_tokenizer(teacher_dir)
     teacher = models.load_teacher(teacher_dir, "none")
@@ -189,7 +193,7 @@ def build_heal_data(teacher_dir: str | Path, rows: list[dict], out_file: str | P
     correct = batch_rewards(targets, [r["answer"] for r in rows]).tolist()
     data = [{"prompt": r["prompt"], "answer": r["answer"], "target": t, "correct": bool(c),
              "formatted": cut_after_answer(t) is not None} for r, t, c in zip(rows, targets, correct)]
-    if spec.keep == "formatted":
+    if spec.keep in ("formatted", "correct"):
         data = [d for d in data if d["formatted"]]
     if not data:
         raise ValueError(f"the teacher gave no answer with a '#### <number>' line on {len(rows)} prompts; "
@@ -198,7 +202,14 @@ def build_heal_data(teacher_dir: str | Path, rows: list[dict], out_file: str | P
     tmp = out_file.with_name(out_file.name + f".tmp{os.getpid()}")
     tmp.write_text("".join(json.dumps(d) + "\n" for d in data))
     os.replace(tmp, out_file)
-    return data
+    return _only_correct(data) if spec.keep == "correct" else data
+
+
+def _only_correct(data: list[dict]) -> list[dict]:
+    right = [d for d in data if d["correct"]]
+    if not right:
+        raise ValueError(f"none of the teacher's {len(data)} answers is right; use keep='formatted'")
+    return right
 
 
 # ------------------------------------------------------------------ 2. SFT on the answers
@@ -293,7 +304,9 @@ def heal(teacher_dir: str | Path, student_dir: str | Path, rows: list[dict], out
         return out_dir
     t0 = time.perf_counter()
     label_key = _digest({"prompts": prompts_digest, "source": source or {}, "teacher": Path(teacher_dir).name,
-                         **{k: getattr(spec, k) for k in ("n_prompts", "max_new_tokens", "keep")},
+                         **{k: getattr(spec, k) for k in ("n_prompts", "max_new_tokens")},
+                         # "correct" filters the "formatted" labels: the same teacher run, the same file
+                         "keep": "formatted" if spec.keep == "correct" else spec.keep,
                          **({} if chat_template else {"chat_template": False})})
     tok = models.load_tokenizer(student_dir)
     data = build_heal_data(teacher_dir, rows, out_dir.with_name(f"{out_dir.name}.answers-{label_key}.jsonl"),

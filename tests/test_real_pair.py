@@ -199,10 +199,45 @@ def test_heal_learns_publishes_atomically_and_is_cached(tmp_path, monkeypatch):
         _tiny_heal(out)
 
 
+def test_heal_keep_correct_filters_the_same_labels(tmp_path, monkeypatch):
+    """Rejection-sampled distillation: keep="correct" trains on the right answers of the very
+    same labelling run (one answers file, no second teacher pass)."""
+    out = tmp_path / "student-healed"
+    _tiny_heal(out)
+    answers = list(tmp_path.glob("student-healed.answers-*.jsonl"))
+    data = [json.loads(line) for line in answers[0].read_text().splitlines()]
+    right = [d for d in data if d["correct"]]
+    assert 0 < len(right), "the tiny teacher should get some training problems right"
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("keep='correct' labelled again")
+
+    seen = []
+    monkeypatch.setattr(heal, "teacher_answers", no_teacher)
+    monkeypatch.setattr(heal, "fit", lambda model, tok, d, *a, **k: seen.append(d) or [1.0])
+    _tiny_heal(out, dataclasses.replace(TINY_SPEC, keep="correct"))
+    assert list(tmp_path.glob("student-healed.answers-*.jsonl")) == answers
+    assert seen == [right]
+    marker = json.loads((out / real.MARKER).read_text())
+    assert marker["heal_spec"]["keep"] == "correct" and marker["examples"] == marker["teacher_correct"] == len(right)
+
+
+def test_real_pair_cli_takes_config_overrides():
+    from kdrl_mini.cli import build_parser
+    from kdrl_mini.config import parse_set
+
+    args = build_parser().parse_args(["real-pair", "--steps", "2", "--set", "student_quant=none", "lora_r=16",
+                                      "group_size=8", "temperature=0.7"])
+    cfg = real.real_config(real.DEFAULT_CACHE, healed=True, **parse_set(args.set))
+    assert (cfg.student_quant, cfg.lora_r, cfg.group_size, cfg.temperature) == ("none", 16, 8, 0.7)
+    assert cfg.student_path.endswith(real.healed_name()) and cfg.teacher_quant == "8bit"
+
+
 def test_heal_spec_refuses_bad_values():
     with pytest.raises(ValueError, match="steps"):
         heal.HealSpec(steps=0)
     with pytest.raises(ValueError, match="keep"):
         heal.HealSpec(keep="right")
+    assert heal.HealSpec(keep="correct").keep == "correct"
     assert heal.lr_at(0, heal.HealSpec(lr=1.0, warmup=1, steps=10)) == 0.5
     assert heal.lr_at(9, heal.HealSpec(lr=1.0, warmup=1, steps=10, min_lr_ratio=0.1)) == pytest.approx(0.1)
