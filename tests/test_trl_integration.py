@@ -285,3 +285,20 @@ def test_vllm_colocate_generation(tmp_path, world):
                      processing_class=tok, teacher_model=teacher)
     tr.train()
     assert all(torch.isfinite(torch.tensor([h["kd/kl"] for h in tr.state.log_history if "kd/kl" in h])))
+
+
+def test_engine_trl_rewards_follow_the_answer_checker(tmp_path):
+    """--engine trl scores with the config's checker: math-verify reads \\boxed{}, the strict one does not;
+    data the TRL path does not load (a datasets source, a prompt suffix) is refused."""
+    from kdrl_mini.config import load_config
+    from kdrl_mini.integrations.trl.launch import config_from_train_config, reward_funcs_for
+
+    texts, gold = ["so \\boxed{18}", "#### 18"], ["18", "18"]
+    strict = reward_funcs_for(load_config("kdrl"))
+    math = reward_funcs_for(load_config("kdrl", answer_checker="math", format_weight=0.5))
+    assert strict[0](texts, gold) == [0.0, 1.0] and len(strict) == 1
+    assert math[0](texts, gold) == [1.0, 1.0] and len(math) == 2
+    cfg = load_config("kdrl", student_quant="none", lora_r=0, prompt_suffix="\nAnswer in \\boxed{}.",
+                      output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="--engine trl trains the tiny world's data_dir"):
+        config_from_train_config(cfg)

@@ -22,4 +22,5 @@ The maths lives in :mod:`kdrl_mini.losses` / :mod:`kdrl_mini.advantages`; this f
 
 from .config import LOSS_TYPE_TO_AGG, KDRLConfig, mix_teacher_logps  # noqa: F401
 from .launch import config_from_train_config, train_with_trl, run  # noqa: F401
-from .trainer import KDRLTrainer, correctness_reward_func, format_reward_func, load_prompt_dataset  # noqa: F401
+from .trainer import (KDRLTrainer, correctness_reward_func, format_reward_func, load_prompt_dataset,  # noqa: F401
+                      math_correctness_reward_func)

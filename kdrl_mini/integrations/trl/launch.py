@@ -7,7 +7,8 @@ import json
 import torch
 
 from .config import KDRLConfig
-from .trainer import KDRLTrainer, correctness_reward_func, format_reward_func, load_prompt_dataset
+from .trainer import (KDRLTrainer, correctness_reward_func, format_reward_func, load_prompt_dataset,
+                      math_correctness_reward_func)
 
 
 def config_from_train_config(cfg, **overrides) -> KDRLConfig:
@@ -23,6 +24,9 @@ def config_from_train_config(cfg, **overrides) -> KDRLConfig:
         raise ValueError("config field kl_mode='reward-seq' is only in the kit's own trainer; use loss or reward")
     if cfg.ppo_epochs != 1:
         raise ValueError(f"config field ppo_epochs={cfg.ppo_epochs}: --engine trl maps only 1 (TRL: num_iterations)")
+    if cfg.dataset or cfg.prompt_suffix:
+        raise ValueError("config fields dataset / prompt_suffix: --engine trl trains the tiny world's data_dir as it "
+                         "is; for other data build a datasets.Dataset and use KDRLTrainer directly")
     if cfg.chat_template:
         raise ValueError("config field chat_template=true: --engine trl passes plain-text prompts; for chat models "
                          "build a conversational dataset and use KDRLTrainer directly")
@@ -75,7 +79,8 @@ def build_arg_parser():
 def reward_funcs_for(cfg) -> list:
     """The kit's reward as TRL reward functions: correctness, plus the format reward when format_weight != 0
     (weighted through GRPOConfig.reward_weights by ``config_from_train_config``)."""
-    return [correctness_reward_func] + ([format_reward_func] if cfg.format_weight else [])
+    correct = math_correctness_reward_func if cfg.answer_checker == "math" else correctness_reward_func
+    return [correct] + ([format_reward_func] if cfg.format_weight else [])
 
 
 def train_with_trl(cfg, kd_overrides: dict | None = None, rows: int | None = None,

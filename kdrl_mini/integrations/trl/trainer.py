@@ -23,6 +23,14 @@ def correctness_reward_func(completions, answer, **kwargs) -> list[float]:
     return [correctness_reward(c, a) for c, a in zip(completions, answer)]
 
 
+def math_correctness_reward_func(completions, answer, **kwargs) -> list[float]:
+    """TRL reward function: 1 when math-verify finds the row's answer (``\\boxed{}``, ``####``, LaTeX, units);
+    the kit's ``answer_checker: math``."""
+    from ...rewards import correctness
+
+    return [correctness(c, a, checker="math") for c, a in zip(completions, answer)]
+
+
 def format_reward_func(completions, **kwargs) -> list[float]:
     """TRL reward function: 1 for a well-formed final line (weight it with GRPOConfig.reward_weights)."""
     return [format_reward(c) for c in completions]
