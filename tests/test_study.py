@@ -76,3 +76,15 @@ def test_study_workers_share_runs_by_claim(tmp_path):
         other.wait()
     assert _take(run)  # gone: taken over
     assert (run / WORKER_FILE).read_text() == str(os.getpid())
+
+
+def test_brief_table_shows_blind_when_the_world_has_it():
+    entry = {"seeds": [0], "test_accuracy": (0.3, 0.0), "ood_accuracy": (0.0, 0.0), "test_length": (40.0, 0.0),
+             "final_exact_kl": (0.1, 0.0), "step_time": (1.0, 0.0)}
+    assert "blind" not in study.format_table({"grpo": entry})
+    table = study.format_table({"grpo": {**entry, "blind_accuracy": (0.05, 0.0)}})
+    assert "| blind acc |" in table and "| grpo | 1 | 0.300 ± n/a | 0.050 ± n/a |" in table
+    assert "s/step" not in table  # machine load, not the method
+    records = [{"variant": "grpo", "seed": s, "blind_accuracy": b, **{k: 0.0 for k in study.METRICS}}
+               for s, b in ((0, 0.1), (1, 0.3))]
+    assert study.aggregate(records)["grpo"]["blind_accuracy"][0] == pytest.approx(0.2)
