@@ -34,25 +34,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _lock(folder: Path) -> Path:
-    lock = folder / ".lock"
+def take_pid_file(path: Path) -> int:
+    """Create ``path`` holding this process's pid, atomically (``O_EXCL``). Returns 0 once this
+    process holds it (also when it already did), else the pid of the live process that does; a
+    file left by a process that is gone is taken over. -1 if it could not be taken."""
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                owner = int(lock.read_text().strip() or 0)
+                owner = int(path.read_text().strip() or 0)
             except (OSError, ValueError):
                 owner = 0
             if owner and owner != os.getpid() and _alive(owner):
-                raise RunFolderError(f"{folder} is in use by another trainer (pid {owner}); wait for it to finish "
-                                     f"or choose another --output-dir") from None
-            lock.unlink(missing_ok=True)  # left by a process that is gone
+                return owner
+            path.unlink(missing_ok=True)  # ours, unreadable, or left by a process that is gone
             continue
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
-        return lock
-    raise RunFolderError(f"{folder}: could not take the run lock {lock}; remove it if no trainer is running")
+        return 0
+    return -1
+
+
+def _lock(folder: Path) -> Path:
+    lock = folder / ".lock"
+    owner = take_pid_file(lock)
+    if owner > 0:
+        raise RunFolderError(f"{folder} is in use by another trainer (pid {owner}); wait for it to finish "
+                             f"or choose another --output-dir")
+    if owner < 0:
+        raise RunFolderError(f"{folder}: could not take the run lock {lock}; remove it if no trainer is running")
+    return lock
 
 
 def check(folder: str | Path, resume: bool = False, overwrite: bool = False) -> Path:

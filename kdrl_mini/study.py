@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -121,26 +120,10 @@ def _take(run: Path) -> bool:
     """Claim ``run`` for this process, so that several ``reproduce --full`` workers can share one
     study (one per free core): False when a live process holds it, True once this one does (a
     claim left by a process that is gone is taken over)."""
-    from .run_folder import _alive
+    from .run_folder import take_pid_file
 
     run.mkdir(parents=True, exist_ok=True)
-    marker = run / WORKER_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = int(marker.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _alive(owner):
-                return False
-            marker.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
+    return take_pid_file(run / WORKER_FILE) == 0
 
 
 def _check_same_config(run: Path, cfg: TrainConfig) -> None:
