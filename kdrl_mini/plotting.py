@@ -100,22 +100,28 @@ def plot_mean_curves(curves: dict, ylabel: str, ax=None, title: str | None = Non
 
 
 def forest_plot(judged: dict, claims, out_path: str | Path | None = None):
-    """Paired differences of every claim with their Holm-adjusted intervals (``reproduction.judge_all``)."""
+    """Paired differences of every claim with their Holm-adjusted intervals (``reproduction.judge_all``),
+    one panel per unit: accuracy claims (absolute difference) and length claims (tokens) have their own
+    x axis, so a length interval of several tokens does not hide an accuracy interval of a few points."""
     shown = [c for c in claims if "mean" in judged.get(c.name, {})]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(shown), 1) + 1.2))
-    for i, c in enumerate(shown):
-        j = judged[c.name]
-        lo, hi = max(j["low"], -1.0), min(j["high"], 1.0)
-        color = {"reproduced": "tab:green"}.get(j["verdict"], "tab:red" if "reversed" in j["verdict"] else "tab:gray")
-        ax.plot([lo, hi], [i, i], color=color, lw=2)
-        ax.plot([j["mean"]], [i], "o", color=color)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(shown)))
-    ax.set_yticklabels([f"{c.name} {c.text}" for c in shown], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("paired difference in the claimed direction (Holm-adjusted CI)")
-    ax.set_title("Claims of the KDRL paper on the tiny world")
-    ax.grid(axis="x", alpha=0.3)
+    groups = [(unit, [c for c in shown if c.metric.endswith("accuracy") == is_acc])
+              for unit, is_acc in (("accuracy difference", True), ("length difference in tokens, shorter > 0", False))]
+    groups = [(u, cs) for u, cs in groups if cs] or [("paired difference", [])]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.45 * max(len(shown), 1) + 1.2 * len(groups)),
+                             gridspec_kw={"height_ratios": [max(len(cs), 1) for _, cs in groups]}, squeeze=False)
+    for ax, (unit, cs) in zip(axes[:, 0], groups):
+        for i, c in enumerate(cs):
+            j = judged[c.name]
+            color = {"reproduced": "tab:green"}.get(j["verdict"], "tab:red" if "reversed" in j["verdict"] else "tab:gray")
+            ax.plot([j["low"], j["high"]], [i, i], color=color, lw=2)
+            ax.plot([j["mean"]], [i], "o", color=color)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(cs)))
+        ax.set_yticklabels([f"{c.name} {c.text}" for c in cs], fontsize=8)
+        ax.set_ylim(len(cs) - 0.5, -0.5)
+        ax.set_xlabel(f"{unit} (claimed direction > 0; Holm-adjusted 95% CI)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_title("The paper's claims on the tiny world\n(green: reproduced, red: reversed, grey: inconclusive or equivalent)", fontsize=10)
     fig.tight_layout()
     if out_path:
         fig.savefig(out_path, dpi=90)

@@ -207,3 +207,20 @@ def test_power_is_finite_far_in_the_tail():
     assert p == p and upper <= p <= upper + (1 - level) / 2 and p > 0.9
     assert stats.power(0.03, 5, 0.05, 0.95) == pytest.approx(0.79, abs=0.01)
     assert stats.power(0.03, 5, -0.05, 0.95) == pytest.approx(stats.power(0.03, 5, 0.05, 0.95))  # two-sided
+
+
+def test_forest_plot_gives_length_claims_their_own_axis():
+    """Accuracy and length claims in separate panels, intervals drawn whole (a length CI of tens of
+    tokens was once clipped to [-1, 1] on the accuracy axis)."""
+    from kdrl_mini.plotting import forest_plot
+    from kdrl_mini.reproduction import Claim
+
+    claims = [Claim("A", "acc", "s", "x", "y"), Claim("L", "len", "s", "x", "y", metric="test_length", higher=False)]
+    judged = {"A": {"mean": 0.05, "low": 0.01, "high": 0.09, "verdict": "reproduced"},
+              "L": {"mean": 4.4, "low": -5.7, "high": 14.5, "verdict": "inconclusive"}}
+    fig = forest_plot(judged, claims)
+    acc_ax, len_ax = fig.axes
+    assert [t.get_text() for t in acc_ax.get_yticklabels()] == ["A acc"]
+    assert [t.get_text() for t in len_ax.get_yticklabels()] == ["L len"]
+    assert list(len_ax.lines[0].get_xdata()) == [-5.7, 14.5]
+    assert list(acc_ax.lines[0].get_xdata()) == [0.01, 0.09]
