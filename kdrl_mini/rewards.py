@@ -108,10 +108,20 @@ def correctness(text, answer, checker: str = "strict") -> float:
     return math_reward(text, answer) if checker == "math" else correctness_reward(text, answer)
 
 
+def boxed_format_reward(text) -> float:
+    r"""1.0 when the completion holds exactly one ``\boxed{...}`` and it is on the last non-empty line
+    (the format an instruct model is asked for with ``answer_checker: math``)."""
+    text = _as_text(text)
+    if not text or not text.strip():
+        return 0.0
+    return float(text.count("\\boxed{") == 1 and "\\boxed{" in text.strip().splitlines()[-1])
+
+
 def reward(text, answer, format_weight: float = 0.0, checker: str = "strict") -> float:
-    r"""r = correctness + format_weight * format, each in {0, 1} (the format term always asks for
-    a final "####" line, whatever the checker)."""
-    return correctness(text, answer, checker) + format_weight * format_reward(text)
+    r"""r = correctness + format_weight * format, each in {0, 1}; the format term asks for the final
+    answer in the checker's format: a "####" line (strict) or one final ``\boxed{}`` (math)."""
+    fmt = boxed_format_reward if checker == "math" else format_reward
+    return correctness(text, answer, checker) + format_weight * fmt(text)
 
 
 def batch_rewards(texts, answers, format_weight: float = 0.0, device=None, checker: str = "strict") -> torch.Tensor:

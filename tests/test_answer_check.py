@@ -153,8 +153,8 @@ def test_checkers_differ_on_boxed_answers():
     assert batch_rewards(texts, answers).tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
     assert batch_rewards(texts, answers, checker="strict").tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
     assert batch_rewards(texts, answers, checker="math").tolist() == [1.0] * 5  # free text too
-    assert reward("\\boxed{18}", "18", format_weight=0.5, checker="math") == 1.0  # format still asks for ####
-    assert reward("#### 18", "18", format_weight=0.5, checker="math") == 1.5
+    assert reward("\\boxed{18}", "18", format_weight=0.5, checker="math") == 1.5  # the format asked for
+    assert reward("#### 18", "18", format_weight=0.5, checker="math") == 1.0
 
 
 def test_unknown_checker_is_refused():
@@ -261,3 +261,17 @@ def test_math_rewards_are_built_on_the_policys_device():
     meta = torch.device("meta")
     r = batch_rewards(["\\boxed{1}", "no"], ["1", "1"], device=meta, checker="math")
     assert r.device == meta and r.shape == (2,)
+
+
+def test_format_term_follows_the_checker():
+    r"""With answer_checker math the format term pays for one final \boxed{} (what the prompt asks
+    for), not for a "####" line; the strict checker keeps the "####" format."""
+    from kdrl_mini.rewards import boxed_format_reward, reward
+
+    assert boxed_format_reward("3+4=7\nThe answer is \\boxed{7}.") == 1.0
+    assert boxed_format_reward("\\boxed{7}\nand then more text") == 0.0  # not the last line
+    assert boxed_format_reward("\\boxed{1} or \\boxed{7}") == 0.0  # two answers
+    assert boxed_format_reward(None) == 0.0 and boxed_format_reward("#### 7") == 0.0
+    assert reward("x\n\\boxed{7}", "7", 0.5, "math") == 1.5
+    assert reward("#### 7", "7", 0.5, "math") == 1.0  # right, but not in the asked-for format
+    assert reward("#### 7", "7", 0.5) == 1.5  # strict: unchanged

@@ -298,6 +298,7 @@ def test_engine_trl_rewards_follow_the_answer_checker(tmp_path):
     math = reward_funcs_for(load_config("kdrl", answer_checker="math", format_weight=0.5))
     assert strict[0](texts, gold) == [0.0, 1.0] and len(strict) == 1
     assert math[0](texts, gold) == [1.0, 1.0] and len(math) == 2
+    assert math[1](texts) == [1.0, 0.0]  # the format term pays for the math checker's \boxed{} format
     cfg = load_config("kdrl", student_quant="none", lora_r=0, prompt_suffix="\nAnswer in \\boxed{}.",
                       output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="--engine trl trains the tiny world's data_dir"):

@@ -7,8 +7,8 @@ import json
 import torch
 
 from .config import KDRLConfig
-from .trainer import (KDRLTrainer, correctness_reward_func, format_reward_func, load_prompt_dataset,
-                      math_correctness_reward_func)
+from .trainer import (KDRLTrainer, boxed_format_reward_func, correctness_reward_func, format_reward_func,
+                      load_prompt_dataset, math_correctness_reward_func)
 
 
 def config_from_train_config(cfg, **overrides) -> KDRLConfig:
@@ -79,8 +79,10 @@ def build_arg_parser():
 def reward_funcs_for(cfg) -> list:
     """The kit's reward as TRL reward functions: correctness, plus the format reward when format_weight != 0
     (weighted through GRPOConfig.reward_weights by ``config_from_train_config``)."""
-    correct = math_correctness_reward_func if cfg.answer_checker == "math" else correctness_reward_func
-    return [correct] + ([format_reward_func] if cfg.format_weight else [])
+    math = cfg.answer_checker == "math"
+    correct, fmt = ((math_correctness_reward_func, boxed_format_reward_func) if math
+                    else (correctness_reward_func, format_reward_func))
+    return [correct] + ([fmt] if cfg.format_weight else [])
 
 
 def train_with_trl(cfg, kd_overrides: dict | None = None, rows: int | None = None,

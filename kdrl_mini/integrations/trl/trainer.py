@@ -31,6 +31,13 @@ def math_correctness_reward_func(completions, answer, **kwargs) -> list[float]:
     return [correctness(c, a, checker="math") for c, a in zip(completions, answer)]
 
 
+def boxed_format_reward_func(completions, **kwargs) -> list[float]:
+    """TRL reward function: 1 for exactly one final ``\\boxed{}`` answer (the math checker's format)."""
+    from ...rewards import boxed_format_reward
+
+    return [boxed_format_reward(c) for c in completions]
+
+
 def format_reward_func(completions, **kwargs) -> list[float]:
     """TRL reward function: 1 for a well-formed final line (weight it with GRPOConfig.reward_weights)."""
     return [format_reward(c) for c in completions]
