@@ -10,18 +10,10 @@ import math
 
 import torch
 
-from .answer_check import math_reward
+from .answer_check import _as_text, math_reward  # one text coercion for both checkers
 
 MARKER = "####"
 CHECKERS = ("strict", "math")  # = config.ANSWER_CHECKERS
-
-
-def _as_text(text) -> str | None:
-    if isinstance(text, str):
-        return text
-    if isinstance(text, (bytes, bytearray)):
-        return bytes(text).decode("utf-8", errors="ignore")
-    return None
 
 
 def _marker_lines(text: str) -> list[str]:
