@@ -25,7 +25,7 @@ def make_schedule(
         "constant": \beta = start
         "linear":   \beta = start + (end - start) u
         "cosine":   \beta = end + (start - end) (1 + \cos(\pi u)) / 2
-        "step":     \beta = start while s < total_steps, then end   (KD phase, then RL phase)
+        "step":     \beta = start while s < total_steps, then end   (a stronger teacher pull, then a weaker one)
 
     For every schedule beta = start during the first ``warmup_steps`` steps and beta = end from
     step warmup_steps + total_steps on (held there). Annealing from 5e-3 to 1e-3, the values
@@ -61,11 +61,13 @@ def make_schedule(
         if name == "constant":
             return float(start)
         u = min(max((step - warmup_steps) / total_steps, 0.0), 1.0)
+        if u >= 1.0:  # held at end exactly (start + (end - start) * 1 can miss it by an ulp)
+            return float(end)
         if name == "linear":
             return float(start + (end - start) * u)
         if name == "cosine":
             return float(end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * u)))
-        return float(start if u < 1.0 else end)
+        return float(start)  # "step" before the switch
 
     return beta
 

@@ -20,6 +20,13 @@ def test_endpoints_and_hold(name):
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "step"])
+def test_floor_is_exact(name):
+    # 0.025 + (0.005 - 0.025) * 1.0 == 0.005000000000000001 in floats: the hold must be end itself
+    beta = make_schedule(name, 0.025, 0.005, total_steps=42, warmup_steps=3)
+    assert beta(45) == beta(46) == beta(10_000) == 0.005
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "step"])
 @pytest.mark.parametrize("start,end", [(5e-3, 1e-3), (0.0, 1e-2)])
 def test_monotone_between_start_and_end(name, start, end):
     beta = make_schedule(name, start, end, total_steps=50, warmup_steps=7)
