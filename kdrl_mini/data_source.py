@@ -153,12 +153,33 @@ def _open_folder(path: Path):
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    by_stem = split_files(path)
+    if by_stem:  # one split per file, named by the file: datasets' own inference keeps only train/test/validation
+        builder, files = by_stem
+        try:
+            return datasets.load_dataset(builder, data_files=files)
+        except Exception as err:  # noqa: BLE001  name the folder and what to fix
+            raise DataSourceError(f"dataset {path}: its {builder} files cannot be read ({_first_line(err)}); fix "
+                                  f"them or save them again with datasets (to_json / to_parquet)") from None
     try:
         return datasets.load_dataset(str(path))
     except Exception as err:  # noqa: BLE001  a folder datasets cannot read: say what it should hold
         raise DataSourceError(f"dataset {path}: a folder that is neither a save_to_disk folder nor data files named "
                               f"by split ({_first_line(err)}); save it with Dataset.save_to_disk or name files "
                               f"train.parquet, test.parquet, ...") from None
+
+
+def split_files(path: Path) -> tuple[str, dict[str, str]] | None:
+    """(builder, {split: file}) for a folder whose top-level data files are all of one kind, one per split
+    name (``train.jsonl``, ``test.jsonl``, ``ood.jsonl``); None for anything else (sharded files,
+    mixed kinds, sub-folders only), which ``datasets`` infers itself."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in BUILDERS)
+    builders = {BUILDERS[p.suffix.lower()] for p in files}
+    stems = [p.stem for p in files]
+    sharded = any(re.search(r"-\d+-of-\d+$", stem) for stem in stems)  # train-00000-of-00002.parquet
+    if not files or sharded or len(builders) != 1 or len(set(stems)) != len(stems):
+        return None
+    return builders.pop(), {p.stem: str(p) for p in files}
 
 
 def pattern_splits(pattern: str) -> list[str]:

@@ -137,6 +137,17 @@ def test_plain_folder_of_split_files(tmp_path):
     write(tmp_path / "plain" / "test.jsonl", KIT_ROWS[3:])
     splits = data_source.load_splits(cfg_for(tmp_path / "plain"))
     assert [len(splits[s].rows) for s in ("train", "test")] == [3, 2]
+    # A split name datasets does not infer (ood) is still a split: one file, one split, named by the file.
+    write(tmp_path / "plain" / "ood.jsonl", KIT_ROWS[:1])
+    splits = data_source.load_splits(cfg_for(tmp_path / "plain", ood_split="ood", train_split="train[1:]"))
+    assert [len(splits[s].rows) for s in ("train", "test", "ood")] == [2, 2, 1]
+    assert splits["ood"].rows[0]["prompt"] == KIT_ROWS[0]["prompt"]
+    # Shards of one split are not splits of their own: datasets joins them.
+    write(tmp_path / "shards" / "train-00000-of-00002.jsonl", KIT_ROWS[:2])
+    write(tmp_path / "shards" / "train-00001-of-00002.jsonl", KIT_ROWS[2:4])
+    write(tmp_path / "shards" / "test-00000-of-00001.jsonl", KIT_ROWS[4:])
+    splits = data_source.load_splits(cfg_for(tmp_path / "shards"))
+    assert [len(splits[s].rows) for s in ("train", "test")] == [4, 1]
 
 
 # ------------------------------------------------------------------ the column map and bad rows
