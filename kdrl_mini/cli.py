@@ -152,11 +152,9 @@ def _reproduce_full(args) -> int:
 
 
 def _reproduce_preset(args) -> int:
-    """``--preset NAME``: GRPO, KD-RKL, KDRL and KDRL annealed on one GPU with a real pair and GSM8K
-    (kdrl_mini.preset_study): plan, memory estimate and free-memory check before anything loads."""
+    """``--preset NAME``: the one-GPU study of :mod:`kdrl_mini.preset_study` (``list``: the presets)."""
     from . import preset_study
     from .config import parse_set
-    from .presets import estimate_preset, load_preset
 
     if args.preset == "list":
         return _presets(args)
@@ -164,30 +162,14 @@ def _reproduce_preset(args) -> int:
         raise ValueError("--preset and --full are two different studies; pass one of them")
     overrides = parse_set(args.set)
     overrides.update({k: v for k, v in {"max_steps": args.steps, "threads": args.threads}.items() if v})
-    cfg, info = load_preset(args.preset, **overrides)
-    out = Path(args.output_dir or cfg.output_dir)
-    cfg = cfg.replace(output_dir=str(out))
-    variants, seeds = preset_study.plan(cfg, info, args.seeds, args.only)
-    est, sources = estimate_preset(cfg, info)
-    print(preset_study.describe(cfg, info, est, sources, variants, seeds, out))
-    print(preset_study.memory_check(args.preset, est, cfg))
-    if args.dry_run:
-        print("dry run: no model loaded, nothing trained")
-        return 0
-    t0 = time.time()
-    records = preset_study.run(cfg, info, out, variants, seeds)
-    print((out / "table.md").read_text() + "\n" + (out / "claims.md").read_text())
-    print(f"{len(records)} finished runs ({time.time() - t0:.0f} s this call); {out / 'table.md'}, "
-          f"{out / 'comparison.png'}; rerun the same command to resume")
+    preset_study.reproduce(args.preset, overrides, args.output_dir, args.seeds, args.only, args.dry_run)
     return 0
 
 
 def _presets(args) -> int:
-    from .preset_study import presets_table
+    from .preset_study import presets_report
 
-    print(presets_table())
-    print("Estimates from the presets' model numbers, not measurements (no GPU has run them yet); "
-          "details: kdrl-mini reproduce --preset NAME --dry-run")
+    print(presets_report())
     return 0
 
 

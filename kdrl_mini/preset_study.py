@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from pathlib import Path
 
 from . import memory_estimate as me
@@ -181,3 +182,34 @@ def presets_table(use_source: bool = False) -> str:
                     f"{'on' if cfg.gradient_checkpointing else 'off'} | {est.total / me.GiB:.1f} | "
                     f"{est.step_seconds:.0f} | {wall_seconds(cfg, est, variants, seeds) / 3600:.1f} |")
     return "\n".join(rows)
+
+
+def presets_report() -> str:
+    """``kdrl-mini presets``: the table and what its numbers are."""
+    return (presets_table() + "\nEstimates from the presets' model numbers, not measurements (no GPU has run them "
+            "yet); details: kdrl-mini reproduce --preset NAME --dry-run")
+
+
+def reproduce(name: str, overrides: dict, output_dir: str | None = None, seeds: list[int] | None = None,
+              only: list[str] | None = None, dry_run: bool = False, say=print) -> list[dict]:
+    """``kdrl-mini reproduce --preset NAME``: print the plan, the memory estimate and the free-memory
+    check before anything loads, then run (or resume) every run and print the tables. Returns the
+    finished runs' records ([] on a dry run)."""
+    from .presets import estimate_preset, load_preset
+
+    cfg, info = load_preset(name, **overrides)
+    out = Path(output_dir or cfg.output_dir)
+    cfg = cfg.replace(output_dir=str(out))
+    variants, chosen = plan(cfg, info, seeds, only)
+    est, sources = estimate_preset(cfg, info)
+    say(describe(cfg, info, est, sources, variants, chosen, out))
+    say(memory_check(name, est, cfg))
+    if dry_run:
+        say("dry run: no model loaded, nothing trained")
+        return []
+    t0 = time.time()
+    records = run(cfg, info, out, variants, chosen)
+    say((out / "table.md").read_text() + "\n" + (out / "claims.md").read_text())
+    say(f"{len(records)} finished runs ({time.time() - t0:.0f} s this call); {out / 'table.md'}, "
+        f"{out / 'comparison.png'}; rerun the same command to resume")
+    return records
