@@ -33,8 +33,7 @@ import torch
 from tqdm import tqdm
 
 from . import tasks
-from .rewards import batch_rewards
-from .rollout import greedy_eval, sample, teacher_forced_batch
+from .rollout import greedy_eval, sampled_eval, teacher_forced_batch
 
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = string.digits + " \n+-*/=#.,:?()" + string.ascii_lowercase + string.ascii_uppercase
@@ -173,20 +172,11 @@ def sft_steps(model, tokenizer, rows: list[dict], fields: tuple[str, ...], steps
     return losses, evals
 
 
-@torch.no_grad()
 def sampled_accuracy(model, tokenizer, rows: list[dict], group: int = GROUP,
                      max_new_tokens: int = tasks.BUDGET, batch_prompts: int = 50) -> dict:
-    """Per-sample accuracy (temperature 1) and pass@group over ``rows``."""
-    model.eval()
-    per_row = []
-    for i in range(0, len(rows), batch_prompts):
-        chunk = rows[i:i + batch_prompts]
-        b = sample(model, tokenizer, [r["prompt"] for r in chunk], group_size=group,
-                   max_new_tokens=max_new_tokens, temperature=1.0)
-        r = batch_rewards(b.texts, [row["answer"] for row in chunk for _ in range(group)])
-        per_row += r.view(len(chunk), group).mean(1).tolist()
-    return {"per_sample": sum(per_row) / len(per_row),
-            f"pass@{group}": sum(p > 0 for p in per_row) / len(per_row), "n": len(rows)}
+    """Per-sample accuracy (temperature 1) and pass@group over ``rows`` (:func:`rollout.sampled_eval`)."""
+    out = sampled_eval(model, tokenizer, rows, group, max_new_tokens, temperature=1.0, batch_prompts=batch_prompts)
+    return {k: out[k] for k in ("per_sample", f"pass@{group}", "n")}
 
 
 def teacher_check(tok, val_test: list[dict], stop_at: float):
