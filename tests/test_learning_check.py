@@ -1,0 +1,54 @@
+"""learning_check: the pool reward, its paired change, and that measuring it leaves training as it was."""
+
+import json
+
+import pytest
+
+from kdrl_mini import learning_check as lc
+from kdrl_mini.config import load_config
+from kdrl_mini.metrics import TIMING_KEYS, read_metrics
+from kdrl_mini.trainer import Trainer
+
+
+def test_paired_change_by_hand():
+    c = lc.paired_change([0.0, 0.25, 0.5, 0.0], [0.25, 0.25, 0.0, 0.5])
+    # differences 0.25, 0, -0.5, 0.5: mean 0.0625, squared deviations sum to 0.546875
+    assert c["mean"] == pytest.approx(0.0625)
+    assert c["se"] == pytest.approx((0.546875 / 3) ** 0.5 / 2)
+    assert (c["up"], c["down"], c["n"]) == (2, 1, 4)
+    with pytest.raises(ValueError, match="two equal lists"):
+        lc.paired_change([0.1, 0.2], [0.1])
+
+
+def test_per_pass_reads_train_rows_only():
+    log = [{"kind": "train", "reward": r, "exact_kl": 1.0} for r in (0.0, 0.5, 1.0)]
+    log.insert(1, {"kind": "eval", "eval_accuracy": 0.9})
+    assert lc.per_pass(log, 2) == [0.25, 1.0]
+    assert lc.per_pass(log, 2, "exact_kl") == [1.0, 1.0]
+
+
+def test_learn_config_trains_on_the_pool(tmp_path):
+    cfg = lc.learn_config(tmp_path, max_steps=2)
+    assert cfg.train_split == lc.LEARN_POOL and cfg.dataset == str((tmp_path / "word_problems").resolve())
+    assert cfg.student_path.endswith("-healed") and cfg.student_quant == "none" and cfg.max_steps == 2
+    assert (cfg.lr, cfg.group_size, cfg.temperature) == (lc.LEARN["lr"], lc.LEARN["group_size"], lc.LEARN["temperature"])
+
+
+def _small(tmp_path, name):
+    return load_config("kdrl", group_size=4, prompts_per_step=2, max_new_tokens=24, max_steps=2, eval_every=0,
+                       eval_size=4, checkpoint_every=0, output_dir=str(tmp_path / name), lr=5e-3,
+                       student_quant="none", teacher_quant="none")
+
+
+def test_measuring_the_pool_does_not_change_the_run(tmp_path):
+    plain = Trainer(_small(tmp_path, "plain"))
+    plain.train(progress=False)
+    measured = Trainer(_small(tmp_path, "measured"))
+    before = lc.pool_reward(measured, samples=2)
+    assert measured.world.student.training
+    assert before["n"] == len(measured.world.train) and len(before["per_row"]) == before["n"]
+    assert before == lc.pool_reward(measured, samples=2)  # same seed, same numbers
+    measured.train(progress=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+    a, b = (read_metrics(tmp_path / n)[0] for n in ("plain", "measured"))
+    assert json.dumps(strip(a)) == json.dumps(strip(b))  # NaN-safe equality of every logged number
