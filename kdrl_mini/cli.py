@@ -229,6 +229,7 @@ def _real_pair(args) -> int:
               f"{pool_after['per_sample']:.3f} after; paired change {c['mean']:+.3f} (SE {c['se']:.3f}; "
               f"{c['up']} prompts up, {c['down']} down of {c['n']})")
         print("training reward per pass over the pool: " + ", ".join(f"{x:.3f}" for x in r["reward_per_pass"]))
+        print(f"figure: {learning_check.figure(cfg.output_dir)}")
     trainable, total = models.trainable_parameters(trainer.world.student)
     print(f"parameters: teacher {parameter_count(paths['teacher']):,}, student {parameter_count(student):,} "
           f"(LoRA trainable {trainable:,})")

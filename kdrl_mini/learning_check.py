@@ -47,13 +47,14 @@ def learn_config(cache_dir, keep_every: int = 2, **overrides) -> TrainConfig:
     return real.real_config(cache_dir, keep_every, healed=True, **fields)
 
 
-def pool_reward(trainer, samples: int = 8, seed: int = 1234) -> dict:
-    """Sampled reward on the trainer's train prompts (the pool) with the run's temperature, budget
-    and prompt format; the global RNG is restored afterwards."""
+def pool_reward(trainer, samples: int = 8, seed: int = 1234, rows: list[dict] | None = None) -> dict:
+    """Sampled reward on ``rows`` (default: the trainer's train prompts, the pool) with the run's
+    temperature, budget and prompt format; the global RNG is restored afterwards."""
     cfg = trainer.cfg
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        out = sampled_eval(trainer.world.student, trainer.world.tokenizer, trainer.world.train, samples,
+        out = sampled_eval(trainer.world.student, trainer.world.tokenizer,
+                           trainer.world.train if rows is None else rows, samples,
                            cfg.max_new_tokens, cfg.temperature, chat_template=cfg.chat_template,
                            suffix=cfg.prompt_suffix, checker=cfg.answer_checker)
     trainer.world.student.train()
@@ -79,9 +80,40 @@ def per_pass(rows: list[dict], steps_per_pass: int, key: str = "reward") -> list
 def write_result(run_dir, samples: int, before: dict, after: dict, log: list[dict], cfg: TrainConfig) -> dict:
     """``pool_reward.json`` in the run folder: before/after, the paired change, reward per pass."""
     steps_per_pass = max(len(before["per_row"]) // cfg.prompts_per_step, 1)
-    result = {"pool": cfg.train_split, "samples": samples, "before": before, "after": after,
+    result = {"pool": cfg.train_split, "samples": samples, "steps_per_pass": steps_per_pass, "before": before, "after": after,
               "change": paired_change(before["per_row"], after["per_row"]),
               "reward_per_pass": per_pass(log, steps_per_pass),
               "exact_kl_per_pass": per_pass(log, steps_per_pass, "exact_kl")}
     Path(run_dir, RESULT).write_text(json.dumps(result, indent=1))
     return result
+
+
+def figure(run_dir, path=None):
+    """Training reward per step and per pass over the pool, with the pool reward measured before and
+    after (``pool_reward.json``); saved to ``path`` (default ``run_dir/pool_reward.png``)."""
+    from .metrics import read_metrics
+    from .plotting import plt
+
+    result = json.loads(Path(run_dir, RESULT).read_text())
+    steps, _ = read_metrics(run_dir)
+    per_pass_steps = result["steps_per_pass"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot([r["step"] for r in steps], [r["reward"] for r in steps], color="lightgrey", lw=1,
+            label="training reward per step (4 prompts x 8 samples)")
+    centres = [per_pass_steps * (k + 0.5) + 0.5 for k in range(len(result["reward_per_pass"]))]
+    ax.plot(centres, result["reward_per_pass"], "o-", label=f"mean per pass over the pool ({per_pass_steps} steps)")
+    for key, x, marker in (("before", 0, "s"), ("after", len(steps) + 1, "D")):
+        ax.plot([x], [result[key]["per_sample"]], marker, color="black", ms=7)
+    ax.plot([], [], "s", color="black", label=f"pool reward, {result['samples']} samples per prompt: before (step 0), "
+                                              "after (end)")
+    c = result["change"]
+    ax.set(xlabel="training step", ylabel="reward (share of right answers)",
+           title=f"KDRL, healed SmolLM2 student, pool {result['pool']}\n"
+                 f"pool reward {result['before']['per_sample']:.3f} -> {result['after']['per_sample']:.3f}, "
+                 f"paired change {c['mean']:+.3f} (SE {c['se']:.3f})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path or Path(run_dir, "pool_reward.png"), dpi=110)
+    plt.close(fig)
+    return path or Path(run_dir, "pool_reward.png")

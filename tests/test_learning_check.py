@@ -44,11 +44,17 @@ def test_measuring_the_pool_does_not_change_the_run(tmp_path):
     plain = Trainer(_small(tmp_path, "plain"))
     plain.train(progress=False)
     measured = Trainer(_small(tmp_path, "measured"))
-    before = lc.pool_reward(measured, samples=2)
+    pool = measured.world.train[:8]  # a small pool keeps the test short
+    before = lc.pool_reward(measured, samples=2, rows=pool)
     assert measured.world.student.training
-    assert before["n"] == len(measured.world.train) and len(before["per_row"]) == before["n"]
-    assert before == lc.pool_reward(measured, samples=2)  # same seed, same numbers
-    measured.train(progress=False)
+    assert before["n"] == 8 and len(before["per_row"]) == 8
+    assert before == lc.pool_reward(measured, samples=2, rows=pool)  # same seed, same numbers
+    log = measured.train(progress=False)
+    after = lc.pool_reward(measured, samples=2, rows=pool)
+    result = lc.write_result(tmp_path / "measured", 2, before, after, log, measured.cfg)
+    assert result["steps_per_pass"] == 8 // 2 and len(result["reward_per_pass"]) == 1  # 2 steps: one partial pass
+    assert result["change"]["n"] == before["n"] and (tmp_path / "measured" / lc.RESULT).is_file()
+    assert lc.figure(tmp_path / "measured").is_file()
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
     a, b = (read_metrics(tmp_path / n)[0] for n in ("plain", "measured"))
     assert json.dumps(strip(a)) == json.dumps(strip(b))  # NaN-safe equality of every logged number
