@@ -205,14 +205,15 @@ def _real_pair(args) -> int:
     overrides = {**set_fields, **{k: v for k, v in overrides.items() if v is not None}}
     if args.learn:
         cfg = learning_check.learn_config(cache, args.keep_every, **overrides)
+        learning_check.write_pool(paths["data"])
     else:
         cfg = real.real_config(cache, args.keep_every, healed=args.heal, **{"max_steps": 3, **overrides})
     trainer = Trainer(cfg)
     before = [trainer.evaluate(split) for split in trainer.world.eval_splits]  # the same eval as at the end
     if args.learn:
-        print(f"measuring the reward on the {len(trainer.world.train)} pool prompts ({cfg.train_split}), "
-              f"{args.reward_samples} samples each ...")
-        pool_before = learning_check.pool_reward(trainer, args.reward_samples)
+        print(f"measuring the sampled reward on the {len(trainer.world.train)} pool prompts ({cfg.train_split}) and "
+              f"as many test prompts, {args.reward_samples} samples each ...")
+        pool_before = learning_check.measure(trainer, args.reward_samples)
     log = trainer.train(overwrite=True)  # the demo always starts a fresh run
     (Path(cfg.output_dir) / "eval_before.jsonl").write_text("".join(json.dumps(row) + "\n" for row in before))
     print(f"{'step':>4} {'reward':>7} {'exact_kl':>9} {'step_s':>7}")
@@ -222,13 +223,9 @@ def _real_pair(args) -> int:
         print(f"{e['split']:>5}: greedy accuracy {b['eval_accuracy']:.3f} before -> {e['eval_accuracy']:.3f} after  "
               f"length {e['eval_length']:.1f}  (n={cfg.eval_size})")
     if args.learn:
-        pool_after = learning_check.pool_reward(trainer, args.reward_samples)
+        pool_after = learning_check.measure(trainer, args.reward_samples)
         r = learning_check.write_result(cfg.output_dir, args.reward_samples, pool_before, pool_after, log, cfg)
-        c = r["change"]
-        print(f"pool reward ({r['samples']} samples per prompt): {pool_before['per_sample']:.3f} before -> "
-              f"{pool_after['per_sample']:.3f} after; paired change {c['mean']:+.3f} (SE {c['se']:.3f}; "
-              f"{c['up']} prompts up, {c['down']} down of {c['n']})")
-        print("training reward per pass over the pool: " + ", ".join(f"{x:.3f}" for x in r["reward_per_pass"]))
+        print(learning_check.summary(r))
         print(f"figure: {learning_check.figure(cfg.output_dir)}")
     trainable, total = models.trainable_parameters(trainer.world.student)
     print(f"parameters: teacher {parameter_count(paths['teacher']):,}, student {parameter_count(student):,} "
@@ -313,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_build_world)
 
     q = sub.add_parser("real-pair", help="build the SmolLM2-135M teacher / 15-layer student pair offline and run a few KDRL steps")
-    q.add_argument("--steps", type=_at_least(1), help="KDRL steps (default 3; 40 with --learn)")
+    q.add_argument("--steps", type=_at_least(1), help="KDRL steps (default 3; 42 with --learn)")
     q.add_argument("--cache-dir", help="where the pair, data and run go (default .cache/real in the repository)")
     q.add_argument("--keep-every", type=_at_least(1), default=2, help="student keeps every k-th teacher layer (default 2)")
     q.add_argument("--output-dir", type=_folder, help="run folder (default CACHE_DIR/runs/kdrl)")
@@ -325,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 4; 50 with --learn)")
     q.add_argument("--learn", action="store_true",
                    help="the learning check (kdrl_mini.learning_check): KDRL on the healed fp32 student over a fixed "
-                        "pool of 32 training prompts, 5 passes, reward measured on the pool before and after")
+                        "pool of 28 training prompts (answers 1..28), 6 passes; sampled reward on the pool and on held-out "
+                        "test prompts before and after")
     q.add_argument("--reward-samples", type=_at_least(2), default=8,
                    help="with --learn: samples per pool prompt for the before/after reward (default 8)")
     q.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override any field of real.real_config, e.g. "

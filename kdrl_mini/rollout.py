@@ -162,16 +162,17 @@ def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, ba
 @torch.no_grad()
 def sampled_eval(model, tokenizer, rows: list[dict], samples: int = 8, max_new_tokens: int = 64,
                  temperature: float = 1.0, batch_prompts: int = 16, chat_template: bool = False, suffix: str = "",
-                 checker: str = "strict") -> dict:
+                 checker: str = "strict", keep_texts: bool = False) -> dict:
     """Accuracy of sampled answers: ``samples`` completions per row at ``temperature``.
 
     Returns ``per_sample`` (mean reward over all completions: the quantity a policy-gradient run
     raises), ``pass@{samples}`` (share of rows with at least one right completion), ``per_row``
-    (each row's mean, in order, for paired before/after comparisons) and ``n`` (rows). Seed the
-    global generator first (``torch.manual_seed``) for repeatable numbers.
+    (each row's mean, in order, for paired before/after comparisons), ``n`` (rows) and, with
+    ``keep_texts``, ``texts`` (every completion, row by row). Seed the global generator first
+    (``torch.manual_seed``) for repeatable numbers.
     """
     model.eval()
-    per_row = []
+    per_row, texts = [], []
     for i in range(0, len(rows), batch_prompts):
         chunk = rows[i:i + batch_prompts]
         prompts = format_prompts(tokenizer, [r["prompt"] for r in chunk], chat_template, suffix)
@@ -179,6 +180,8 @@ def sampled_eval(model, tokenizer, rows: list[dict], samples: int = 8, max_new_t
                    temperature=temperature)
         r = batch_rewards(b.texts, [row["answer"] for row in chunk for _ in range(samples)], checker=checker)
         per_row += r.view(len(chunk), samples).mean(1).tolist()
+        texts += b.texts
     n = max(len(rows), 1)
-    return {"per_sample": sum(per_row) / n, f"pass@{samples}": sum(p > 0 for p in per_row) / n,
-            "per_row": per_row, "n": len(rows)}
+    out = {"per_sample": sum(per_row) / n, f"pass@{samples}": sum(p > 0 for p in per_row) / n,
+           "per_row": per_row, "n": len(rows)}
+    return {**out, "texts": texts} if keep_texts else out

@@ -44,17 +44,32 @@ def test_measuring_the_pool_does_not_change_the_run(tmp_path):
     plain = Trainer(_small(tmp_path, "plain"))
     plain.train(progress=False)
     measured = Trainer(_small(tmp_path, "measured"))
-    pool = measured.world.train[:8]  # a small pool keeps the test short
+    pool = measured.world.train[:6]  # a small pool keeps the test short
     before = lc.pool_reward(measured, samples=2, rows=pool)
     assert measured.world.student.training
-    assert before["n"] == 8 and len(before["per_row"]) == 8
+    assert before["n"] == 6 and len(before["per_row"]) == 6 and sum(k for _, k in before["top_answers"]) <= 12
     assert before == lc.pool_reward(measured, samples=2, rows=pool)  # same seed, same numbers
     log = measured.train(progress=False)
-    after = lc.pool_reward(measured, samples=2, rows=pool)
-    result = lc.write_result(tmp_path / "measured", 2, before, after, log, measured.cfg)
-    assert result["steps_per_pass"] == 8 // 2 and len(result["reward_per_pass"]) == 1  # 2 steps: one partial pass
-    assert result["change"]["n"] == before["n"] and (tmp_path / "measured" / lc.RESULT).is_file()
-    assert lc.figure(tmp_path / "measured").is_file()
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
     a, b = (read_metrics(tmp_path / n)[0] for n in ("plain", "measured"))
     assert json.dumps(strip(a)) == json.dumps(strip(b))  # NaN-safe equality of every logged number
+    both = lc.measure(measured, 2, pool=pool, held_out=measured.world.test[:6])
+    assert both["pool"] == lc.pool_reward(measured, samples=2, rows=pool)
+    after = {"pool": both["pool"], "test": lc.measure(measured, 2, pool=pool, held_out=measured.world.test[:6])["test"]}
+    result = lc.write_result(tmp_path / "measured", 2, both, after, log, measured.cfg)
+    assert result["steps_per_pass"] == 6 // 2 and len(result["reward_per_pass"]) == 1  # 2 steps: one partial pass
+    assert result["change"]["test"]["mean"] == 0 and result["change"]["pool"]["n"] == 6  # same seed, same model
+    assert (tmp_path / "measured" / lc.RESULT).is_file() and lc.figure(tmp_path / "measured").is_file()
+    assert "held-out test prompts" in lc.summary(result)
+
+
+def test_pool_has_one_problem_per_answer(tmp_path):
+    train = [{"prompt": f"p{i}", "answer": str(1 + i % 5)} for i in range(30)]
+    rows = lc.pool_rows(train, start=10, answers=5)
+    assert [r["answer"] for r in rows] == ["1", "2", "3", "4", "5"] and [r["prompt"] for r in rows] == [
+        "p10", "p11", "p12", "p13", "p14"]
+    with pytest.raises(ValueError, match="has answer 6"):
+        lc.pool_rows(train, start=10, answers=6)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    with pytest.raises(ValueError, match="has answer"):  # the shipped recipe needs answers 1..28
+        lc.write_pool(tmp_path)
