@@ -165,10 +165,11 @@ def figure(run_dir, path=None):
                                               "before (step 0), after (end)")
     ax.plot([], [], "s", color="tab:red", label="the same on as many held-out test prompts")
     c = result["change"]["pool"]
+    b, a = result["before"], result["after"]
     ax.set(xlabel="training step", ylabel="reward (share of right answers)",
-           title=f"KDRL, healed SmolLM2 student, pool {result['pool']}\n"
-                 f"pool reward {result['before']['pool']['per_sample']:.3f} -> {result['after']['pool']['per_sample']:.3f}, "
-                 f"paired change {c['mean']:+.3f} (SE {c['se']:.3f})")
+           title=f"KDRL on the healed SmolLM2 student, trained on split {result['pool']!r}\n"
+                 f"pool {b['pool']['per_sample']:.3f} -> {a['pool']['per_sample']:.3f} (paired {c['mean']:+.3f}, "
+                 f"SE {c['se']:.3f}); held-out test {b['test']['per_sample']:.3f} -> {a['test']['per_sample']:.3f}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
