@@ -73,3 +73,10 @@ def test_pool_has_one_problem_per_answer(tmp_path):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
     with pytest.raises(ValueError, match="has answer"):  # the shipped recipe needs answers 1..28
         lc.write_pool(tmp_path)
+
+
+def test_cli_refuses_learn_without_heal(capsys):
+    from kdrl_mini.cli import main
+
+    assert main(["real-pair", "--learn", "--no-heal"]) == 2  # refused before anything is built or loaded
+    assert "--learn trains the healed student" in capsys.readouterr().err
