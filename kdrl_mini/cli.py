@@ -210,11 +210,13 @@ def _real_pair(args) -> int:
         cfg = real.real_config(cache, args.keep_every, healed=args.heal, **{"max_steps": 3, **overrides})
     trainer = Trainer(cfg)
     before = [trainer.evaluate(split) for split in trainer.world.eval_splits]  # the same eval as at the end
+    train = lambda: trainer.train(overwrite=True)  # noqa: E731  the demo always starts a fresh run
     if args.learn:
-        print(f"measuring the sampled reward on the {len(trainer.world.train)} pool prompts ({cfg.train_split}) and "
-              f"as many test prompts, {args.reward_samples} samples each ...")
-        pool_before = learning_check.measure(trainer, args.reward_samples)
-    log = trainer.train(overwrite=True)  # the demo always starts a fresh run
+        print(f"sampled reward on the {len(trainer.world.train)} pool prompts ({cfg.train_split}) and as many test "
+              f"prompts, {args.reward_samples} samples each, before and after training ...")
+        log, result = learning_check.run(trainer, args.reward_samples, train)
+    else:
+        log = train()
     (Path(cfg.output_dir) / "eval_before.jsonl").write_text("".join(json.dumps(row) + "\n" for row in before))
     print(f"{'step':>4} {'reward':>7} {'exact_kl':>9} {'step_s':>7}")
     for m in (row for row in log if row.get("kind") == "train"):
@@ -223,10 +225,7 @@ def _real_pair(args) -> int:
         print(f"{e['split']:>5}: greedy accuracy {b['eval_accuracy']:.3f} before -> {e['eval_accuracy']:.3f} after  "
               f"length {e['eval_length']:.1f}  (n={cfg.eval_size})")
     if args.learn:
-        pool_after = learning_check.measure(trainer, args.reward_samples)
-        r = learning_check.write_result(cfg.output_dir, args.reward_samples, pool_before, pool_after, log, cfg)
-        print(learning_check.summary(r))
-        print(f"figure: {learning_check.figure(cfg.output_dir)}")
+        print(learning_check.summary(result) + f"\nfigure: {Path(cfg.output_dir) / 'pool_reward.png'}")
     trainable, total = models.trainable_parameters(trainer.world.student)
     print(f"parameters: teacher {parameter_count(paths['teacher']):,}, student {parameter_count(student):,} "
           f"(LoRA trainable {trainable:,})")

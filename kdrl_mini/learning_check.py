@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from . import tasks
 from .config import TrainConfig
 from .rewards import extract_answer
 from .rollout import sampled_eval
@@ -58,24 +59,34 @@ def pool_rows(train: list[dict], start: int = POOL_FROM, answers: int = POOL_ANS
 def write_pool(data_dir) -> Path:
     """``data_dir/pool.jsonl`` from ``data_dir/train.jsonl`` (:func:`pool_rows`), rewritten only if it
     differs, so it is a split of the folder the config names."""
-    data_dir = Path(data_dir)
-    train = [json.loads(line) for line in (data_dir / "train.jsonl").read_text().splitlines() if line.strip()]
-    text = "".join(json.dumps(row) + "\n" for row in pool_rows(train))
-    path = data_dir / "pool.jsonl"
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+    path = Path(data_dir) / "pool.jsonl"
+    rows = pool_rows(tasks.read_jsonl(Path(data_dir) / "train.jsonl"))
+    if not path.is_file() or tasks.read_jsonl(path) != rows:
+        tasks.write_jsonl(path, rows)
     return path
 
 
 def learn_config(cache_dir, keep_every: int = 2, **overrides) -> TrainConfig:
     """:func:`kdrl_mini.real.real_config` on the healed student with ``LEARN`` and the pool as its
-    train split (``overrides`` win: e.g. ``max_steps``, ``output_dir``, ``seed``)."""
+    train split, read from the config's word-problem folder (``overrides`` win: e.g. ``max_steps``,
+    ``output_dir``, ``seed``, ``train_split``)."""
     from . import real
 
-    data = Path(cache_dir).resolve() / "word_problems"
-    fields = {**LEARN, "dataset": str(data), "train_split": LEARN_POOL, "test_split": "test", "ood_split": "ood",
-              "output_dir": str(Path(cache_dir).resolve() / "runs" / "kdrl-learn"), **overrides}
-    return real.real_config(cache_dir, keep_every, healed=True, **fields)
+    base = real.real_config(cache_dir, keep_every, healed=True)
+    return base.replace(**{**LEARN, "dataset": base.data_dir, "train_split": LEARN_POOL, "test_split": "test",
+                           "ood_split": "ood", "output_dir": str(Path(base.output_dir).with_name("kdrl-learn")),
+                           **overrides})
+
+
+def run(trainer, samples: int, train) -> tuple[list[dict], dict]:
+    """The check around one training call: :func:`measure` before, ``train()`` (returns the log),
+    :func:`measure` after, then ``pool_reward.json`` (:func:`write_result`) and its figure in the
+    run folder. Returns (log, result)."""
+    before = measure(trainer, samples)
+    log = train()
+    result = write_result(trainer.cfg.output_dir, samples, before, measure(trainer, samples), log, trainer.cfg)
+    figure(trainer.cfg.output_dir)
+    return log, result
 
 
 def pool_reward(trainer, samples: int = 8, seed: int = 1234, rows: list[dict] | None = None) -> dict:
@@ -173,6 +184,7 @@ def figure(run_dir, path=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path or Path(run_dir, "pool_reward.png"), dpi=110)
+    path = path or Path(run_dir, "pool_reward.png")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path or Path(run_dir, "pool_reward.png")
+    return path
