@@ -123,7 +123,6 @@ def _reproduce_full(args) -> int:
     """The pre-registered study (data/study/PREREGISTRATION.md): resumable, per-run files as they finish."""
     from . import reproduction, study
     from .config import load_config
-    from .plotting import forest_plot
 
     out = Path(args.output_dir or "data/study")
     if not (out / "PREREGISTRATION.md").is_file():
@@ -142,11 +141,7 @@ def _reproduce_full(args) -> int:
         untrained.write_text(json.dumps(reproduction.untrained_summary(base.replace(seed=0)), indent=1))
     study.run_study(out, plan, seeds, base, summarize=reproduction.summarize)
     records = study.collect(out)
-    table = reproduction.table(records, json.loads(untrained.read_text()))
-    claims = reproduction.claims_table(records)
-    (out / "table.md").write_text(table + "\n")
-    (out / "claims.md").write_text(claims + "\n")
-    forest_plot(reproduction.judge_all(records), reproduction.CLAIMS, out / "forest.png")
+    table, claims = reproduction.write_outputs(out, records, json.loads(untrained.read_text()))
     print(table + "\n\n" + claims)
     print(f"\n{len(records)} finished runs ({time.time() - t0:.0f} s this call); {out / 'claims.md'}, {out / 'forest.png'}")
     return 0

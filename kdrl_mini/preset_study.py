@@ -98,13 +98,10 @@ def run(cfg: TrainConfig, info: PresetInfo, out: str | Path, variants: dict, see
 
 def write_results(out: str | Path, info: PresetInfo | None = None) -> list[dict]:
     """Tables and figures from every finished run under ``out`` (also after a partial study)."""
-    from .plotting import forest_plot
-
     out = Path(out)
     records = study.collect(out)
     base = json.loads((out / "untrained.json").read_text()) if (out / "untrained.json").exists() else None
-    (out / "table.md").write_text(reproduction.table(records, base) + "\n")
-    (out / "claims.md").write_text(reproduction.claims_table(records, CLAIMS) + "\n")
+    reproduction.write_outputs(out, records, base, CLAIMS)
     runs = {}
     for name in VARIANTS:
         first = sorted((out / "runs" / name).glob("seed*/metrics.jsonl"))
@@ -112,7 +109,6 @@ def write_results(out: str | Path, info: PresetInfo | None = None) -> list[dict]
             runs[name] = first[0].parent
     if runs:
         comparison(runs, out / "comparison.png", info)
-    forest_plot(reproduction.judge_all(records, CLAIMS), CLAIMS, out / "forest.png")
     return records
 
 

@@ -237,3 +237,17 @@ def table(records: list[dict], baseline: dict | None = None) -> str:
                 cells.append(f"{mean:.3f} ± {hi - mean:.3f}")
         rows.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def write_outputs(out: str | Path, records: list[dict], baseline: dict | None = None, claims=CLAIMS) -> tuple[str, str]:
+    """``table.md``, ``claims.md`` and ``forest.png`` in ``out`` from the finished runs' ``records``
+    (:func:`table`, :func:`claims_table`, :func:`kdrl_mini.plotting.forest_plot`); returns the two
+    markdown tables."""
+    from .plotting import forest_plot
+
+    out = Path(out)
+    variants, verdicts = table(records, baseline), claims_table(records, claims)
+    (out / "table.md").write_text(variants + "\n")
+    (out / "claims.md").write_text(verdicts + "\n")
+    forest_plot(judge_all(records, claims), claims, out / "forest.png")
+    return variants, verdicts
