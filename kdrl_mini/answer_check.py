@@ -50,7 +50,7 @@ def _math_verify():
     return math_verify
 
 
-def _as_text(value) -> str | None:
+def completion_text(value) -> str | None:
     """str as is, bytes decoded (bad bytes dropped), anything else None."""
     if isinstance(value, str):
         return value
@@ -63,7 +63,7 @@ def _gold_text(answer) -> str | None:
     """Gold answers may also be plain numbers (not bools)."""
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         return str(answer)
-    return _as_text(answer)
+    return completion_text(answer)
 
 
 def final_answer_span(text: str) -> tuple[str, str]:
@@ -147,7 +147,7 @@ def parse_answer(text, gold: bool = False, timeout: int | None = None) -> list:
     """math-verify's parse of the final answer of ``text``; [] when there is none, it cannot be
     parsed, or it is too large to compare. A ``gold`` text without markers is a bare answer
     ("18", "2\\sqrt{3}"); a completion without markers is free text."""
-    text = _gold_text(text) if gold else _as_text(text)
+    text = _gold_text(text) if gold else completion_text(text)
     if text is None or not text.strip():
         return []
     span, kind = final_answer_span(text)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .answer_check import _as_text, math_reward  # one text coercion for both checkers
+from .answer_check import completion_text, math_reward  # one text coercion for both checkers
 
 MARKER = "####"
 CHECKERS = ("strict", "math")  # = config.ANSWER_CHECKERS
@@ -26,7 +26,7 @@ def extract_answer(text) -> str | None:
     "Step 1 ...\\n#### 1,234" -> "1234". Returns None when there is no such line, the line
     holds no answer, or ``text`` is not text.
     """
-    text = _as_text(text)
+    text = completion_text(text)
     if not text:
         return None
     lines = _marker_lines(text)
@@ -39,7 +39,7 @@ def extract_answer(text) -> str | None:
 def _gold(answer) -> str | None:
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         return str(answer)
-    answer = _as_text(answer)
+    answer = completion_text(answer)
     if answer is None:
         return None
     # GSM8K gold fields hold the whole worked solution ending in "#### <n>".
@@ -77,7 +77,7 @@ def format_reward(text) -> float:
     Well-formed: the last non-empty line starts with "####", followed by a non-empty answer
     without further "#", and no other line starts with "####".
     """
-    text = _as_text(text)
+    text = completion_text(text)
     if not text or not text.strip():
         return 0.0
     lines = _marker_lines(text)
@@ -103,7 +103,7 @@ def correctness(text, answer, checker: str = "strict") -> float:
 def boxed_format_reward(text) -> float:
     r"""1.0 when the completion holds exactly one ``\boxed{...}`` and it is on the last non-empty line
     (the format an instruct model is asked for with ``answer_checker: math``)."""
-    text = _as_text(text)
+    text = completion_text(text)
     if not text or not text.strip():
         return 0.0
     return float(text.count("\\boxed{") == 1 and "\\boxed{" in text.strip().splitlines()[-1])
