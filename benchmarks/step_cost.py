@@ -41,11 +41,12 @@ import torch
 from kdrl_mini import losses, models, utils
 from kdrl_mini.advantages import group_advantages
 from kdrl_mini.config import load_config
-from kdrl_mini.measure import memory_mb
+from kdrl_mini.real.measure import memory_mb
 from kdrl_mini.rewards import correctness_reward
 from kdrl_mini.rollout import sample, teacher_forced_batch
 from kdrl_mini.scoring import cache_kwarg, kv_cache, score_groups, token_logprobs
-from kdrl_mini.trainer import PromptSampler, Trainer
+from kdrl_mini.runs.loading import PromptSampler
+from kdrl_mini.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT, TEACHER, DATA = ROOT / "data/models/student", ROOT / "data/models/teacher", ROOT / "data"
@@ -342,7 +343,7 @@ def memory_case(student: str, teacher: str, quantised: bool, threads: int) -> di
     s_model.train()
     logp = token_logprobs(s_model, batch)
     adv = group_advantages(torch.zeros(len(rows)), len(rows))
-    loss, _ = losses.kdrl_loss(logp, logp.detach(), adv, batch.completion_mask, teacher_logp, beta=0.02)
+    loss, _ = losses.kdrl_loss(logp, logp.detach(), adv, batch.completion_mask, teacher_logp=teacher_logp, beta=0.02)
     loss.backward()
     end = memory_mb()
     return {**weights, "rss_baseline_mb": baseline, "rss_after_load_mb": after_load, "rss_peak_mb": end["peak"],

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from kdrl_mini.config import load_config
-from kdrl_mini.trainer import PromptSampler, Trainer
+from kdrl_mini.runs.loading import PromptSampler
+from kdrl_mini.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).with_name("trl_kdrl.json")
@@ -42,8 +43,8 @@ def main(argv=None) -> dict:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
-    from kdrl_mini.integrations.trl import (KDRLTrainer, config_from_train_config, correctness_reward_func,
-                                            load_prompt_dataset)
+    from kdrl_mini.integrations.trl.trainer import KDRLTrainer, correctness_reward_func, load_prompt_dataset
+    from kdrl_mini.integrations.trl.launch import config_from_train_config
 
     tmp = tempfile.mkdtemp(prefix="trl_kdrl_")
     cfg = load_config("kdrl", student_quant="none", teacher_quant="none", lora_r=0, log_exact_kl=False,

@@ -27,6 +27,7 @@ import yaml
 from .advantages import ADV_SCALES
 from .kl import TOKEN_KL_KINDS
 from .losses import KD_STRATEGIES, LOSS_AGGS
+from .rewards import CHECKERS
 from .schedules import SCHEDULES
 
 ALGORITHMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl", "kd-then-grpo")
@@ -36,9 +37,9 @@ KL_KINDS = TOKEN_KL_KINDS
 # before normalisation (a variant: its beta cancels inside all-wrong groups).
 KL_MODES = ("loss", "reward", "reward-seq")
 QUANTS = ("none", "4bit", "8bit")
-ANSWER_CHECKERS = ("strict", "math")
 COMPUTE_DTYPES = ("auto", "bf16", "fp16")
 CONFIG_DIR = Path(__file__).parent / "configs"
+EVAL_EXTRA_TOKENS = 16  # greedy evaluation decodes max_new_tokens + 16 (Trainer.evaluate)
 
 
 @dataclass
@@ -127,7 +128,7 @@ class TrainConfig:
         choice("adv_scale", ADV_SCALES)
         choice("student_quant", QUANTS)
         choice("teacher_quant", QUANTS)
-        choice("answer_checker", ANSWER_CHECKERS)
+        choice("answer_checker", CHECKERS)
         choice("compute_dtype", COMPUTE_DTYPES)
         if self.group_size < 2:
             raise ValueError(f"config field group_size={self.group_size}: GRPO needs at least 2 responses per prompt")

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .advantages import check_groups
 from .kl import token_kl
 
 LOSS_AGGS = ("token-mean", "seq-mean", "seq-sum-norm")
@@ -101,7 +102,7 @@ def grpo_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2, clip_eps_
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * adv
-    loss = -aggregate(torch.minimum(unclipped, clipped), m, loss_agg, max_len, weights)
+    loss = -aggregate(torch.minimum(unclipped, clipped), m, loss_agg, max_len, weights=weights)
     metrics = {"policy_loss": loss.detach(), "clip_frac": masked_mean((clipped < unclipped).to(ratio.dtype), m),
                "ratio_mean": masked_mean(ratio, m)}
     return loss, metrics
@@ -155,8 +156,6 @@ def kd_mask(rewards: torch.Tensor, group_size: int, strategy: str = "all", thres
     Returns:
         [B] float tensor of 0/1 on the rewards' device.
     """
-    from .advantages import check_groups
-
     if strategy not in KD_STRATEGIES:
         raise ValueError(f"unknown KD strategy {strategy!r}: choose one of {', '.join(KD_STRATEGIES)}")
     n_groups = check_groups(rewards.shape[0], group_size, min_size=1)
@@ -199,9 +198,9 @@ def reverse_kl_loss(logp, teacher_logp, mask, kind: str = "k2", logits=None, tea
         logits = _pad_zero(logits, m.unsqueeze(-1))
     lp = None if logp is None else _pad_zero(logp, m)
     tlp = None if teacher_logp is None else _pad_zero(teacher_logp.detach(), m)
-    kl = _pad_zero(token_kl(kind, lp, tlp, logits, t_logits, top_k), m)
+    kl = _pad_zero(token_kl(kind, lp, tlp, logits, ref_logits=t_logits, top_k=top_k), m)
     weighted = kl if kd_weights is None else kd_weights.to(kl.dtype).unsqueeze(-1) * kl
-    loss = aggregate(weighted, m, loss_agg, max_len, weights)
+    loss = aggregate(weighted, m, loss_agg, max_len, weights=weights)
     return loss, {"kd_loss": loss.detach(), "kl": masked_mean(kl, m)}
 
 
@@ -224,7 +223,7 @@ def forward_kl_loss(logp, mask, loss_agg: str = "token-mean", max_len: int | Non
     """
     m = mask.bool()
     logp = _pad_zero(logp, m)
-    loss = -aggregate(logp, m, loss_agg, max_len, weights)
+    loss = -aggregate(logp, m, loss_agg, max_len, weights=weights)
     return loss, {"kd_loss": loss.detach(), "nll": -masked_mean(logp, m)}
 
 
@@ -238,7 +237,7 @@ def kdrl_loss(logp, old_logp, advantages, mask, teacher_logp, beta: float, kl_ki
 
     i.e. J_KDRL = J_GRPO - \beta KL(\pi_\theta || \pi_T) with the teacher in the place of GRPO's
     reference model. KL folded into the reward instead is a change of advantages
-    (``advantages.kl_shaped_advantages``) followed by ``grpo_loss``. beta = 0 is ``grpo_loss``
+    (``advantages.per_token_kl_advantages``) followed by ``grpo_loss``. beta = 0 is ``grpo_loss``
     exactly. Arguments as in ``grpo_loss`` and ``reverse_kl_loss``.
 
     Returns:
@@ -246,8 +245,9 @@ def kdrl_loss(logp, old_logp, advantages, mask, teacher_logp, beta: float, kl_ki
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}: a negative KL weight pushes away from the teacher")
-    pg, pg_metrics = grpo_loss(logp, old_logp, advantages, mask, clip_eps, clip_eps_high, loss_agg, max_len, weights)
-    kd, kd_metrics = reverse_kl_loss(logp, teacher_logp, mask, kl_kind, logits, teacher_logits, top_k,
-                                     kd_weights, loss_agg, max_len, weights)
+    agg = {"loss_agg": loss_agg, "max_len": max_len, "weights": weights}
+    pg, pg_metrics = grpo_loss(logp, old_logp, advantages, mask, clip_eps=clip_eps, clip_eps_high=clip_eps_high, **agg)
+    kd, kd_metrics = reverse_kl_loss(logp, teacher_logp, mask, kind=kl_kind, logits=logits,
+                                     teacher_logits=teacher_logits, top_k=top_k, kd_weights=kd_weights, **agg)
     loss = pg if beta == 0 else pg + beta * kd  # beta = 0: not even a NaN KL can leak in
     return loss, {**pg_metrics, **kd_metrics}

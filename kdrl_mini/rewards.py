@@ -12,12 +12,12 @@ import torch
 
 from .answer_check import completion_text, math_reward  # one text coercion for both checkers
 
-MARKER = "####"
-CHECKERS = ("strict", "math")  # = config.ANSWER_CHECKERS
+ANSWER_MARKER = "####"
+CHECKERS = ("strict", "math")  # answer checkers a config may name (TrainConfig.answer_checker)
 
 
 def _marker_lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.lstrip().startswith(MARKER)]
+    return [line.strip() for line in text.splitlines() if line.lstrip().startswith(ANSWER_MARKER)]
 
 
 def extract_answer(text) -> str | None:
@@ -32,7 +32,7 @@ def extract_answer(text) -> str | None:
     lines = _marker_lines(text)
     if not lines:
         return None
-    answer = lines[-1][len(MARKER):].strip().replace(",", "")
+    answer = lines[-1][len(ANSWER_MARKER):].strip().replace(",", "")
     return answer or None
 
 
@@ -43,7 +43,7 @@ def _gold(answer) -> str | None:
     if answer is None:
         return None
     # GSM8K gold fields hold the whole worked solution ending in "#### <n>".
-    if MARKER in answer:
+    if ANSWER_MARKER in answer:
         return extract_answer(answer)
     return answer.strip().replace(",", "") or None
 
@@ -84,7 +84,7 @@ def format_reward(text) -> float:
     last = text.strip().splitlines()[-1].strip()
     if len(lines) != 1 or lines[0] != last:
         return 0.0
-    answer = last[len(MARKER):].strip()
+    answer = last[len(ANSWER_MARKER):].strip()
     return float(bool(answer) and "#" not in answer)
 
 

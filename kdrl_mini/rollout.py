@@ -1,48 +1,18 @@
-"""Sampling completions: prompts in, a :class:`Batch` of token ids, masks and texts out.
+"""Sampling completions: prompts in, a :class:`~kdrl_mini.batch.Batch` of token ids, masks and texts out.
 
-Conventions: a batch of ``B`` sequences is ``[prompt | completion]`` with prompts left-padded
-to a common length ``P``; completions ``[B, T]`` hold the generated tokens; ``mask [B, T]`` is 1
-for completion tokens up to and including the first EOS, 0 after it. Positions are counted from
-each sequence's first real token, so left padding never shifts them. Scoring a batch (token
-log-probs) lives in :mod:`kdrl_mini.scoring`.
+Positions are counted from each sequence's first real token, so left padding never shifts them
+(:mod:`kdrl_mini.batch` has the layout). Scoring a batch (token log-probs) lives in
+:mod:`kdrl_mini.scoring`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import torch
 
+from .batch import Batch
 from .rewards import batch_rewards
-from .scoring import position_ids_from_mask, token_logprobs  # noqa: F401  (re-exported: scoring a batch)
 
-
-@dataclass
-class Batch:
-    """One rollout: ``B = len(prompts) * group_size`` sequences, groups contiguous.
-
-    input_ids, attention_mask: [B, P + T]; completion_mask: [B, T] (float 0/1); prompt_len: P;
-    truncated: [B] bool, True where the budget ran out before an EOS; texts: decoded completions.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    completion_mask: torch.Tensor
-    prompt_len: int
-    texts: list[str]
-    truncated: torch.Tensor | None = None
-
-    @property
-    def completion_ids(self) -> torch.Tensor:
-        return self.input_ids[:, self.prompt_len:]
-
-    def rows(self, sl: slice) -> "Batch":
-        """The sequences ``sl`` (a micro-batch); tensors are views, not copies."""
-        return Batch(**{f.name: _take(getattr(self, f.name), sl) for f in fields(self)})
-
-
-def _take(value, sl: slice):
-    return value[sl] if isinstance(value, (torch.Tensor, list)) else value
+EVAL_BATCH = 100  # prompts per generate call in greedy evaluation
 
 
 def format_prompts(tokenizer, prompts: list[str], chat_template: bool, suffix: str = "") -> list[str]:
@@ -139,7 +109,7 @@ def teacher_forced_batch(tokenizer, prompts: list[str], completions: list[str], 
 
 
 @torch.no_grad()
-def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 100,
+def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, batch_size: int = EVAL_BATCH,
                 chat_template: bool = False, suffix: str = "", checker: str = "strict") -> dict:
     """Greedy-decoding accuracy, mean completion length (tokens, EOS included) and the share of
     answers cut off by the budget, on ``rows`` (prompts get ``suffix``; answers are checked by

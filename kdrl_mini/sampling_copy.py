@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .vocab import restrict_vocab
+
 
 @contextmanager
 def merged_lora(model):
@@ -72,8 +74,6 @@ class MergedCopy:
         with torch.random.fork_rng(devices=[]):  # random init of the copy must not move the run's RNG stream
             self.model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
         self.model.generation_config = base.generation_config
-        from .models import restrict_vocab
-
         restrict_vocab(self.model, getattr(student, "kdrl_vocab", None))  # the same logit columns as the student
         self.refresh()
 

@@ -1,4 +1,5 @@
-"""Schedules for the KL coefficient beta: imitate the teacher early, let the reward lead later."""
+"""Schedules for the KL coefficient beta (imitate the teacher early, let the reward lead later), and
+the warm-up + cosine learning rate of supervised fine-tuning (:mod:`kdrl_mini.sft`)."""
 
 import math
 from typing import Callable
@@ -77,3 +78,14 @@ def annealed(name: str, start: float, end: float | None, anneal_steps: int) -> C
     and holds it: the paper's "linear from 5e-3 to a floor of 1e-3, then held" is
     ``annealed("linear", 5e-3, 1e-3, anneal_steps)``."""
     return make_schedule(name, start, end, max(anneal_steps - 1, 1))
+
+
+def warmup_cosine(peak: float, steps: int, warmup: int = 0, min_ratio: float = 0.0) -> Callable[[int], float]:
+    r"""Learning rate lr(step) for ``steps`` steps: a linear ramp, then a cosine decay to a floor.
+
+        step < warmup:  lr = peak (step + 1) / (warmup + 1)
+        afterwards:     the "cosine" schedule from peak to peak * min_ratio over steps - warmup - 1
+                        steps, so the last step (steps - 1) runs at the floor exactly
+    """
+    decay = make_schedule("cosine", peak, peak * min_ratio, max(steps - warmup - 1, 1), warmup)
+    return lambda step: peak * (step + 1) / (warmup + 1) if step < warmup else decay(step)

@@ -9,14 +9,10 @@ exact KL are per-position reductions done in the same row chunks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from .batch import Batch
 from .kl import entropy, exact_kl
-
-if TYPE_CHECKING:
-    from .rollout import Batch
 
 CHUNK_ELEMENTS = 2**24  # ~64 MB of fp32 logits per chunk of rows
 
@@ -137,7 +133,7 @@ def cache_kwarg(model, cache) -> dict:
 
 
 @torch.no_grad()
-def score_groups(model, batch: "Batch", group_size: int, micro_batch_size: int | None = None,
+def score_groups(model, batch: Batch, group_size: int, micro_batch_size: int | None = None,
                  keep_logits: bool = False):
     """Like :func:`score_in_micro_batches` for a frozen model, but each group's prompt is encoded
     once: a forward over the N distinct prompts fills a KV cache, which is repeated G times and

@@ -6,7 +6,7 @@ One step, for every algorithm::
     for each PPO epoch:
         for each micro-batch:         # student forward, LOSSES[algorithm], backward
         clip gradients, optimiser step (skipped if anything is non-finite)
-    one metrics row (kdrl_mini.metrics schema)
+    one metrics row (kdrl_mini.runs.metrics schema)
 
 The math lives in :mod:`kdrl_mini.losses` and :mod:`kdrl_mini.advantages`; this file moves
 tensors between the models and those functions. Run folder: ``config.yaml``, ``metrics.jsonl``,
@@ -16,92 +16,29 @@ tensors between the models and those functions. Run folder: ``config.yaml``, ``m
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import yaml
 from tqdm import tqdm
 
-from . import checkpoints, metrics, models, run_folder
-from .advantages import group_advantages, per_token_kl_advantages, sequence_kl_rewards
-from .config import TrainConfig
-from .losses import forward_kl_loss, grpo_loss, kd_mask, kdrl_loss, masked_mean, reverse_kl_loss, token_weights
+from . import models
+from .advantages import group_advantages, sequence_kl_rewards
+from .config import EVAL_EXTRA_TOKENS, TrainConfig
+from .loss_table import LOSSES, SUMMED, Rollout
+from .losses import kd_mask, masked_mean, token_weights
 from .rewards import batch_rewards
-from .rollout import Batch, format_prompts, greedy_eval, sample
+from .rollout import format_prompts, greedy_eval, sample
+from .runs import checkpoints, folder, metrics
+from .runs.loading import PromptSampler, World, load_world
+from .sampling_copy import MergedCopy, is_quantised_linear, merged_lora
 from .schedules import annealed
 from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, score_in_micro_batches
-from .loading import EVAL_EXTRA_TOKENS, EVAL_SPLITS, PromptSampler, World, load_student_for, load_world  # noqa: F401  (re-exported)
 from .utils import set_threads
+from .vocab import vocab_size_of
 
 
-@dataclass
-class Rollout:
-    """Everything a step learns from, collected once, on the model's device.
-
-    batch (ids [B, P+T], mask [B, T], texts); rewards, correct, advantages, kd_weights: [B];
-    weights: [B, T] aggregation weights of the whole rollout (``losses.token_weights``);
-    old_logp, teacher_logp: [B, T] or None; teacher_logits: [B, T, V] or None (exact/top-k KL).
-    """
-
-    batch: Batch
-    rewards: torch.Tensor
-    correct: torch.Tensor
-    advantages: torch.Tensor
-    kd_weights: torch.Tensor
-    weights: torch.Tensor
-    old_logp: torch.Tensor | None = None
-    teacher_logp: torch.Tensor | None = None
-    teacher_logits: torch.Tensor | None = None
-
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.batch.completion_mask
-
-    def rows(self, sl: slice) -> "Rollout":
-        """A micro-batch: the sequences ``sl`` of every field."""
-        take = lambda v: v.rows(sl) if isinstance(v, Batch) else (None if v is None else v[sl])  # noqa: E731
-        return Rollout(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
-
-
-# ------------------------------------------------- the four losses: (rollout, logp, logits, cfg, beta)
-def _old(ro: Rollout, logp):  # one PPO epoch: pi_old = pi_theta, the ratio is exactly 1
-    return logp.detach() if ro.old_logp is None else ro.old_logp
-
-
-def _logits(ro, logits, cfg):  # the student's full distribution, only where the KL sums over it
-    return logits.float() / cfg.temperature if cfg.kl_kind in ("exact", "topk") else None
-
-
-def grpo_step_loss(ro, logp, logits, cfg, beta):
-    return grpo_loss(logp, _old(ro, logp), ro.advantages, ro.mask, cfg.clip_eps, cfg.clip_eps_high,
-                     cfg.loss_agg, cfg.max_new_tokens, ro.weights)
-
-
-def kd_fkl_step_loss(ro, logp, logits, cfg, beta):
-    return forward_kl_loss(logp, ro.mask, cfg.loss_agg, cfg.max_new_tokens, ro.weights)
-
-
-def kd_rkl_step_loss(ro, logp, logits, cfg, beta):
-    return reverse_kl_loss(logp, ro.teacher_logp, ro.mask, cfg.kl_kind, _logits(ro, logits, cfg), ro.teacher_logits,
-                           cfg.top_k, None, cfg.loss_agg, cfg.max_new_tokens, ro.weights)
-
-
-def kdrl_step_loss(ro, logp, logits, cfg, beta):
-    if cfg.kl_mode == "reward":  # the paper's per-token form: A_i + beta * w_i * d_t, then GRPO
-        adv = per_token_kl_advantages(ro.advantages, beta, ro.teacher_logp, _old(ro, logp), ro.mask, ro.kd_weights)
-        return grpo_step_loss(Rollout(**{**vars(ro), "advantages": adv}), logp, logits, cfg, beta)
-    if cfg.kl_mode == "reward-seq":  # already folded into ro.advantages by collect()
-        return grpo_step_loss(ro, logp, logits, cfg, beta)
-    return kdrl_loss(logp, _old(ro, logp), ro.advantages, ro.mask, ro.teacher_logp, beta, cfg.kl_kind, ro.kd_weights,
-                     cfg.clip_eps, cfg.clip_eps_high, cfg.loss_agg, cfg.max_new_tokens, _logits(ro, logits, cfg),
-                     ro.teacher_logits, cfg.top_k, ro.weights)
-
-
-LOSSES = {"grpo": grpo_step_loss, "kd-fkl": kd_fkl_step_loss, "kd-rkl": kd_rkl_step_loss, "kdrl": kdrl_step_loss}
-SUMMED = ("loss", "policy_loss", "kd_loss")  # shares of the whole-rollout loss: micro-batches add up
 MAX_BAD_STEPS = 3
-EVAL_BATCH = 256  # greedy evaluation prompts per generate call (tiny models: fewer calls, 1.5x faster than 100)
 
 
 class Trainer:
@@ -129,7 +66,7 @@ class Trainer:
         self.step, self.bad_steps = 0, 0
         self.exact_kl_wanted = self._resolve_log_exact_kl()
         use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
-        self.copy = models.MergedCopy(self.world.student) if use_copy and cfg.lora_r > 0 else None
+        self.copy = MergedCopy(self.world.student) if use_copy and cfg.lora_r > 0 else None
 
     @property
     def phase(self) -> str:
@@ -144,7 +81,7 @@ class Trainer:
         if self.cfg.log_exact_kl is not None:
             return self.cfg.log_exact_kl
         c = self.cfg
-        return c.prompts_per_step * c.group_size * c.max_new_tokens * models.vocab_size_of(self.world.teacher) <= 2**24
+        return c.prompts_per_step * c.group_size * c.max_new_tokens * vocab_size_of(self.world.teacher) <= 2**24
 
     # ---------------------------------------------------------------- one step
     @contextmanager
@@ -157,18 +94,18 @@ class Trainer:
             yield self.copy.refresh()
         else:
             self.world.student.eval()
-            with models.merged_lora(self.world.student) as merged:
+            with merged_lora(self.world.student) as merged:
                 yield merged
 
     def _teacher_sampler(self):
         """KD-FKL samples from the teacher; on CPU from a plain fp32 copy of its (dequantised) weights,
         built once (the teacher is frozen): 2.6x faster than LLM.int8 matmuls, log-probs within 0.006
         of the 8-bit model's (which also quantises activations)."""
-        quantised = any(models.is_quantised_linear(m) for m in self.world.teacher.modules())
+        quantised = any(is_quantised_linear(m) for m in self.world.teacher.modules())
         if self.copy is None or not quantised:
             return self.world.teacher
         if getattr(self, "teacher_copy", None) is None:
-            self.teacher_copy = models.MergedCopy(self.world.teacher).model
+            self.teacher_copy = MergedCopy(self.world.teacher).model
         return self.teacher_copy
 
     def collect(self, rows: list[dict], beta: float, laps: metrics.Laps) -> Rollout:
@@ -195,7 +132,8 @@ class Trainer:
         kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
         shaped = rewards
         if phase == "kdrl" and cfg.kl_mode == "reward-seq":
-            shaped = sequence_kl_rewards(rewards, beta, teacher_logp, old_logp, batch.completion_mask, kd_w)
+            shaped = sequence_kl_rewards(rewards, beta=beta, teacher_logp=teacher_logp, old_logp=old_logp,
+                                         mask=batch.completion_mask, kd_weights=kd_w)
         advantages = group_advantages(shaped, cfg.group_size, cfg.adv_scale)
         weights = token_weights(batch.completion_mask, cfg.loss_agg, cfg.max_new_tokens)
         return Rollout(batch, rewards, correct, advantages, kd_w, weights, old_logp, teacher_logp, teacher_logits)
@@ -308,8 +246,8 @@ class Trainer:
         """Run to ``max_steps``; returns all metric rows written (training and eval).
 
         The output folder must not hold another run unless ``resume`` (continue it) or
-        ``overwrite`` (replace it); see :mod:`kdrl_mini.run_folder`."""
-        with run_folder.claim(self.out, resume, overwrite):
+        ``overwrite`` (replace it); see :mod:`kdrl_mini.runs.folder`."""
+        with folder.claim(self.out, resume, overwrite):
             return self._train(resume, progress)
 
     def _train(self, resume: bool, progress: bool) -> list[dict]:
@@ -354,6 +292,3 @@ class Trainer:
         else:
             with checkpoints.writing(self.out / "trainable.pt"):
                 torch.save(checkpoints.trainable_state(student), self.out / "trainable.pt")
-
-
-read_metrics = metrics.read_metrics  # kept for callers of trainer.read_metrics

@@ -9,6 +9,7 @@ import re
 import warnings
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout holding kdrl_mini/ (caches go under it)
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow", ".csv")  # local data files `datasets` reads
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # "owner/name"
 _TRUE = ("1", "true", "yes", "on")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from kdrl_mini import models
-from kdrl_mini.rollout import teacher_forced_batch, token_logprobs
+from kdrl_mini.rollout import teacher_forced_batch
+from kdrl_mini.scoring import token_logprobs
 
 
 def randomize_lora_b(model, std: float = 0.02) -> None:

@@ -87,7 +87,7 @@ def test_per_token_kl_advantages_hand_computed():
     teacher = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, -1.0, -9.0]])
     old = torch.tensor([[-1.0, -1.0, 0.0], [-1.0, -3.0, -9.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
-    out = per_token_kl_advantages(adv, 0.1, teacher, old, mask, kd_weights=torch.tensor([1.0, 0.0]))
+    out = per_token_kl_advantages(adv, 0.1, teacher, old, mask=mask, kd_weights=torch.tensor([1.0, 0.0]))
     # response 0: 0.5 + 0.1 * (log pi_T - log pi_old) = [0.4, 0.5]; response 1 is not distilled
     torch.testing.assert_close(out, torch.tensor([[0.4, 0.5, 0.0], [-0.5, -0.5, 0.0]]))
 
@@ -100,7 +100,7 @@ def test_sequence_kl_rewards_beta_cancels_in_an_all_wrong_group():
     teacher = torch.tensor([[-2.0, -1.0], [-1.0, -1.0], [-0.5, -3.0]])
     old = torch.full((3, 2), -1.0)
     mask, r = torch.ones(3, 2), torch.zeros(3)
-    small = group_advantages(sequence_kl_rewards(r, 0.01, teacher, old, mask), 3)
-    large = group_advantages(sequence_kl_rewards(r, 1.0, teacher, old, mask), 3)
+    small = group_advantages(sequence_kl_rewards(r, 0.01, teacher, old, mask=mask), 3)
+    large = group_advantages(sequence_kl_rewards(r, 1.0, teacher, old, mask=mask), 3)
     torch.testing.assert_close(small, large, rtol=1e-3, atol=1e-3)
     assert small.abs().max() > 0.5  # and the KL term acts at full strength

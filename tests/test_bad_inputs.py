@@ -26,10 +26,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdrl_mini import checkpoints, metrics, models
+from kdrl_mini import models, vocab
+from kdrl_mini.runs import checkpoints
+from kdrl_mini.runs import metrics
 from kdrl_mini.config import TrainConfig, load_config, parse_set
-from kdrl_mini.run_folder import RunFolderError, claim
-from kdrl_mini.tasks import DataRowError
+from kdrl_mini.runs.folder import RunFolderError, claim
+from kdrl_mini.tasks.files import DataRowError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -77,13 +79,13 @@ def small_cfg(out, **kw) -> TrainConfig:
 @pytest.fixture(scope="module")
 def world():
     """One loaded world (fp32 models) shared by every trainer case."""
-    from kdrl_mini.loading import load_world
+    from kdrl_mini.runs.loading import load_world
 
     return load_world(small_cfg("unused"))
 
 
 def trainer_for(world, cfg):
-    from kdrl_mini.loading import load_student_for
+    from kdrl_mini.runs.loading import load_student_for
     from kdrl_mini.trainer import Trainer
 
     return Trainer(cfg, dataclasses.replace(world, student=load_student_for(cfg)))
@@ -220,7 +222,7 @@ def test_cli_checkpoint_every_reaches_the_config(monkeypatch, capsys):
             seen.append(cfg)
             raise ValueError("recorded")
 
-    monkeypatch.setattr("kdrl_mini.trainer.Trainer", Recorder)
+    monkeypatch.setattr("kdrl_mini.commands.Trainer", Recorder)
     assert run_main(["train", "--config", "kdrl", "--checkpoint-every", "3", "--output-dir", "/nonexistent/x"],
                     capsys)[0] == 2
     assert run_main(["train", "--config", "kdrl", "--set", "checkpoint_every=4", "--output-dir", "/nonexistent/y"],
@@ -286,7 +288,7 @@ def _data_cfg(tmp_path, data_dir):
 @pytest.mark.parametrize("name, lineno, edit, where, needle", [c[1:] for c in DATA_CASES],
                          ids=[c[0] for c in DATA_CASES])
 def test_bad_data_rows_name_file_and_line(tmp_path, name, lineno, edit, where, needle):
-    from kdrl_mini.loading import load_world
+    from kdrl_mini.runs.loading import load_world
 
     d = _copy_data(tmp_path)
     _edit_line(d / name, lineno, edit)
@@ -296,7 +298,7 @@ def test_bad_data_rows_name_file_and_line(tmp_path, name, lineno, edit, where, n
 
 
 def test_empty_and_missing_data_files(tmp_path):
-    from kdrl_mini.loading import load_world
+    from kdrl_mini.runs.loading import load_world
 
     d = _copy_data(tmp_path)
     (d / "test.jsonl").write_text("\n\n")
@@ -306,7 +308,7 @@ def test_empty_and_missing_data_files(tmp_path):
 
 
 def test_data_checks_direct(tokenizer):
-    from kdrl_mini.data_checks import check_rows
+    from kdrl_mini.tasks.checks import check_rows
 
     rows = [{"prompt": "Compute 1+2.\n", "answer": "3"}, {"prompt": "Compute 2+2.\n", "answer": "4"}]
     check_rows(rows, "x.jsonl", tokenizer, 256)  # good rows pass
@@ -353,7 +355,7 @@ MODEL_CASES = [
      "model.safetensors"),
     ("empty-safetensors", lambda f, m: (f / "model.safetensors").write_bytes(b""),
      lambda f: models.load_teacher(f, "none"), ValueError, "cannot be loaded"),
-    ("tokenizer-swapped-ids", lambda f, m: _swap_tokens(f), lambda f: models.check_same_tokenizer(STUDENT, f),
+    ("tokenizer-swapped-ids", lambda f, m: _swap_tokens(f), lambda f: vocab.check_same_tokenizer(STUDENT, f),
      ValueError, "differs from the student"),
 ]
 
@@ -673,7 +675,7 @@ MATHS = [
     ("bad-direction", _kl(lambda kl: kl.exact_kl(torch.zeros(2, 5), torch.zeros(2, 5), "sideways")), "direction"),
     ("exact-without-logits", _kl(lambda kl: kl.token_kl("exact", torch.zeros(1, 2), torch.zeros(1, 2))), "logits"),
     ("topk-without-k", _kl(lambda kl: kl.token_kl("topk", torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2, 3),
-                                                  torch.zeros(1, 2, 3))), "top_k"),
+                                                  ref_logits=torch.zeros(1, 2, 3))), "top_k"),
     ("unknown-kind", _kl(lambda kl: kl.token_kl("k9", torch.zeros(1, 2), torch.zeros(1, 2))), "k9"),
 ]
 
@@ -693,7 +695,7 @@ def test_exact_kl_with_nan_logits_is_nan_and_padding_nan_gives_no_nan_gradient()
     logits.requires_grad_(True)
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     logp = torch.log_softmax(logits.detach(), -1)[..., 0]
-    loss, _ = reverse_kl_loss(logp, logp, mask, "exact", logits, torch.ones(1, 3, 4))
+    loss, _ = reverse_kl_loss(logp, logp, mask, "exact", logits=logits, teacher_logits=torch.ones(1, 3, 4))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from kdrl_mini import data_source, tasks
+from kdrl_mini.tasks import source as data_source
+from kdrl_mini.tasks import files as tasks
 from kdrl_mini.config import TrainConfig
-from kdrl_mini.tasks import DataRowError
+from kdrl_mini.tasks.files import DataRowError
 
 # GSM8K-shaped toy rows written for these tests: a question and a worked solution ending "#### n".
 GSM_ROWS = [
@@ -217,7 +218,7 @@ def _world_cfg(data_dir, dataset, **fields):
 
 
 def test_load_world_from_a_local_parquet(tmp_path, data_dir):
-    from kdrl_mini.loading import load_world
+    from kdrl_mini.runs.loading import load_world
 
     world = load_world(_world_cfg(data_dir, _tiny_world_as_parquet(tmp_path, data_dir), ood_split="ood"))
     assert sorted(world.splits) == ["ood", "test", "train"]
@@ -229,7 +230,7 @@ def test_load_world_from_a_local_parquet(tmp_path, data_dir):
 
 
 def test_load_world_checks_dataset_rows_with_the_tokenizer(tmp_path, data_dir):
-    from kdrl_mini.loading import load_world
+    from kdrl_mini.runs.loading import load_world
 
     def blank(rows):
         rows[7]["prompt"] = "   "

@@ -28,13 +28,13 @@ def test_one_step_of_every_algorithm_on_cuda(tmp_path, algorithm):
 
 def test_merged_lora_leaves_bf16_bases_alone():
     """On the GPU the student's base is bf16: merging would round small LoRA updates away."""
-    from kdrl_mini import models
+    from kdrl_mini import models, sampling_copy
 
     student = models.load_student("data/models/student", "none", models.LoraSpec(r=4, alpha=8), device="cuda")
     base = next(m for m in student.modules() if hasattr(m, "base_layer")).base_layer.weight
     assert base.dtype == torch.bfloat16
     before = base.detach().clone()
-    with models.merged_lora(student):
+    with sampling_copy.merged_lora(student):
         assert torch.equal(base, before)
 
 
@@ -59,9 +59,9 @@ def test_two_steps_of_the_t4_preset(tmp_path):
     GSM8K), after the memory check; the measured peak is printed next to the estimate. Needs the
     models (and GSM8K) cached, or KDRL_TEST_HUB=1 on a machine that may download them."""
 
-    from kdrl_mini import memory_estimate as me
-    from kdrl_mini.preset_study import memory_check
-    from kdrl_mini.presets import estimate_preset, load_preset
+    from kdrl_mini.gpu import memory as me
+    from kdrl_mini.gpu.preset_study import memory_check
+    from kdrl_mini.gpu.presets import estimate_preset, load_preset
 
     cfg, info = load_preset("t4-16gb", max_steps=2, eval_every=0, eval_size=8, checkpoint_every=0,
                             output_dir=str(tmp_path / "t4"))

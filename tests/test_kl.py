@@ -222,9 +222,9 @@ def test_token_kl_dispatch():
     ref_logp = torch.log_softmax(ref, -1).gather(-1, tokens).squeeze(-1)
     for kind in ("k1", "k2", "k3"):
         torch.testing.assert_close(token_kl(kind, logp, ref_logp), kl_estimate(logp, ref_logp, kind))
-    torch.testing.assert_close(token_kl("exact", logp, ref_logp, logits, ref), exact_kl(logits, ref))
+    torch.testing.assert_close(token_kl("exact", logp, ref_logp, logits, ref_logits=ref), exact_kl(logits, ref))
     torch.testing.assert_close(
-        token_kl("topk", logp, ref_logp, logits, ref, top_k=2), exact_kl(logits, ref, top_k=2)
+        token_kl("topk", logp, ref_logp, logits, ref_logits=ref, top_k=2), exact_kl(logits, ref, top_k=2)
     )
 
 
@@ -235,7 +235,7 @@ def test_token_kl_errors():
     with pytest.raises(ValueError, match="logits"):
         token_kl("topk", z, z, logits=torch.zeros(2, 3, 4), top_k=2)
     with pytest.raises(ValueError, match="top_k"):
-        token_kl("topk", z, z, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
+        token_kl("topk", z, z, torch.zeros(2, 3, 4), ref_logits=torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="exact"):
         token_kl("js", z, z)
 

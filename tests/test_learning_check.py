@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from kdrl_mini import learning_check as lc
+from kdrl_mini.real import learning_check as lc
 from kdrl_mini.config import load_config
-from kdrl_mini.metrics import TIMING_KEYS, read_metrics
+from kdrl_mini.runs.metrics import TIMING_KEYS, read_metrics
 from kdrl_mini.trainer import Trainer
 
 

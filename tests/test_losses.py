@@ -198,7 +198,8 @@ def test_reverse_kl_loss_value_weights_and_grad():
 def test_reverse_kl_loss_exact_kind_uses_full_distributions():
     logits, teacher_logits, logp, teacher_logp, mask = _kd_batch()
     teacher_logits.requires_grad_()
-    loss, metrics = reverse_kl_loss(None, None, mask, "exact", logits, teacher_logits)  # no sampled log-probs needed
+    # no sampled log-probs needed
+    loss, metrics = reverse_kl_loss(None, None, mask, "exact", logits=logits, teacher_logits=teacher_logits)
     expected = (exact_kl(logits, teacher_logits) * mask).sum() / mask.sum()
     torch.testing.assert_close(loss, expected)
     assert metrics["kl"].item() == pytest.approx(expected.item(), rel=1e-6)
@@ -236,7 +237,7 @@ def test_kdrl_beta_zero_is_exactly_grpo(strategy):
     adv = group_advantages(rewards, 3)
     ref_loss, _ = grpo_loss(logp, old, adv, mask)
     (ref_grad,) = torch.autograd.grad(ref_loss, logp)
-    loss, _ = kdrl_loss(logp, old, adv, mask, teacher, beta=0.0, kd_weights=kd_mask(rewards, 3, strategy))
+    loss, _ = kdrl_loss(logp, old, adv, mask, teacher_logp=teacher, beta=0.0, kd_weights=kd_mask(rewards, 3, strategy))
     (grad,) = torch.autograd.grad(loss, logp)
     assert torch.equal(loss, ref_loss)
     assert torch.equal(grad, ref_grad)
@@ -245,7 +246,7 @@ def test_kdrl_beta_zero_is_exactly_grpo(strategy):
 def test_kdrl_loss_mode_adds_weighted_kl():
     logp, old, teacher, rewards, mask = _rl_batch()
     beta, adv, w = 0.05, group_advantages(rewards, 3), kd_mask(rewards, 3, "incorrect")
-    loss, metrics = kdrl_loss(logp, old, adv, mask, teacher, beta, kl_kind="k3", kd_weights=w)
+    loss, metrics = kdrl_loss(logp, old, adv, mask, teacher_logp=teacher, beta=beta, kl_kind="k3", kd_weights=w)
     pg, _ = grpo_loss(logp, old, adv, mask)
     kd = (w[:, None] * kl_estimate(logp, teacher, "k3") * mask).sum() / mask.sum()
     torch.testing.assert_close(loss, pg + beta * kd)
@@ -257,7 +258,7 @@ def test_kdrl_loss_mode_adds_weighted_kl():
 
 def test_kdrl_metrics_are_detached_tensors():
     logp, old, teacher, rewards, mask = _rl_batch()
-    _, m = kdrl_loss(logp, old, group_advantages(rewards, 3), mask, teacher, 0.01)
+    _, m = kdrl_loss(logp, old, group_advantages(rewards, 3), mask, teacher_logp=teacher, beta=0.01)
     assert {"policy_loss", "kd_loss", "kl", "clip_frac", "ratio_mean"} <= set(m)
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in m.values())
     d = (logp - teacher).detach()
@@ -267,19 +268,19 @@ def test_kdrl_metrics_are_detached_tensors():
 def test_kdrl_exact_kl_kind_needs_only_logits():
     logits, teacher_logits, logp, teacher_logp, mask = _kd_batch(B=2)
     adv = group_advantages(torch.tensor([1.0, 0.0]), 2)
-    loss, m = kdrl_loss(logp, logp.detach(), adv, mask, None, 0.1, kl_kind="topk", logits=logits,
+    loss, m = kdrl_loss(logp, logp.detach(), adv, mask, teacher_logp=None, beta=0.1, kl_kind="topk", logits=logits,
                         teacher_logits=teacher_logits, top_k=3)
     expected_kd = (exact_kl(logits, teacher_logits, top_k=3) * mask).sum() / mask.sum()
     assert m["kl"].item() == pytest.approx(expected_kd.item(), rel=1e-5)
     assert loss.item() == pytest.approx(m["policy_loss"].item() + 0.1 * expected_kd.item(), rel=1e-5)
     with pytest.raises(ValueError, match="logits"):
-        kdrl_loss(logp, logp.detach(), adv, mask, teacher_logp, 0.1, kl_kind="exact")
+        kdrl_loss(logp, logp.detach(), adv, mask, teacher_logp=teacher_logp, beta=0.1, kl_kind="exact")
 
 
 def test_kdrl_errors():
     logp, old, teacher, rewards, mask = _rl_batch()
     with pytest.raises(ValueError, match="beta"):
-        kdrl_loss(logp, old, group_advantages(rewards, 3), mask, teacher, -0.1)
+        kdrl_loss(logp, old, group_advantages(rewards, 3), mask, teacher_logp=teacher, beta=-0.1)
 
 
 def test_kdrl_edge_cases_finite():
@@ -287,13 +288,14 @@ def test_kdrl_edge_cases_finite():
     adv = group_advantages(torch.ones(6), 3)
     for m in (mask, torch.zeros_like(mask)):
         for kind in ("k1", "k2", "k3"):
-            loss, metrics = kdrl_loss(logp, old, adv, m, teacher, 0.1, kl_kind=kind)
+            loss, metrics = kdrl_loss(logp, old, adv, m, teacher_logp=teacher, beta=0.1, kl_kind=kind)
             (g,) = torch.autograd.grad(loss, logp)
             assert torch.isfinite(loss) and torch.isfinite(g).all()
             assert all(torch.isfinite(v) for v in metrics.values())
     # padding holding -inf log-probs (a masked vocabulary entry) must not leak into the loss
     pad = ~mask.bool()
-    loss, _ = kdrl_loss(logp, old.masked_fill(pad, -INF), adv, mask, teacher.masked_fill(pad, -INF), 0.1)
+    loss, _ = kdrl_loss(logp, old.masked_fill(pad, -INF), adv, mask, teacher_logp=teacher.masked_fill(pad, -INF),
+                        beta=0.1)
     (g,) = torch.autograd.grad(loss, logp)
     assert torch.isfinite(loss) and torch.isfinite(g).all() and torch.equal(g[pad], torch.zeros(int(pad.sum())))
 
@@ -305,16 +307,18 @@ def test_token_weights_make_micro_batches_add_up_to_the_whole(agg):
     of the whole rollout's weights, for every aggregation; so do the gradients."""
     logp, old, teacher, rewards, mask = _rl_batch()
     adv = group_advantages(rewards, 3)
-    whole, _ = kdrl_loss(logp, old, adv, mask, teacher, 0.1, loss_agg=agg, max_len=7)
+    whole, _ = kdrl_loss(logp, old, adv, mask, teacher_logp=teacher, beta=0.1, loss_agg=agg, max_len=7)
     (g_whole,) = torch.autograd.grad(whole, logp)
     w = token_weights(mask, agg, max_len=7)
-    parts = [kdrl_loss(logp[s], old[s], adv[s], mask[s], teacher[s], 0.1, loss_agg=agg, weights=w[s])[0]
+    parts = [kdrl_loss(logp[s], old[s], adv[s], mask[s], teacher_logp=teacher[s], beta=0.1, loss_agg=agg,
+                       weights=w[s])[0]
              for s in (slice(0, 1), slice(1, 4), slice(4, 6))]
     (g_parts,) = torch.autograd.grad(sum(parts), logp)
     torch.testing.assert_close(sum(parts), whole)
     torch.testing.assert_close(g_parts, g_whole)
     # without the shared weights a micro-batch normalises by its own tokens: a different loss
-    naive = sum(kdrl_loss(logp[s], old[s], adv[s], mask[s], teacher[s], 0.1, loss_agg=agg, max_len=7)[0]
+    naive = sum(kdrl_loss(logp[s], old[s], adv[s], mask[s], teacher_logp=teacher[s], beta=0.1, loss_agg=agg,
+                          max_len=7)[0]
                 for s in (slice(0, 1), slice(1, 4), slice(4, 6)))
     assert not torch.isclose(naive, whole)
 
@@ -323,7 +327,8 @@ def test_exact_kl_loss_ignores_nan_logits_at_padding_in_value_and_gradient():
     logits, teacher_logits, logp, teacher_logp, mask = _kd_batch()
     pad = ~mask.bool()
     logits = logits.detach().masked_fill(pad.unsqueeze(-1), NAN).requires_grad_()
-    loss, _ = reverse_kl_loss(None, None, mask, "exact", logits, teacher_logits.masked_fill(pad.unsqueeze(-1), NAN))
+    loss, _ = reverse_kl_loss(None, None, mask, "exact", logits=logits,
+                              teacher_logits=teacher_logits.masked_fill(pad.unsqueeze(-1), NAN))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     assert (logits.grad[pad] == 0).all()

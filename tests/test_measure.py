@@ -2,8 +2,9 @@
 
 import pytest
 
-from kdrl_mini import models, tasks
-from kdrl_mini.measure import greedy_changes
+from kdrl_mini import models
+from kdrl_mini.tasks import files as tasks
+from kdrl_mini.real.measure import greedy_changes
 from kdrl_mini.rollout import greedy_eval, sample
 
 KEYS = {"n", "accuracy_a", "accuracy_b", "changed", "right_to_wrong", "wrong_to_right", "texts_a", "texts_b"}

@@ -131,7 +131,7 @@ def test_only_hub_configs_leave_offline_mode(monkeypatch):
     assert cli._names_hub(parse(["train", "--config", "no-such-config.yaml"])) is False
 
     calls = []
-    monkeypatch.setattr("kdrl_mini.utils.setup", lambda **kw: calls.append(kw["offline_hub"]))
+    monkeypatch.setattr("kdrl_mini.cli.setup", lambda **kw: calls.append(kw["offline_hub"]))
     monkeypatch.setattr(cli, "_train", lambda args: 0)  # the parser binds _train when main builds it
     assert cli.main(["train", "--config", "kdrl"]) == 0
     assert cli.main(["train", "--config", "kdrl", "--set", "teacher_path=someone/teacher"]) == 0

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import helpers_quant
-from kdrl_mini import models
-from kdrl_mini.rollout import sample, teacher_forced_batch, token_logprobs
+from kdrl_mini import models, sampling_copy, vocab
+from kdrl_mini.rollout import sample, teacher_forced_batch
+from kdrl_mini.scoring import token_logprobs
 
 PROMPTS = ["Compute 47+38-19.\n", "Compute 12+80-55.\n"]
 SOLUTIONS = ["47+38=85\n85-19=66\n#### 66", "12+80=92\n92-55=37\n#### 37"]
@@ -96,7 +97,7 @@ def test_vocab_mismatch_is_refused(student_dir, tmp_path):
     student = models.load_causal_lm(student_dir)
     teacher = models.load_teacher(tmp_path / "bigger", "none")
     with pytest.raises(ValueError, match=r"teacher vocabulary \(\d+\) differs from student \(\d+\)"):
-        models.check_same_vocab(student, teacher)
+        vocab.check_same_vocab(student, teacher)
 
 
 def test_quantised_student_without_lora_is_refused(student_dir):
@@ -116,7 +117,7 @@ def test_merged_lora_generation_is_exact_and_restores_weights(student_dir, token
     torch.manual_seed(1)
     plain = sample(student, tokenizer, PROMPTS, group_size=2, max_new_tokens=16)
     torch.manual_seed(1)
-    with models.merged_lora(student):
+    with sampling_copy.merged_lora(student):
         merged = sample(student, tokenizer, PROMPTS, group_size=2, max_new_tokens=16)
     assert torch.equal(plain.input_ids, merged.input_ids)
     assert all(torch.equal(p.detach(), before[n]) for n, p in student.named_parameters())
@@ -160,7 +161,7 @@ def test_damaged_checkpoints_name_the_path_and_the_fix(tmp_path, data_dir, damag
 def test_a_teacher_tokenizer_with_other_tokens_of_the_same_size_is_refused(tmp_path, data_dir):
     import shutil
 
-    from kdrl_mini import models
+    from kdrl_mini.vocab import check_same_tokenizer
 
     folder = tmp_path / "teacher"
     shutil.copytree(data_dir / "models" / "teacher", folder)
@@ -170,4 +171,4 @@ def test_a_teacher_tokenizer_with_other_tokens_of_the_same_size_is_refused(tmp_p
     vocab[a], vocab[b] = vocab[b], vocab[a]  # same size, two ids swapped
     (folder / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ValueError, match="differs from the student's .* in 2 tokens"):
-        models.check_same_tokenizer(data_dir / "models" / "student", folder)
+        check_same_tokenizer(data_dir / "models" / "student", folder)

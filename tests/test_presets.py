@@ -8,11 +8,13 @@ import math
 
 import pytest
 
-from kdrl_mini import memory_estimate as me
-from kdrl_mini import metrics, preset_study
+from kdrl_mini.gpu import memory as me
+from kdrl_mini.gpu import shapes
+from kdrl_mini.runs import metrics
+from kdrl_mini.gpu import preset_study
 from kdrl_mini.cli import main
 from kdrl_mini.config import TrainConfig
-from kdrl_mini.presets import estimate_preset, load_preset, preset_names
+from kdrl_mini.gpu.presets import estimate_preset, load_preset, preset_names
 
 PRESETS = ("t4-16gb", "24gb", "80gb-paper")
 TINY = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 8, "intermediate_size": 16,
@@ -22,7 +24,7 @@ TINY = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 8, "interm
 @pytest.fixture(autouse=True)
 def no_hub(monkeypatch):
     """No test may reach the hub: reading a model's config.json always fails here."""
-    import kdrl_mini.model_source as source
+    import kdrl_mini.gpu.shapes as source  # where the estimate reads config.json
 
     def refuse(*args, **kwargs):
         raise OSError("offline in tests")
@@ -63,7 +65,7 @@ def test_every_preset_is_a_valid_config_with_hub_models_and_gsm8k(name):
 def test_published_parameter_counts_match_the_architecture(name):
     _, info = load_preset(name)
     for model in (info.student, info.teacher):
-        assert me.ModelShape.from_config(model.config).parameters == model.parameters
+        assert shapes.ModelShape.from_config(model.config).parameters == model.parameters
 
 
 def test_paper_preset_names_the_papers_pair_and_a_shorter_budget():
@@ -79,7 +81,7 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 def test_a_preset_with_an_unknown_config_field_is_refused(tmp_path, monkeypatch):
-    import kdrl_mini.presets as presets
+    import kdrl_mini.gpu.presets as presets
 
     (tmp_path / "bad.yaml").write_text("about: {}\nconfig:\n  algorithm: kdrl\n  gpu: t4\n")
     monkeypatch.setattr(presets, "PRESET_DIR", tmp_path)
@@ -95,7 +97,7 @@ def test_overrides_replace_preset_fields():
 # ---------------------------------------------------------------- the estimate
 def test_closed_form_on_a_tiny_model():
     """Every term by hand for h=8, i=16, 2 heads of 4, 1 KV head, vocab 32, 2 layers, tied, no biases."""
-    shape = me.ModelShape.from_config(TINY)
+    shape = shapes.ModelShape.from_config(TINY)
     assert shape.parameters == 2 * (576 + 16) + 256 + 8  # linears, norms; embedding; final norm
     est = me.estimate(tiny_cfg(), TINY, TINY, prompt_tokens=4)
     # 4-bit: 1152 linear weights * 0.5 B + 18 absmax * 4 B; 296 small weights * 2 B
@@ -143,23 +145,23 @@ def test_a_real_config_json_is_preferred(tmp_path, monkeypatch):
     """A local folder's config.json (read by model_source) or a hub id's cached copy beats the preset numbers."""
     import huggingface_hub
 
-    import kdrl_mini.model_source as source
+    import kdrl_mini.gpu.shapes as source
 
     _, info = load_preset("t4-16gb")
     (tmp_path / "config.json").write_text(json.dumps({**info.student.config, "hidden_size": 64}))
     monkeypatch.setattr(source, "read_model_config", lambda path, *a, **k: json.loads((tmp_path / "config.json")
                                                                                       .read_text()))
-    config, where = me.resolve_model_config(str(tmp_path), info.student.config)
+    config, where = shapes.resolve_model_config(str(tmp_path), info.student.config)
     assert (where, config["hidden_size"]) == ("config.json", 64)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
                         lambda repo, name, *a, **k: str(tmp_path / name) if repo == "Qwen/Qwen2.5-0.5B-Instruct" else None)
-    assert me.resolve_model_config("Qwen/Qwen2.5-0.5B-Instruct", info.student.config)[1] == "config.json"
-    assert me.resolve_model_config("Qwen/Other", info.student.config)[1] == "preset numbers"
+    assert shapes.resolve_model_config("Qwen/Qwen2.5-0.5B-Instruct", info.student.config)[1] == "config.json"
+    assert shapes.resolve_model_config("Qwen/Other", info.student.config)[1] == "preset numbers"
 
 
 def test_no_config_and_no_numbers_is_one_line():
     with pytest.raises(ValueError, match="no config.json for some/model"):
-        me.resolve_model_config("some/model", None)
+        shapes.resolve_model_config("some/model", None)
 
 
 def test_format_labels_the_estimate():
@@ -223,7 +225,7 @@ def test_results_are_written_from_run_files(tmp_path):
         rows.append(metrics.eval_row(2, "test", {"accuracy": 0.3 + 0.01 * i, "mean_length": 90.0, "truncated": 0.0,
                                                  "n": 8}))
         (run / "metrics.jsonl").write_text("".join(metrics.json_line(r) for r in rows))
-        from kdrl_mini.reproduction import summarize
+        from kdrl_mini.study.reproduction import summarize
 
         (run / "final.json").write_text(json.dumps({"variant": variant, "seed": 0, **summarize(run)}))
     records = preset_study.write_results(tmp_path, info)

@@ -15,9 +15,16 @@ import math
 import pytest
 import torch
 
-from kdrl_mini import models, real, tasks
+from kdrl_mini import models
+from kdrl_mini.real import cache, word_problems
+from kdrl_mini.real import pair as real
+from kdrl_mini.real.measure import parameter_count, quantization_kl
 from kdrl_mini.rollout import format_prompts, sample
-from kdrl_mini.trainer import Trainer, read_metrics
+from kdrl_mini.runs.metrics import read_metrics
+from kdrl_mini.schedules import warmup_cosine
+from kdrl_mini.tasks import files as tasks
+from kdrl_mini.trainer import Trainer
+from kdrl_mini.utils import REPO_ROOT
 
 from helpers_quant import dequantized_reference, lora_gradients, randomize_lora_b, relative_errors
 
@@ -49,8 +56,8 @@ def test_pair_shares_tokenizer_and_embeddings(pair):
     teacher_cfg = json.loads((pair["teacher"] / "config.json").read_text())
     student_cfg = json.loads((pair["student"] / "config.json").read_text())
     assert (teacher_cfg["num_hidden_layers"], student_cfg["num_hidden_layers"]) == (30, 15)
-    assert real.parameter_count(pair["teacher"]) == 134_515_008
-    assert real.parameter_count(pair["student"]) == 81_413_568
+    assert parameter_count(pair["teacher"]) == 134_515_008
+    assert parameter_count(pair["student"]) == 81_413_568
     assert (pair["teacher"] / "tokenizer.json").read_bytes() == (pair["student"] / "tokenizer.json").read_bytes()
     tok = models.load_tokenizer(pair["student"])
     assert len(tok) == teacher_cfg["vocab_size"] == 49152 and tok.chat_template
@@ -65,8 +72,8 @@ def test_pair_shares_tokenizer_and_embeddings(pair):
 
 
 def test_word_problems_are_seeded_and_answers_right(tmp_path, pair):
-    a = real.build_word_problems(tmp_path / "a", n_train=20, n_test=5, n_ood=5, seed=3)
-    b = real.build_word_problems(tmp_path / "b", n_train=20, n_test=5, n_ood=5, seed=3)
+    a = word_problems.build_word_problems(tmp_path / "a", n_train=20, n_test=5, n_ood=5, seed=3)
+    b = word_problems.build_word_problems(tmp_path / "b", n_train=20, n_test=5, n_ood=5, seed=3)
     for split in tasks.SPLITS:
         assert (a / f"{split}.jsonl").read_text() == (b / f"{split}.jsonl").read_text()
     splits = {s: [dict(r) for r in tasks.load_split(pair["data"], s)] for s in tasks.SPLITS}
@@ -74,7 +81,7 @@ def test_word_problems_are_seeded_and_answers_right(tmp_path, pair):
     assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2])
     for split, rs in splits.items():
         for r in rs:
-            assert r["prompt"].endswith(real.INSTRUCTION)
+            assert r["prompt"].endswith(word_problems.INSTRUCTION)
             assert r["solution"].endswith(f"#### {r['answer']}") and int(r["answer"]) >= 0
             # each worked line "x op y = z" is right
             for line in r["solution"].splitlines()[:-1]:
@@ -118,7 +125,7 @@ def test_4bit_lora_gradients_after_generate_match_dequantized_reference(pair, ro
 
 
 def test_8bit_teacher_is_close_to_fp32(pair, rows):
-    per_prompt = real.quantization_kl(pair["teacher"], [r["prompt"] for r in rows], "8bit", max_new_tokens=16)
+    per_prompt = quantization_kl(pair["teacher"], [r["prompt"] for r in rows], "8bit", max_new_tokens=16)
     print("KL(8-bit || fp32) per token:", [(round(r["mean_kl"], 4), round(r["max_kl"], 4)) for r in per_prompt])
     tokens = sum(r["tokens"] for r in per_prompt)
     mean = sum(r["mean_kl"] * r["tokens"] for r in per_prompt) / tokens
@@ -130,9 +137,9 @@ def test_8bit_teacher_is_close_to_fp32(pair, rows):
 # The heal logic runs on the shipped tiny world (data/models: a strong teacher that writes
 # "#### n" lines, a weak student), so these tests take seconds; the SmolLM2 heal itself is
 # measured in docs/real_pair.md.
-from kdrl_mini import heal  # noqa: E402
+from kdrl_mini.real import heal  # noqa: E402
 
-TINY = real.REPO_ROOT / "data"
+TINY = REPO_ROOT / "data"
 TINY_SPEC = heal.HealSpec(n_prompts=8, max_new_tokens=48, label_batch=8, steps=6, batch_size=4, lr=1e-3, warmup=0)
 
 
@@ -178,7 +185,7 @@ def test_heal_learns_publishes_atomically_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(heal, "fit", lambda *a, **k: losses.extend(real_fit(*a, **k)) or losses)
     assert _tiny_heal(out) == out
     assert len(losses) == TINY_SPEC.steps and losses[-1] < losses[0], losses  # it learns the teacher's answers
-    marker = json.loads((out / real.MARKER).read_text())
+    marker = json.loads((out / cache.MARKER).read_text())
     data = [json.loads(line) for line in answers[0].read_text().splitlines()]
     assert marker["examples"] == len(data) > 0 and marker["heal_spec"]["steps"] == TINY_SPEC.steps
     assert all(heal.cut_after_answer(d["target"]) == d["target"] for d in data)  # "formatted": cut after "#### n"
@@ -194,7 +201,7 @@ def test_heal_learns_publishes_atomically_and_is_cached(tmp_path, monkeypatch):
     # ... a changed recipe or a missing marker is not
     with pytest.raises(KeyboardInterrupt):
         _tiny_heal(out, dataclasses.replace(TINY_SPEC, lr=2e-3))
-    (out / real.MARKER).unlink()
+    (out / cache.MARKER).unlink()
     with pytest.raises(KeyboardInterrupt):
         _tiny_heal(out)
 
@@ -218,7 +225,7 @@ def test_heal_keep_correct_filters_the_same_labels(tmp_path, monkeypatch):
     _tiny_heal(out, dataclasses.replace(TINY_SPEC, keep="correct"))
     assert list(tmp_path.glob("student-healed.answers-*.jsonl")) == answers
     assert seen == [right]
-    marker = json.loads((out / real.MARKER).read_text())
+    marker = json.loads((out / cache.MARKER).read_text())
     assert marker["heal_spec"]["keep"] == "correct" and marker["examples"] == marker["teacher_correct"] == len(right)
 
 
@@ -239,5 +246,5 @@ def test_heal_spec_refuses_bad_values():
     with pytest.raises(ValueError, match="keep"):
         heal.HealSpec(keep="right")
     assert heal.HealSpec(keep="correct").keep == "correct"
-    assert heal.lr_at(0, heal.HealSpec(lr=1.0, warmup=1, steps=10)) == 0.5
-    assert heal.lr_at(9, heal.HealSpec(lr=1.0, warmup=1, steps=10, min_lr_ratio=0.1)) == pytest.approx(0.1)
+    assert warmup_cosine(1.0, steps=10, warmup=1)(0) == 0.5  # the heal's learning rate (HealSpec lr, steps, warmup)
+    assert warmup_cosine(1.0, steps=10, warmup=1, min_ratio=0.1)(9) == pytest.approx(0.1)

@@ -3,13 +3,15 @@
 import pytest
 import torch
 
-from kdrl_mini import models, tasks
+from kdrl_mini import models
+from kdrl_mini.world import task as tasks
+from kdrl_mini.tasks import files as task_files
 from kdrl_mini.rollout import greedy_eval, sampled_eval
 
 
 @pytest.fixture(scope="module")
 def rows(data_dir):
-    return [dict(r) for r in tasks.load_split(data_dir, "test").select(range(12))]
+    return [dict(r) for r in task_files.load_split(data_dir, "test").select(range(12))]
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdrl_mini import models
-from kdrl_mini.measure import reset_peak
-from kdrl_mini.rollout import Batch, sample
+from kdrl_mini import models, sampling_copy
+from kdrl_mini.real.measure import reset_peak
+from kdrl_mini.batch import Batch
+from kdrl_mini.rollout import sample
 from kdrl_mini.scoring import logprobs_from_logits, score_groups, score_in_micro_batches, token_logprobs
 
 
@@ -77,7 +78,7 @@ def test_dequantised_rollout_copy_scores_like_the_4bit_student(data_dir, tokeniz
         for n, p in student.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)  # a trained adapter: LoRA must be in the copy
-    copy = models.MergedCopy(student)
+    copy = sampling_copy.MergedCopy(student)
     batch = sample(copy.model, tokenizer, ["Compute 37+8-5+9.\n"] * 2, group_size=3, max_new_tokens=30)
     student.train()
     with torch.no_grad():
@@ -113,7 +114,7 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 from test_scoring import _batch, _big_vocab_pair
-from kdrl_mini.measure import memory_mb, release_freed_memory, reset_peak
+from kdrl_mini.real.measure import memory_mb, release_freed_memory, reset_peak
 from kdrl_mini.scoring import score_groups
 
 def peak_added(fn):
@@ -166,7 +167,7 @@ def test_loss_path_keeps_every_tensor_on_the_model_device():
     from kdrl_mini.losses import kd_mask, token_weights
     from kdrl_mini.rewards import batch_rewards
     from kdrl_mini.scoring import position_stats
-    from kdrl_mini.trainer import LOSSES, Rollout
+    from kdrl_mini.loss_table import LOSSES, Rollout
 
     meta, B, P, T, V, G = torch.device("meta"), 8, 3, 5, 11, 4
     rewards = batch_rewards(["#### 1"] * B, ["1"] * B, device=meta)
@@ -181,7 +182,8 @@ def test_loss_path_keeps_every_tensor_on_the_model_device():
                              ("kdrl", {"kl_mode": "reward", "kl_kind": "k1"}), ("kdrl", {"kd_strategy": "incorrect"})]:
         cfg = TrainConfig(algorithm=algorithm, group_size=G, **extra)
         kd_w = kd_mask(rewards, G, cfg.kd_strategy)
-        adv = group_advantages(sequence_kl_rewards(rewards, 0.1, teacher_logp, teacher_logp, mask, kd_w), G)
+        shaped = sequence_kl_rewards(rewards, 0.1, teacher_logp, teacher_logp, mask=mask, kd_weights=kd_w)
+        adv = group_advantages(shaped, G)
         ro = Rollout(batch, rewards, rewards, adv, kd_w, token_weights(mask, cfg.loss_agg, T), None, teacher_logp,
                      teacher_logits)
         loss, metrics = LOSSES[algorithm](ro, logp, logits, cfg, 0.1)
@@ -199,7 +201,7 @@ def test_merged_copy_never_changes_the_student(data_dir):
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
-    copy = models.MergedCopy(student)
+    copy = sampling_copy.MergedCopy(student)
     copy.refresh()
     copy.refresh()
     assert all(torch.equal(before[n], p) for n, p in student.named_parameters())

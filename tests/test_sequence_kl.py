@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kdrl_mini import sequence_kl as sk
+from kdrl_mini.lessons import sequence_kl as sk
 from kdrl_mini.kl import exact_kl
 
 V, T = 3, 4

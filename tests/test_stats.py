@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from kdrl_mini import reproduction, stats
+from kdrl_mini.study import reproduction
+from kdrl_mini.study import stats
 
 
 def test_t_interval_matches_the_textbook_value():

@@ -8,8 +8,10 @@ import statistics
 
 import pytest
 
-from kdrl_mini import reproduction, study_plots, study_status
-from kdrl_mini.reproduction import Claim
+from kdrl_mini.study import reproduction
+from kdrl_mini.study import plots as study_plots
+from kdrl_mini.study import status as study_status
+from kdrl_mini.study.reproduction import Claim
 
 NAN = float("nan")
 
@@ -179,7 +181,7 @@ def test_settled_means_the_same_verdict_at_both_ends_of_holm():
 
 
 def test_claim_power_uses_the_observed_sd():
-    from kdrl_mini import stats
+    from kdrl_mini.study import stats
 
     recs = records("xyz")
     p = study_status.claim_power(recs, CLAIMS, effect=0.01, planned={"A": 5})["A"]
@@ -200,7 +202,7 @@ def test_power_is_finite_far_in_the_tail():
     tail as the upper tail of -T, so a large effect has power near 1, not NaN."""
     from scipy import stats as st
 
-    from kdrl_mini import stats
+    from kdrl_mini.study import stats
     level = 1 - 0.05 / 9
     p = stats.power(0.013, 5, 0.05, level)
     upper = st.nct.sf(st.t.ppf(0.5 + level / 2, 4), 4, 0.05 / (0.013 / 5 ** 0.5))
@@ -212,8 +214,8 @@ def test_power_is_finite_far_in_the_tail():
 def test_forest_plot_gives_length_claims_their_own_axis():
     """Accuracy and length claims in separate panels, intervals drawn whole (a length CI of tens of
     tokens was once clipped to [-1, 1] on the accuracy axis)."""
-    from kdrl_mini.plotting import forest_plot
-    from kdrl_mini.reproduction import Claim
+    from kdrl_mini.study.plots import forest_plot
+    from kdrl_mini.study.reproduction import Claim
 
     claims = [Claim("A", "acc", "s", "x", "y"), Claim("L", "len", "s", "x", "y", metric="test_length", higher=False)]
     judged = {"A": {"mean": 0.05, "low": 0.01, "high": 0.09, "verdict": "reproduced"},

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kdrl_mini import reproduction, study
+from kdrl_mini.study import reproduction
+from kdrl_mini.study import runner as study
 
 STUDY = Path(__file__).resolve().parents[1] / "data" / "study"
 RUNS = sorted(STUDY.glob("runs/*/seed*/final.json"))

@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from kdrl_mini import tasks
+from kdrl_mini.tasks import files as task_files
+from kdrl_mini.world import task as tasks
 from kdrl_mini.rewards import correctness_reward
 
 
@@ -48,8 +49,8 @@ def test_running_totals_stay_in_range(spec):
 
 def test_shipped_splits_are_disjoint_and_valid(data_dir):
     prompts = {}
-    for split in tasks.SPLITS:
-        assert tasks.check_rows(data_dir / f"{split}.jsonl") > 0
+    for split in task_files.SPLITS:
+        assert task_files.check_file(data_dir / f"{split}.jsonl") > 0
         prompts[split] = {json.loads(l)["prompt"] for l in open(data_dir / f"{split}.jsonl")}
     assert not prompts["train"] & prompts["test"]
     ood = [json.loads(l) for l in open(data_dir / "ood.jsonl")]
@@ -59,9 +60,9 @@ def test_shipped_splits_are_disjoint_and_valid(data_dir):
 
 
 def test_load_split_returns_dataset(data_dir):
-    ds = tasks.load_split(data_dir, "test")
+    ds = task_files.load_split(data_dir, "test")
     assert {"prompt", "answer"} <= set(ds.column_names)
-    assert len(ds) == tasks.check_rows(data_dir / "test.jsonl")
+    assert len(ds) == task_files.check_file(data_dir / "test.jsonl")
 
 
 @pytest.mark.parametrize("line, message", [
@@ -74,12 +75,12 @@ def test_bad_row_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "train.jsonl"
     good = json.dumps({"prompt": "Compute 1+2.\n", "answer": "3"})
     path.write_text(good + "\n" + line + "\n")
-    with pytest.raises(tasks.DataRowError, match=rf"train\.jsonl:2: .*{message}"):
-        tasks.load_split(tmp_path, "train")
+    with pytest.raises(task_files.DataRowError, match=rf"train\.jsonl:2: .*{message}"):
+        task_files.load_split(tmp_path, "train")
 
 
 def test_missing_file_and_unknown_split(tmp_path):
     with pytest.raises(FileNotFoundError, match="build-world"):
-        tasks.load_split(tmp_path, "test")
+        task_files.load_split(tmp_path, "test")
     with pytest.raises(ValueError, match="unknown split"):
-        tasks.load_split(tmp_path, "validation")
+        task_files.load_split(tmp_path, "validation")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdrl_mini import checkpoints
+from kdrl_mini.runs import checkpoints
 from kdrl_mini.config import ALGORITHMS, load_config
-from kdrl_mini.metrics import EVAL_KEYS, TIMING_KEYS, TRAIN_KEYS, read_metrics
+from kdrl_mini.runs.metrics import EVAL_KEYS, TIMING_KEYS, TRAIN_KEYS, read_metrics
 from kdrl_mini.trainer import Trainer
 
 PINNED = Path(__file__).parent / "data" / "pinned_metrics.json"
@@ -234,7 +234,7 @@ def test_kl_in_loss_and_in_reward_pull_towards_the_teacher(tmp_path):
 
 
 def test_a_finished_run_is_never_replaced_by_accident(tmp_path):
-    from kdrl_mini.run_folder import RunFolderError
+    from kdrl_mini.runs.folder import RunFolderError
 
     cfg = small(tmp_path, "run", max_steps=1)
     Trainer(cfg).train(progress=False)
@@ -249,7 +249,7 @@ def test_a_finished_run_is_never_replaced_by_accident(tmp_path):
 def test_two_trainers_never_share_a_folder(tmp_path):
     import os
 
-    from kdrl_mini.run_folder import RunFolderError, claim
+    from kdrl_mini.runs.folder import RunFolderError, claim
 
     folder = tmp_path / "busy"
     folder.mkdir()

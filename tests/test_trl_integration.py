@@ -15,10 +15,10 @@ pytest.importorskip("trl")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from kdrl_mini.integrations.trl import (  # noqa: E402
-    LOSS_TYPE_TO_AGG, KDRLConfig, KDRLTrainer, correctness_reward_func, load_prompt_dataset)
+from kdrl_mini.integrations.trl.config import LOSS_TYPE_TO_AGG, KDRLConfig  # noqa: E402
+from kdrl_mini.integrations.trl.trainer import KDRLTrainer, correctness_reward_func, load_prompt_dataset  # noqa: E402
 from kdrl_mini.losses import kdrl_loss  # noqa: E402
-from kdrl_mini.rollout import Batch  # noqa: E402
+from kdrl_mini.batch import Batch  # noqa: E402
 from kdrl_mini.scoring import completion_logits, logprobs_from_logits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_loss_and_grads_equal_kdrl_loss(tmp_path, world, loss_type, kl_kind, tem
     logp = logprobs_from_logits(logits, batch.completion_ids, temperature)
     full = kl_kind in ("exact", "topk")
     loss_kit, _ = kdrl_loss(logp, logp.detach(), inputs["advantages"], batch.completion_mask.bool(),
-                            inputs["teacher_per_token_logps"], beta, kl_kind, inputs["kd_weights"],
+                            teacher_logp=inputs["teacher_per_token_logps"], beta=beta, kl_kind=kl_kind, kd_weights=inputs["kd_weights"],
                             clip_eps=args.epsilon, loss_agg=LOSS_TYPE_TO_AGG[loss_type],
                             max_len=args.max_completion_length,
                             logits=logits.float() / temperature if full else None,
@@ -222,7 +222,7 @@ def test_two_process_ddp_run(tmp_path):
 # ------------------------------------------------------------------ several teachers
 def test_two_teachers_mix_per_token(tmp_path, world):
     """log p_mix = logsumexp(log w_i + log p_i), scored with the kit's functions; one teacher twice = that teacher."""
-    from kdrl_mini.integrations.trl import mix_teacher_logps
+    from kdrl_mini.integrations.trl.config import mix_teacher_logps
     from kdrl_mini.scoring import score_in_micro_batches
 
     lp = torch.randn(3, 5).log_softmax(-1)

@@ -4,7 +4,7 @@ dtype's loss scaling, exercised on CPU."""
 import pytest
 import torch
 
-from kdrl_mini import models
+from kdrl_mini import models, sampling_copy, vocab
 from kdrl_mini.rollout import sample
 from kdrl_mini.scoring import score_groups, token_logprobs
 
@@ -26,31 +26,31 @@ def padded_dir(tmp_path_factory):
 
 
 def test_shared_vocab_is_the_tokenizer_when_rows_are_padded(tokenizer):
-    assert models.shared_vocab(tokenizer, 80, 80) is None  # nothing to cut: the tiny world
-    assert models.shared_vocab(tokenizer, 96, 80) == 80
-    assert models.shared_vocab(tokenizer, 96, 112) == 80
+    assert vocab.shared_vocab(tokenizer, 80, 80) is None  # nothing to cut: the tiny world
+    assert vocab.shared_vocab(tokenizer, 96, 80) == 80
+    assert vocab.shared_vocab(tokenizer, 96, 112) == 80
     with pytest.raises(ValueError, match="teacher has 70 logit rows but the tokenizer has 80 tokens"):
-        models.shared_vocab(tokenizer, 80, 70)
-    assert models.config_vocab_rows({"vocab_size": 151936}) == 151936
-    assert models.config_vocab_rows({"text_config": {"vocab_size": 7}}) == 7
-    assert models.config_vocab_rows({}) is None
+        vocab.shared_vocab(tokenizer, 80, 70)
+    assert vocab.config_vocab_rows({"vocab_size": 151936}) == 151936
+    assert vocab.config_vocab_rows({"text_config": {"vocab_size": 7}}) == 7
+    assert vocab.config_vocab_rows({}) is None
 
 
 def test_padded_pair_is_refused_uncut_and_accepted_cut(padded_dir, tokenizer):
     student = models.load_causal_lm(padded_dir, "none")
     teacher = models.load_causal_lm(STUDENT, "none")
     with pytest.raises(ValueError, match=r"teacher vocabulary \(80\) differs from student \(96\)"):
-        models.check_same_vocab(student, teacher, tokenizer)
-    models.restrict_vocab(student, 80)
-    models.restrict_vocab(student, 80)  # idempotent
+        vocab.check_same_vocab(student, teacher, tokenizer)
+    vocab.restrict_vocab(student, 80)
+    vocab.restrict_vocab(student, 80)  # idempotent
     with pytest.raises(ValueError, match="already cut to 80"):
-        models.restrict_vocab(student, 90)
-    models.check_same_vocab(student, teacher, tokenizer)
+        vocab.restrict_vocab(student, 90)
+    vocab.check_same_vocab(student, teacher, tokenizer)
 
 
 def test_cut_logits_score_and_sample_only_real_tokens(padded_dir, tokenizer):
     uncut = models.load_causal_lm(padded_dir, "none")
-    cut = models.restrict_vocab(models.load_causal_lm(padded_dir, "none"), 80)
+    cut = vocab.restrict_vocab(models.load_causal_lm(padded_dir, "none"), 80)
     torch.manual_seed(0)
     batch = sample(cut, tokenizer, ["Compute 37+8-5+9.\n"] * 2, group_size=8, max_new_tokens=12)
     assert int(batch.completion_ids.max()) < 80
@@ -68,8 +68,8 @@ def test_cut_logits_score_and_sample_only_real_tokens(padded_dir, tokenizer):
 
 def test_sampling_copy_keeps_the_cut(padded_dir, tokenizer):
     student = models.load_student(padded_dir, "none", models.LoraSpec(r=2, alpha=4))
-    models.restrict_vocab(student, 80)
-    copy = models.MergedCopy(student).model
+    vocab.restrict_vocab(student, 80)
+    copy = sampling_copy.MergedCopy(student).model
     ids = torch.tensor([[5, 6, 7]])
     assert copy(input_ids=ids).logits.shape[-1] == 80
     torch.testing.assert_close(copy(input_ids=ids).logits, student(input_ids=ids).logits, atol=1e-4, rtol=0)
@@ -115,8 +115,8 @@ def test_load_world_cuts_a_padded_student_to_the_teachers_tokens(padded_dir):
     """A student with padding rows (96) and a teacher without (80), one tokenizer: the world loads,
     both models give 80 logit columns, and a training step runs."""
     from kdrl_mini.config import load_config
-    from kdrl_mini.loading import load_world
-    from kdrl_mini.study import _fresh_student
+    from kdrl_mini.runs.loading import load_world
+    from kdrl_mini.study.runner import _fresh_student
     from kdrl_mini.trainer import Trainer
 
     cfg = load_config("kdrl", student_path=str(padded_dir), group_size=2, prompts_per_step=2, max_new_tokens=8,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kdrl_mini import tasks
+from kdrl_mini.tasks import files as task_files
+from kdrl_mini.world import task as tasks
 from kdrl_mini.rewards import correctness_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_plain_transformers_agrees_with_the_kit(report):
 
 def test_models_are_small_and_every_gate_holds(report):
     assert report["teacher"]["size_mb"] + report["student"]["size_mb"] < 25
-    assert all(report["split_sizes"][s] >= 1000 for s in tasks.EVAL_SPLITS)
+    assert all(report["split_sizes"][s] >= 1000 for s in task_files.EVAL_SPLITS)
     failed = [g["gate"] for g in report["gates"] if not g["passed"]]
     assert not failed, failed
 
@@ -85,12 +86,12 @@ ALL_SPECS = sorted({spec for mix in tasks.MIXES.values() for spec, _ in mix}, ke
 def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     paths = tasks.build_world_data(out, seed=0, n_train=400, n_eval=200)
-    return {name: tasks.read_jsonl(p) for name, p in paths.items()}
+    return {name: task_files.read_jsonl(p) for name, p in paths.items()}
 
 
 def test_splits_are_disjoint_and_loadable(small_world, tmp_path_factory):
     names = list(small_world)
-    assert set(names) == {"train", *tasks.EVAL_SPLITS}
+    assert set(names) == {"train", *task_files.EVAL_SPLITS}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert not {r["prompt"] for r in small_world[a]} & {r["prompt"] for r in small_world[b]}, (a, b)
@@ -98,8 +99,8 @@ def test_splits_are_disjoint_and_loadable(small_world, tmp_path_factory):
 
 def test_load_split_knows_every_split(tmp_path):
     tasks.build_world_data(tmp_path, seed=1, n_train=50, n_eval=20)
-    for split in tasks.KNOWN_SPLITS:
-        assert len(tasks.load_split(tmp_path, split)) == (50 if split == "train" else 20)
+    for split in task_files.KNOWN_SPLITS:
+        assert len(task_files.load_split(tmp_path, split)) == (50 if split == "train" else 20)
 
 
 def test_split_definitions(small_world):

@@ -18,9 +18,8 @@ TRL's reference-model KL (``beta``) is untouched and separate from ``kd_beta``. 
 ``kd/beta``, ``kd/frac`` (and ``kd/loss`` in loss mode) go through TRL's own logger.
 
 The maths lives in :mod:`kdrl_mini.losses` / :mod:`kdrl_mini.advantages`; this file only moves tensors.
-"""
 
-from .config import LOSS_TYPE_TO_AGG, KDRLConfig, mix_teacher_logps  # noqa: F401
-from .launch import config_from_train_config, train_with_trl, run  # noqa: F401
-from .trainer import (KDRLTrainer, correctness_reward_func, format_reward_func, load_prompt_dataset,  # noqa: F401
-                      math_correctness_reward_func)
+Import each name from its module: :mod:`.config` (``KDRLConfig``), :mod:`.trainer` (``KDRLTrainer``, the
+reward functions, ``load_prompt_dataset``), :mod:`.launch` (``train_with_trl``; ``python -m
+kdrl_mini.integrations.trl``).
+"""

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ...config import load_config, parse_set
 
 from .config import KDRLConfig
 from .trainer import (KDRLTrainer, boxed_format_reward_func, correctness_reward_func, format_reward_func,
@@ -91,10 +96,6 @@ def train_with_trl(cfg, kd_overrides: dict | None = None, rows: int | None = Non
 
     Returns this rank's summary (rank, world_size, steps, per-step kd/kl, kd/beta, reward, loss). With
     ``dump_weights`` each rank also writes ``rank<i>.pt`` (trainable weights) and ``rank<i>.json``."""
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     kd_args = config_from_train_config(cfg, **(kd_overrides or {}))
     tok = AutoTokenizer.from_pretrained(cfg.student_path)
     model = AutoModelForCausalLM.from_pretrained(cfg.student_path, dtype=torch.float32)
@@ -123,10 +124,6 @@ def train_with_trl(cfg, kd_overrides: dict | None = None, rows: int | None = Non
 
 def run(argv=None) -> dict:
     """``python -m kdrl_mini.integrations.trl``: parse the flags, then :func:`train_with_trl`."""
-    import os
-
-    from ...config import load_config, parse_set
-
     args = build_arg_parser().parse_args(argv)
     torch.set_num_threads(int(os.environ.get("KDRL_THREADS", "1")))
     fields_ = {"student_quant": "none", "lora_r": 0, "max_steps": args.max_steps, "output_dir": args.output_dir,

@@ -9,8 +9,8 @@ import torch
 from ...advantages import per_token_kl_advantages
 from ...kl import token_kl
 from ...losses import kd_mask, reverse_kl_loss
-from ...rewards import correctness_reward, format_reward
-from ...rollout import Batch
+from ...batch import Batch
+from ...rewards import boxed_format_reward, correctness, correctness_reward, format_reward
 from ...schedules import annealed
 from ...scoring import logprobs_from_logits, score_groups, score_in_micro_batches
 from ._common import GRPOTrainer
@@ -26,15 +26,11 @@ def correctness_reward_func(completions, answer, **kwargs) -> list[float]:
 def math_correctness_reward_func(completions, answer, **kwargs) -> list[float]:
     """TRL reward function: 1 when math-verify finds the row's answer (``\\boxed{}``, ``####``, LaTeX, units);
     the kit's ``answer_checker: math``."""
-    from ...rewards import correctness
-
     return [correctness(c, a, checker="math") for c, a in zip(completions, answer)]
 
 
 def boxed_format_reward_func(completions, **kwargs) -> list[float]:
     """TRL reward function: 1 for exactly one final ``\\boxed{}`` answer (the math checker's format)."""
-    from ...rewards import boxed_format_reward
-
     return [boxed_format_reward(c) for c in completions]
 
 
@@ -171,7 +167,8 @@ class KDRLTrainer(GRPOTrainer):
                         self.model, ids, attn, out["completion_ids"].shape[1],
                         batch_size=a.per_device_train_batch_size)[0]
             beta = self.kd_beta_now()
-            out["advantages"] = per_token_kl_advantages(out["advantages"], beta, t_logp, old, mask, kd_w)
+            out["advantages"] = per_token_kl_advantages(out["advantages"], beta, t_logp, old, mask=mask,
+                                                        kd_weights=kd_w)
             k1 = token_kl("k1", old, t_logp)
             self._kd_log(mode, k1, mask, kd_w, beta)
         return out
@@ -249,14 +246,15 @@ class KDRLTrainer(GRPOTrainer):
         """``reverse_kl_loss`` on TRL's per-token log-probs, aggregated like TRL's policy loss.
         Returns (kd_loss, metrics) with metrics["kl_tokens"] the per-token KL (detached) for logging."""
         a = self.args
-        kd, m = reverse_kl_loss(logps, inputs["teacher_per_token_logps"], mask, a.kl_kind, logits,
-                                inputs.get("teacher_logits"), a.kl_top_k, inputs["kd_weights"],
-                                weights=self.kd_token_weights(inputs, mask))
+        kd, m = reverse_kl_loss(logps, inputs["teacher_per_token_logps"], mask, a.kl_kind, logits=logits,
+                                teacher_logits=inputs.get("teacher_logits"), top_k=a.kl_top_k,
+                                kd_weights=inputs["kd_weights"], weights=self.kd_token_weights(inputs, mask))
         with torch.no_grad():
             t_logits = inputs.get("teacher_logits")
             lp = None if logps is None else logps.detach()
             m["kl_tokens"] = token_kl(a.kl_kind, lp, inputs["teacher_per_token_logps"],
-                                      None if logits is None else logits.detach(), t_logits, a.kl_top_k)
+                                      None if logits is None else logits.detach(), ref_logits=t_logits,
+                                      top_k=a.kl_top_k)
         return kd, m
 
     def _kd_log(self, mode, kl_tokens, mask, kd_w, beta, kd_loss=None):

@@ -1,0 +1,71 @@
+"""The ``train`` and ``eval`` commands of the CLI: one run trained from a config, or a trained run evaluated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig, load_config
+from .runs import checkpoints, folder
+from .runs.loading import load_world
+from .runs.metrics import is_eval
+from .trainer import Trainer
+
+
+def train(config: str, overrides: dict, resume: bool = False, overwrite: bool = False, engine: str = "kit") -> int:
+    """``kdrl-mini train``: train ``config`` (a shipped name or a YAML file) with ``overrides``; print
+    the last evaluation. ``engine="trl"`` trains the same fields through TRL's GRPOTrainer."""
+    cfg = load_config(config, **overrides)
+    if engine == "trl":
+        return train_trl(cfg, resume)
+    folder.check(cfg.output_dir, resume, overwrite)  # before any model loads
+    log = Trainer(cfg).train(resume=resume, overwrite=overwrite)
+    evals = [row for row in log if is_eval(row)]
+    last = evals[-1]["step"] if evals else None
+    for e in (row for row in evals if row["step"] == last):
+        print(f"{e['split']:>5}: accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}")
+    print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
+    return 0
+
+
+def train_trl(cfg: TrainConfig, resume: bool = False) -> int:
+    """``--engine trl``: the same config fields mapped onto KDRLConfig, trained by TRL
+    (:mod:`kdrl_mini.integrations.trl`)."""
+    if resume:
+        raise ValueError("--resume is not supported with --engine trl (TRL keeps its own checkpoints)")
+    try:  # TRL is an optional dependency (the [trl] extra)
+        from .integrations.trl.launch import train_with_trl
+    except ImportError as err:
+        raise ValueError(f"--engine trl needs TRL: pip install 'kdrl_mini[trl]' ({err})") from err
+    summary = train_with_trl(cfg)
+    print(f"trained {summary['steps']} steps through TRL; last kd/kl "
+          f"{summary['kd_kl'][-1] if summary['kd_kl'] else float('nan'):.4f}; output in {cfg.output_dir}")
+    return 0
+
+
+def evaluate(run: str | None = None, student: str | None = None, teacher: str | None = None, split: str = "all",
+             n: int | None = None) -> int:
+    """``kdrl-mini eval``: greedy accuracy of a trained run folder (``run``) or a model folder (``student``)."""
+    if run:
+        run = Path(run)
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run} is not a run folder (no config.yaml); pass the --output-dir of a train run")
+        cfg = load_config(run / "config.yaml")
+    else:
+        cfg = TrainConfig(student_path=student, teacher_path=teacher or student)
+    world = load_world(cfg)
+    if run:
+        load_trained_weights(world, run)
+    trainer = Trainer(cfg, world)
+    splits = trainer.world.eval_splits if split == "all" else (split,)
+    for name in splits:
+        r = trainer.evaluate(name, n)
+        print(f"{name:>5}: accuracy {r['eval_accuracy']:.3f}  length {r['eval_length']:.1f}  (n={n or cfg.eval_size})")
+    return 0
+
+
+def load_trained_weights(world, run: Path) -> None:
+    """Put a finished run's trainable weights (adapter or full) into the freshly loaded student."""
+    ckpt = run / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"no checkpoint.pt in {run}; the run may not have reached its first checkpoint")
+    checkpoints.load_trainable(world.student, checkpoints.load(ckpt)["trainable"], ckpt)

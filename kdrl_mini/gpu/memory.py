@@ -1,0 +1,241 @@
+"""How much GPU memory (and time) one training run should need, before any weight is loaded.
+
+An **estimate**, computed offline from a model's ``config.json`` numbers and a
+:class:`~kdrl_mini.config.TrainConfig`. Nothing here has been checked against a GPU yet; the
+presets label its numbers "estimate" until someone measures them on the card.
+
+Memory parts (bytes), in three groups:
+
+- **always held**: CUDA context, the weights of student and teacher, LoRA weights with their
+  gradients and AdamW states, the rollout's small [B, L] tensors, and the teacher's full logits
+  when an exact or top-k KL keeps them;
+- **one phase at a time** (the peak is the largest phase, since the phases run one after another):
+  ``generate`` (sampling G x prompts_per_step responses: KV cache, prefill, last-token logits),
+  ``teacher`` (scoring one micro-batch with the frozen teacher), ``train`` (the student's
+  forward/backward on one micro-batch: saved activations and the [B, T, V] logits), ``eval``
+  (greedy decoding of up to 100 test rows at once).
+
+``total = sum(always) + max(phase sums)``.
+
+What is exact and what is approximate:
+
+- weight counts follow the architecture exactly (they reproduce the published parameter counts);
+  bytes per weight are bitsandbytes' formats: NF4 0.5 B + one fp32 absmax per 64 weights (no double
+  quantisation, as the kit loads it), LLM.int8 1 B + one fp32 scale per output row; embeddings,
+  the LM head, norms and biases stay in the compute dtype (2 B).
+- **approximate**: saved activations per token and layer (a count of the tensors autograd keeps in a
+  Qwen2/Llama block with SDPA memory-efficient attention and grouped KV heads expanded; a math-backend
+  fallback would add [B, heads, L, L] scores), the logits' 8 bytes per element during the backward
+  (compute-dtype logits, their fp32 copy saved by logsumexp, the gradient), the prompt length (a
+  padded batch is as long as its longest prompt), the CUDA context (0.4 GiB) and library workspaces
+  (0.25 GiB), and allocator fragmentation (not modelled: :func:`fits` keeps 5% of the free memory spare).
+- step time is rougher still: FLOPs (2 per parameter per token forward, 4 more backward, 2 more to
+  recompute under gradient checkpointing) over an assumed fraction of the card's peak, and decoding
+  limited by reading the weights once per generated token plus a fixed launch overhead per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..config import EVAL_EXTRA_TOKENS
+from ..rollout import EVAL_BATCH
+from ..scoring import CHUNK_ELEMENTS
+from .shapes import ModelShape
+from .timing import eval_seconds, step_seconds
+
+GiB = 2**30
+CUDA_CONTEXT = int(0.4 * GiB)       # created by the first CUDA call (so mem_get_info has already paid it)
+WORKSPACES = int(0.25 * GiB)         # cuBLAS / bitsandbytes kernels and workspaces, loaded lazily
+NF4_BLOCK = 64                       # bitsandbytes NF4 block size: one fp32 absmax per block
+CHUNK_BYTES = CHUNK_ELEMENTS * 4     # one logsumexp chunk of fp32 logits
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "auto": 2, "fp32": 4}
+PHASES = ("generate", "teacher", "train", "eval")
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    bytes: int
+    group: str        # "always" or one of PHASES
+    note: str = ""
+
+
+@dataclass
+class MemoryEstimate:
+    """Per-part bytes; ``total = sum(always) + max over phases``. An estimate, not a measurement."""
+
+    parts: list[Part]
+    step_seconds: float = float("nan")
+    detail: dict = field(default_factory=dict)
+
+    def group_bytes(self, group: str) -> int:
+        return sum(p.bytes for p in self.parts if p.group == group)
+
+    @property
+    def always(self) -> int:
+        return self.group_bytes("always")
+
+    @property
+    def phases(self) -> dict[str, int]:
+        return {g: self.group_bytes(g) for g in PHASES}
+
+    @property
+    def peak_phase(self) -> str:
+        phases = self.phases
+        return max(phases, key=phases.get)
+
+    @property
+    def total(self) -> int:
+        return self.always + max(self.phases.values())
+
+    def part(self, name: str) -> int:
+        return sum(p.bytes for p in self.parts if p.name == name)
+
+
+def _weights_bytes(shape: ModelShape, quant: str, dtype_bytes: int) -> int:
+    """Bytes of one model's weights under ``quant`` ("4bit", "8bit" or "none")."""
+    linear = shape.layers * shape.linear_params_per_layer
+    small = shape.layers * shape.small_params_per_layer + shape.embedding_params + shape.hidden
+    if quant == "4bit":
+        linear_b = linear * 0.5 + math.ceil(linear / NF4_BLOCK) * 4
+    elif quant == "8bit":
+        linear_b = linear * 1 + shape.layers * shape.linear_rows_per_layer * 4
+    else:
+        linear_b = linear * dtype_bytes
+    return int(linear_b + small * dtype_bytes)
+
+
+def lora_parameters(shape: ModelShape, r: int) -> int:
+    """LoRA on every linear of every block ("all-linear"): r * (in + out) per linear."""
+    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
+    return shape.layers * r * per_layer
+
+
+def _train_activations(shape: ModelShape, rows: int, length: int, checkpointing: bool, dtype_bytes: int) -> int:
+    tokens = rows * length
+    full_layer = tokens * shape.saved_elements_per_token_layer() * dtype_bytes
+    if checkpointing:  # each block keeps its input; one block's activations are rebuilt at a time
+        kept = shape.layers * tokens * shape.hidden * dtype_bytes + full_layer
+    else:
+        kept = shape.layers * full_layer
+    final_norm = tokens * 4 * shape.hidden * dtype_bytes  # final RMSNorm (+fp32 copy) and the head's input
+    mask = rows * length * length * dtype_bytes            # the 4-D attention mask SDPA receives
+    return kept + final_norm + mask
+
+
+def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt_tokens: int = 256,
+             tflops: float | None = None, bandwidth_gbs: float | None = None) -> MemoryEstimate:
+    """Peak GPU memory of one run of ``cfg`` (a TrainConfig) with these model shapes.
+
+    ``student``/``teacher``: ``config.json`` dicts or :class:`ModelShape`; ``prompt_tokens``: the
+    padded prompt length (chat template + question + instruction). ``tflops`` (dense 16-bit
+    tensor peak) and ``bandwidth_gbs`` of the card give a step-time estimate (NaN without them).
+    """
+    s = student if isinstance(student, ModelShape) else ModelShape.from_config(student)
+    t = teacher if isinstance(teacher, ModelShape) else ModelShape.from_config(teacher)
+    db = DTYPE_BYTES[cfg.compute_dtype]
+    P, T, G, N = prompt_tokens, cfg.max_new_tokens, cfg.group_size, cfg.prompts_per_step
+    B, L = G * N, prompt_tokens + cfg.max_new_tokens
+    mb = min(cfg.micro_batch_size or B, B)
+    teacher_rows = min(B, max(G, (mb // G) * G))  # scoring.score_groups: whole groups per call
+    eval_rows = min(cfg.eval_size, EVAL_BATCH)
+    lora = lora_parameters(s, cfg.lora_r) if cfg.lora_r > 0 else s.parameters
+    keep_teacher_logits = cfg.kl_kind in ("exact", "topk") or bool(cfg.log_exact_kl)
+    layer_tmp = lambda shape, rows, n: rows * n * (4 * shape.hidden + 3 * shape.intermediate) * db  # noqa: E731
+
+    parts = [
+        Part("cuda context", CUDA_CONTEXT, "always", "driver + runtime, taken at the first CUDA call"),
+        Part("workspaces", WORKSPACES, "always", "cuBLAS and bitsandbytes kernels"),
+        Part("student weights", _weights_bytes(s, cfg.student_quant, db), "always", cfg.student_quant),
+        Part("teacher weights", _weights_bytes(t, cfg.teacher_quant, db), "always", cfg.teacher_quant),
+        Part("trainable + AdamW", lora * 16, "always", "fp32 weight, gradient, two moments"),
+        Part("rollout tensors", B * L * 8 * 4, "always", "ids, masks, log-probs [B, L]"),
+        Part("teacher logits kept", B * T * t.vocab * 4 if keep_teacher_logits else 0, "always",
+             "exact/top-k KL: fp32 [B, T, V]"),
+        # generate: G x prompts_per_step sequences at once
+        Part("KV cache (rollout)", B * L * s.kv_bytes_per_token(db), "generate", f"{B} x {L} tokens"),
+        Part("prefill + sampling", layer_tmp(s, B, P) + 3 * B * s.vocab * 4, "generate",
+             "one block's temporaries over the prompts; last-token logits"),
+        # teacher: one micro-batch (whole groups), no gradients
+        Part("teacher KV + temporaries", teacher_rows * L * t.kv_bytes_per_token(db) + layer_tmp(t, teacher_rows, L),
+             "teacher", f"{teacher_rows} rows"),
+        Part("teacher logits", teacher_rows * T * t.vocab * db + 2 * CHUNK_BYTES, "teacher", "[mb, T, V]"),
+        # train: the student's forward/backward on one micro-batch
+        Part("activations", _train_activations(s, mb, L, cfg.gradient_checkpointing, db), "train",
+             f"{mb} x {L} tokens, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}"),
+        Part("student logits", mb * T * s.vocab * (db + 4 + db), "train", "[mb, T, V]: 16-bit, fp32 copy, gradient"),
+        # eval: greedy decoding
+        Part("KV cache (eval)", eval_rows * (L + EVAL_EXTRA_TOKENS) * s.kv_bytes_per_token(db)
+             + layer_tmp(s, eval_rows, P) + 3 * eval_rows * s.vocab * 4, "eval", f"{eval_rows} rows"),
+    ]
+    est = MemoryEstimate(parts, detail={"student_params": s.parameters, "teacher_params": t.parameters,
+                                        "trainable_params": lora, "rollouts": B, "micro_batch": mb,
+                                        "sequence_length": L})
+    if tflops and bandwidth_gbs:
+        est.step_seconds = step_seconds(cfg, s, t, P, tflops, bandwidth_gbs)
+        est.detail["eval_seconds"] = eval_seconds(cfg, s, P, bandwidth_gbs)
+    return est
+
+
+# ---------------------------------------------------------------- checks and display
+def fits(est: MemoryEstimate, free_bytes: int, context_taken: bool = True, spare: float = 0.05) -> bool:
+    """Whether the estimate fits in ``free_bytes`` (``torch.cuda.mem_get_info()[0]``), keeping
+    ``spare`` of it for fragmentation. ``context_taken``: the CUDA context already exists (it does
+    once mem_get_info has run), so it is not counted again."""
+    return needed_bytes(est, context_taken) <= (1 - spare) * free_bytes
+
+
+def needed_bytes(est: MemoryEstimate, context_taken: bool = True) -> int:
+    return est.total - (est.part("cuda context") if context_taken else 0)
+
+
+def knob(est: MemoryEstimate, cfg) -> str:
+    """The setting to change first when the estimate does not fit (the largest term decides)."""
+    weights = est.part("student weights") + est.part("teacher weights")
+    phase = est.peak_phase
+    if weights > est.phases[phase]:
+        return "a smaller teacher (teacher_path) or teacher_quant=4bit"
+    if phase == "train":
+        if not cfg.gradient_checkpointing and est.part("activations") > est.part("student logits"):
+            return "--set gradient_checkpointing=true"
+        if (cfg.micro_batch_size or 2) > 1:
+            return f"--set micro_batch_size={max(1, (cfg.micro_batch_size or cfg.group_size) // 2)}"
+        return f"--set max_new_tokens={cfg.max_new_tokens // 2}"
+    if phase == "teacher":
+        if (cfg.micro_batch_size or cfg.group_size) > cfg.group_size:
+            return f"--set micro_batch_size={cfg.group_size}"
+        return (f"--set max_new_tokens={cfg.max_new_tokens // 2} (the teacher scores whole groups of "
+                f"{cfg.group_size}) or a smaller teacher")
+    if phase == "eval":
+        return f"--set eval_size={max(1, min(cfg.eval_size, EVAL_BATCH) // 2)} or lower max_new_tokens"
+    return f"--set max_new_tokens={cfg.max_new_tokens // 2} (or fewer prompts_per_step)"
+
+
+def refusal(name: str, est: MemoryEstimate, cfg, free_bytes: int) -> str | None:
+    """None when it fits, else one line: what is needed, what is free, the knob to turn."""
+    if fits(est, free_bytes):
+        return None
+    return (f"preset {name} needs about {gib(needed_bytes(est))} GiB (estimate, peak in the {est.peak_phase} phase) "
+            f"but the GPU has {gib(free_bytes)} GiB free; change {knob(est, cfg)}")
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.1f}"
+
+
+def format_estimate(est: MemoryEstimate) -> str:
+    """A short table: every part, the phase totals and the total, in GiB (labelled an estimate)."""
+    rows = ["estimated GPU memory (GiB; an estimate, not measured)", f"{'part':<26}{'phase':<10}{'GiB':>7}  note"]
+    for p in est.parts:
+        if p.bytes:
+            rows.append(f"{p.name:<26}{p.group:<10}{p.bytes / GiB:>7.2f}  {p.note}")
+    rows.append(f"{'always held':<36}{est.always / GiB:>7.2f}")
+    rows.append("phases: " + ", ".join(f"{k} {v / GiB:.2f}" for k, v in est.phases.items())
+                + f" (peak: {est.peak_phase})")
+    rows.append(f"{'total (always + peak phase)':<36}{est.total / GiB:>7.2f}")
+    if est.step_seconds == est.step_seconds:
+        rows.append(f"step time: about {est.step_seconds:.0f} s (estimate)")
+    return "\n".join(rows)

@@ -1,0 +1,125 @@
+"""Presets for one GPU: a real model pair, GSM8K and settings sized for a named card.
+
+Each ``preset_configs/<name>.yaml`` has two blocks: ``config`` (TrainConfig fields, validated like any config
+file) and ``about`` (what a config cannot hold: a description, the departures from the paper, the
+card's reference numbers, the KDRL coefficients of the preset study, and the models' published
+``config.json`` numbers, so the memory estimate works offline). ``load_preset(name)`` returns both.
+
+Estimates of memory and time (:mod:`kdrl_mini.gpu.memory`, :mod:`kdrl_mini.gpu.timing`) are computed, never stored: they
+stay labelled estimates until ``about.measured`` holds numbers from the card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import TrainConfig
+from .memory import estimate
+from .shapes import resolve_model_config
+
+PRESET_DIR = Path(__file__).parent / "preset_configs"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The card a preset is sized for (datasheet numbers of a reference card)."""
+
+    name: str
+    memory_gib: float
+    bf16: bool
+    tflops: float            # dense 16-bit tensor peak
+    bandwidth_gbs: float
+
+
+@dataclass(frozen=True)
+class StudyCoefficients:
+    """KDRL's coefficients in the preset study: constant ``beta``; the annealed run goes linearly
+    from ``anneal_start`` to ``anneal_floor`` within ``anneal_fraction`` of the steps, then holds."""
+
+    beta: float
+    anneal_start: float
+    anneal_floor: float
+    anneal_fraction: float
+    seeds: tuple[int, ...] = (0,)
+
+    def anneal_steps(self, max_steps: int) -> int:
+        return max(1, round(self.anneal_fraction * max_steps))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A hub model: its id, published parameter count and ``config.json`` numbers."""
+
+    name: str
+    parameters: int
+    config: dict
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """Everything about a preset that is not a TrainConfig field."""
+
+    name: str
+    description: str
+    machine: Machine
+    departures: tuple[str, ...]
+    prompt_tokens: int
+    study: StudyCoefficients
+    student: ModelInfo
+    teacher: ModelInfo
+    measured: dict | None = None
+    path: Path = field(default=PRESET_DIR)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str, **overrides) -> tuple[TrainConfig, PresetInfo]:
+    """(TrainConfig, PresetInfo) of a shipped preset; ``overrides`` replace config fields."""
+    names = preset_names()
+    path = PRESET_DIR / f"{name}.yaml"
+    if name not in names:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(names)}")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or set(data) != {"about", "config"}:
+        raise ValueError(f"{path}: a preset has exactly two blocks, `about:` and `config:`")
+    values = {**data["config"], **{k: v for k, v in overrides.items() if v is not None}}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config field(s) {unknown}; descriptions go in the `about:` block")
+    cfg = TrainConfig(**values)
+    return cfg, _info(name, data["about"], path)
+
+
+def _info(name: str, about: dict, path: Path) -> PresetInfo:
+    try:
+        models = {role: ModelInfo(**about["models"][role]) for role in ("student", "teacher")}
+        study = dict(about["study"])
+        study["seeds"] = tuple(study.get("seeds", (0,)))
+        return PresetInfo(name=name, description=" ".join(about["description"].split()),
+                          machine=Machine(**about["machine"]), departures=tuple(about["departures"]),
+                          prompt_tokens=int(about["prompt_tokens"]), study=StudyCoefficients(**study),
+                          measured=about.get("measured"), path=path, **models)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: the `about:` block is incomplete or has an unknown key ({err}); "
+                         f"compare with t4-16gb.yaml") from None
+
+
+def estimate_preset(cfg: TrainConfig, info: PresetInfo, use_source: bool = True):
+    """The memory (and step-time) estimate of ``cfg`` on the preset's card.
+
+    Real ``config.json`` files (local folder or hub cache) are preferred when ``use_source``;
+    offline without them, the preset's published numbers are used. Returns (estimate, sources).
+    """
+    student, s_src = resolve_model_config(cfg.student_path, info.student.config if
+                                             cfg.student_path == info.student.name else None, use_source)
+    teacher, t_src = resolve_model_config(cfg.teacher_path, info.teacher.config if
+                                             cfg.teacher_path == info.teacher.name else None, use_source)
+    est = estimate(cfg, student, teacher, info.prompt_tokens, info.machine.tflops, info.machine.bandwidth_gbs)
+    return est, {"student": s_src, "teacher": t_src}

@@ -1,0 +1,51 @@
+"""How long one training step and one evaluation should take on a GPU: a rough model (FLOPs over an
+assumed share of the card's peak; decoding bounded by reading the weights once per token)."""
+
+from __future__ import annotations
+
+import math
+
+from ..config import EVAL_EXTRA_TOKENS
+from ..rollout import EVAL_BATCH
+from .shapes import ModelShape
+
+# Fractions of the card's peak dense tensor FLOPs that each kind of matmul reaches (assumptions).
+EFFICIENCY = {"none": 0.35, "4bit": 0.20, "8bit": 0.10}
+# Bytes read per weight per decoded token (4-bit: dequantise to 16-bit, then a 16-bit matmul).
+DECODE_BYTES = {"none": 2.0, "4bit": 4.5, "8bit": 4.0}
+LAUNCH_S_PER_LAYER = 1e-3            # eager PyTorch + peft + bitsandbytes: launches and Python per layer per token
+
+
+def _decode_seconds(shape: ModelShape, quant: str, rows: int, context: int, steps: int, bandwidth_gbs: float) -> float:
+    """Decoding ``steps`` tokens for ``rows`` sequences: weights and KV cache read once per token."""
+    weights = shape.layers * shape.linear_params_per_layer * DECODE_BYTES[quant] + shape.vocab * shape.hidden * 2
+    kv = rows * context * shape.kv_bytes_per_token()
+    return steps * ((weights + kv) / (bandwidth_gbs * 1e9) + shape.layers * LAUNCH_S_PER_LAYER)
+
+
+def step_seconds(cfg, s: ModelShape, t: ModelShape, prompt_tokens: int, tflops: float, bandwidth_gbs: float) -> float:
+    """One training step (rollout, teacher scoring, student update): a rough estimate."""
+    P, T, B = prompt_tokens, cfg.max_new_tokens, cfg.group_size * cfg.prompts_per_step
+    peak = tflops * 1e12
+    generate = _decode_seconds(s, cfg.student_quant, B, P + T // 2, T, bandwidth_gbs)
+    teacher_tokens = cfg.prompts_per_step * P + B * T  # score_groups encodes each prompt once
+    teacher = 2 * t.parameters * teacher_tokens / (peak * EFFICIENCY[cfg.teacher_quant])
+    per_token = 2 + 4 + (2 if cfg.gradient_checkpointing else 0)
+    train = cfg.ppo_epochs * per_token * s.parameters * B * (P + T) / (peak * EFFICIENCY[cfg.student_quant])
+    return generate + teacher + train
+
+
+def eval_seconds(cfg, s: ModelShape, prompt_tokens: int, bandwidth_gbs: float) -> float:
+    """One greedy evaluation of ``eval_size`` rows (decoding to the budget; rough)."""
+    rows, batch = cfg.eval_size, min(cfg.eval_size, EVAL_BATCH)
+    steps = cfg.max_new_tokens + EVAL_EXTRA_TOKENS
+    return math.ceil(rows / batch) * _decode_seconds(s, cfg.student_quant, batch, prompt_tokens + steps // 2, steps,
+                                                     bandwidth_gbs)
+
+
+def run_seconds(cfg, est) -> float:
+    """One run of ``est`` (a :class:`~kdrl_mini.gpu.memory.MemoryEstimate`): max_steps steps plus its
+    evaluations (every ``eval_every`` steps and at the end)."""
+    evals = (cfg.max_steps // cfg.eval_every if cfg.eval_every else 0) + (
+        0 if cfg.eval_every and cfg.max_steps % cfg.eval_every == 0 else 1)
+    return cfg.max_steps * est.step_seconds + evals * est.detail.get("eval_seconds", float("nan"))

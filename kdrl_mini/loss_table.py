@@ -1,0 +1,94 @@
+"""The four losses of the trainer behind one signature, and the :class:`Rollout` record they read.
+
+Every entry of :data:`LOSSES` is ``(rollout, logp, logits, cfg, beta) -> (loss, metrics)``: the
+trainer picks one by ``cfg.algorithm`` (per step: ``kd-then-grpo`` switches from KD to GRPO) and
+never branches on the algorithm itself. Each adapter only reads the rollout and the config and
+calls a loss of :mod:`kdrl_mini.losses` (or folds the KL into the advantages first, with
+:mod:`kdrl_mini.advantages`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .advantages import per_token_kl_advantages
+from .batch import Batch
+from .losses import forward_kl_loss, grpo_loss, kdrl_loss, reverse_kl_loss
+
+
+@dataclass
+class Rollout:
+    """Everything a step learns from, collected once, on the model's device.
+
+    batch (ids [B, P+T], mask [B, T], texts); rewards, correct, advantages, kd_weights: [B];
+    weights: [B, T] aggregation weights of the whole rollout (``losses.token_weights``);
+    old_logp, teacher_logp: [B, T] or None; teacher_logits: [B, T, V] or None (exact/top-k KL).
+    """
+
+    batch: Batch
+    rewards: torch.Tensor
+    correct: torch.Tensor
+    advantages: torch.Tensor
+    kd_weights: torch.Tensor
+    weights: torch.Tensor
+    old_logp: torch.Tensor | None = None
+    teacher_logp: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.completion_mask
+
+    def rows(self, sl: slice) -> "Rollout":
+        """A micro-batch: the sequences ``sl`` of every field."""
+        take = lambda v: v.rows(sl) if isinstance(v, Batch) else (None if v is None else v[sl])  # noqa: E731
+        return Rollout(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
+
+
+def _old(ro: Rollout, logp):  # one PPO epoch: pi_old = pi_theta, the ratio is exactly 1
+    return logp.detach() if ro.old_logp is None else ro.old_logp
+
+
+def _logits(ro, logits, cfg):  # the student's full distribution, only where the KL sums over it
+    return logits.float() / cfg.temperature if cfg.kl_kind in ("exact", "topk") else None
+
+
+def _agg(ro, cfg):  # every loss aggregates with the whole rollout's weights (micro-batch invariant)
+    return {"loss_agg": cfg.loss_agg, "max_len": cfg.max_new_tokens, "weights": ro.weights}
+
+
+def _clip(cfg):
+    return {"clip_eps": cfg.clip_eps, "clip_eps_high": cfg.clip_eps_high}
+
+
+def _kl(ro, logits, cfg):
+    return {"logits": _logits(ro, logits, cfg), "teacher_logits": ro.teacher_logits, "top_k": cfg.top_k}
+
+
+def grpo_step_loss(ro, logp, logits, cfg, beta):
+    return grpo_loss(logp, _old(ro, logp), ro.advantages, ro.mask, **_clip(cfg), **_agg(ro, cfg))
+
+
+def kd_fkl_step_loss(ro, logp, logits, cfg, beta):
+    return forward_kl_loss(logp, ro.mask, **_agg(ro, cfg))
+
+
+def kd_rkl_step_loss(ro, logp, logits, cfg, beta):
+    return reverse_kl_loss(logp, ro.teacher_logp, ro.mask, kind=cfg.kl_kind, **_kl(ro, logits, cfg), **_agg(ro, cfg))
+
+
+def kdrl_step_loss(ro, logp, logits, cfg, beta):
+    if cfg.kl_mode == "reward":  # per-token form: A_i + beta * w_i * d_t, then GRPO
+        adv = per_token_kl_advantages(ro.advantages, beta=beta, teacher_logp=ro.teacher_logp,
+                                      old_logp=_old(ro, logp), mask=ro.mask, kd_weights=ro.kd_weights)
+        return grpo_step_loss(Rollout(**{**vars(ro), "advantages": adv}), logp, logits, cfg, beta)
+    if cfg.kl_mode == "reward-seq":  # already folded into ro.advantages by Trainer.collect()
+        return grpo_step_loss(ro, logp, logits, cfg, beta)
+    return kdrl_loss(logp, _old(ro, logp), ro.advantages, ro.mask, teacher_logp=ro.teacher_logp, beta=beta,
+                     kl_kind=cfg.kl_kind, kd_weights=ro.kd_weights, **_clip(cfg), **_kl(ro, logits, cfg), **_agg(ro, cfg))
+
+
+LOSSES = {"grpo": grpo_step_loss, "kd-fkl": kd_fkl_step_loss, "kd-rkl": kd_rkl_step_loss, "kdrl": kdrl_step_loss}
+SUMMED = ("loss", "policy_loss", "kd_loss")  # shares of the whole-rollout loss: micro-batches add up

@@ -1,0 +1,112 @@
+"""One run per folder: a finished or interrupted run is never replaced by accident, and two
+trainers never write to the same folder at once.
+
+``claim(folder, resume, overwrite)`` is held for the whole run:
+- the folder must not be a file; it is created if missing;
+- a folder that already holds a run (``metrics.jsonl`` or ``checkpoint.pt``) is refused unless
+  the run is resumed (``--resume``) or explicitly replaced (``--overwrite``, which deletes that
+  run's files first, so a new run never continues an old checkpoint);
+- a lock file (``.lock``, holding the owner's pid) keeps a second trainer out; a lock left by a
+  process that no longer exists is taken over.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from .checkpoints import writing
+
+RUN_FILES = ("metrics.jsonl", "checkpoint.pt", "config.yaml", "trainable.pt", "final.json")
+
+
+class RunFolderError(ValueError):
+    """The folder cannot be used for this run; the message says why and what to do."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def take_pid_file(path: Path) -> int:
+    """Create ``path`` holding this process's pid, atomically (``O_EXCL``). Returns 0 once this
+    process holds it (also when it already did), else the pid of the live process that does; a
+    file left by a process that is gone is taken over. -1 if it could not be taken."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                return owner
+            path.unlink(missing_ok=True)  # ours, unreadable, or left by a process that is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return 0
+    return -1
+
+
+def _lock(folder: Path) -> Path:
+    lock = folder / ".lock"
+    owner = take_pid_file(lock)
+    if owner > 0:
+        raise RunFolderError(f"{folder} is in use by another trainer (pid {owner}); wait for it to finish "
+                             f"or choose another --output-dir")
+    if owner < 0:
+        raise RunFolderError(f"{folder}: could not take the run lock {lock}; remove it if no trainer is running")
+    return lock
+
+
+def check(folder: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """The checks :func:`claim` makes before it takes the lock; cheap, so the CLI runs them
+    before any model loads. Nothing is created or changed."""
+    folder = Path(folder)
+    if resume and overwrite:
+        raise RunFolderError("--resume continues the run in the folder and --overwrite deletes it: pass only one")
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"--output-dir {folder} is a file; pass a folder path")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunFolderError(f"--output-dir {folder}: {parent} is a file; pass a folder path")
+            break
+    held = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
+    if held and not resume and not overwrite:
+        raise RunFolderError(f"{folder} already holds a run; continue it with --resume, replace it with "
+                             f"--overwrite, or choose another --output-dir")
+    if resume and not (folder / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"no checkpoint at {folder / 'checkpoint.pt'}; start without --resume, or point "
+                                f"--output-dir at the folder of the interrupted run")
+    return folder
+
+
+@contextmanager
+def claim(folder: str | Path, resume: bool = False, overwrite: bool = False):
+    folder = check(folder, resume, overwrite)
+    with writing(folder / ".lock"):
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = _lock(folder)
+    try:
+        held = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
+        if held and not resume and not overwrite:
+            raise RunFolderError(f"{folder} already holds a run; continue it with --resume, replace it with "
+                                 f"--overwrite, or choose another --output-dir")
+        if overwrite and not resume:
+            for name in RUN_FILES:
+                (folder / name).unlink(missing_ok=True)
+            shutil.rmtree(folder / "adapter", ignore_errors=True)
+        yield folder
+    finally:
+        lock.unlink(missing_ok=True)

@@ -1,0 +1,94 @@
+"""Running many (variant, seed) trainings into one study folder, resumably and by several workers.
+
+``run_study`` trains every (variant, seed) pair into ``out_dir/runs/<variant>/seed<k>``; a
+finished run (``final.json`` present) is skipped and an interrupted one resumes from its
+checkpoint, so a study is resumable; a run another live worker holds is left to it, so two
+processes can share one study (one per core). ``collect`` reads the finished runs back. The
+brief comparison (:mod:`.brief`), the pre-registered study (:mod:`.reproduction`) and the preset
+study (:mod:`kdrl_mini.gpu.preset_study`) all run through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from ..config import TrainConfig
+from ..runs.folder import take_pid_file
+from ..runs.loading import load_student_for
+from ..trainer import Trainer
+
+
+def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dict[str, list[int]], base: TrainConfig,
+              summarize, progress: bool = True, step_progress: bool = False) -> list[dict]:
+    """Train every (variant, seed); skip finished runs, resume interrupted ones.
+
+    ``seeds`` is one list for every variant or a dict variant -> its seeds; ``summarize(run_dir)``
+    gives the numbers written to each finished run's ``final.json``; ``step_progress`` adds each
+    run's own step bar (long GPU runs)."""
+    out_dir = Path(out_dir)
+    per = seeds if isinstance(seeds, dict) else {name: seeds for name in plan}
+    jobs = [(name, seed) for name in plan for seed in per[name]]
+    records = []
+    world = None
+    finished = sum((out_dir / "runs" / n / f"seed{k}" / "final.json").exists() for n, k in jobs)
+    bar = tqdm(total=len(jobs), initial=finished, desc="study", disable=not progress)  # rate of new runs only
+    for name, seed in jobs:
+        run = out_dir / "runs" / name / f"seed{seed}"
+        cfg = base.replace(seed=seed, output_dir=str(run), **plan[name])
+        cfg.validate()
+        if (run / "final.json").exists():
+            _check_same_config(run, cfg)
+        elif not _take(run):  # another worker of this study is training it
+            continue
+        else:
+            bar.set_postfix(run=f"{name}/seed{seed}")
+            trainer = Trainer(cfg, world=_fresh_student(world, cfg))
+            world = trainer.world
+            resume = (run / "checkpoint.pt").exists()  # killed before its first checkpoint: start over
+            trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
+            (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **summarize(run)}, indent=1))
+            (run / "checkpoint.pt").unlink(missing_ok=True)  # the study keeps metrics, not weights
+            shutil.rmtree(run / "adapter", ignore_errors=True)
+            (run / WORKER_FILE).unlink(missing_ok=True)
+            bar.update()
+        records.append(json.loads((run / "final.json").read_text()))
+    return records
+
+
+WORKER_FILE = ".study-worker"  # the pid of the study process training this run
+
+
+def _take(run: Path) -> bool:
+    """Claim ``run`` for this process, so that several ``reproduce --full`` workers can share one
+    study (one per free core): False when a live process holds it, True once this one does (a
+    claim left by a process that is gone is taken over)."""
+    run.mkdir(parents=True, exist_ok=True)
+    return take_pid_file(run / WORKER_FILE) == 0
+
+
+def _check_same_config(run: Path, cfg: TrainConfig) -> None:
+    """A finished run is reused only if it was trained with the config asked for now."""
+    saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    ignore = {"output_dir", "threads", "device"}
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in ignore and k in saved and saved[k] != v)
+    if changed:
+        raise ValueError(f"{run} holds a finished run with other settings for {changed}; use another --output-dir "
+                         f"for this study, or delete that run folder to train it again")
+
+
+def _fresh_student(world, cfg: TrainConfig):
+    """Reuse the loaded teacher, tokenizer and data; load a new student for every run."""
+    vocab = None if world is None else getattr(world.student, "kdrl_vocab", None)  # the same logit columns
+    return None if world is None else dataclasses.replace(world, student=load_student_for(cfg, vocab))
+
+
+def collect(out_dir: str | Path) -> list[dict]:
+    """Every ``final.json`` under ``out_dir/runs`` (sorted by variant, seed)."""
+    files = sorted(Path(out_dir).glob("runs/*/seed*/final.json"))
+    return [json.loads(f.read_text()) for f in files]
