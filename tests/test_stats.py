@@ -64,3 +64,19 @@ def test_summary_averages_the_last_five_evaluations(tmp_path):
     assert s["test_auc"] == pytest.approx(sum(accs) / len(accs))
     assert s["steps_to_threshold"] == 4
     assert s["train_exact_kl"] == 1.0
+
+
+@pytest.mark.parametrize("low, high, mean, expected", [
+    (0.01, 0.09, 0.05, "reproduced"),                                      # estimate reaches the SESOI
+    (0.005, 0.025, 0.015, "real but below the smallest effect of interest"),  # above 0, inside the margin
+    (-0.01, 0.02, 0.005, "not reproduced (equivalent)"), (-0.2, -0.01, -0.1, "not reproduced (reversed)"),
+])
+def test_verdict_with_a_smallest_effect_of_interest(low, high, mean, expected):
+    assert stats.verdict(low, high, 0.03, sesoi=0.05, mean=mean) == expected
+
+
+def test_seeds_for_power_reaches_the_target_and_respects_the_floor():
+    n = stats.seeds_for_power(0.05, 0.05, 0.99)
+    assert stats.power(0.05, n, 0.05, 0.99) >= 0.8 > stats.power(0.05, n - 1, 0.05, 0.99)
+    assert stats.seeds_for_power(0.001, 0.05, 0.95) == 8  # a tiny spread still gets the minimum
+    assert stats.seeds_for_power(1.0, 0.01, 0.99, maximum=20) == 20

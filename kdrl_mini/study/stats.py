@@ -50,17 +50,29 @@ def holm_levels(p_values: dict[str, float], alpha: float = 0.05) -> dict[str, fl
     return levels
 
 
-def verdict(low: float, high: float, margin: float) -> str:
+def verdict(low: float, high: float, margin: float, sesoi: float | None = None, mean: float | None = None) -> str:
     """The pre-registered rule on a (Holm-adjusted) interval of the signed difference:
-    "reproduced" when it lies above 0; "not reproduced" when it lies below 0 or inside
+    "reproduced" when it lies above 0 (and, given a smallest effect of interest ``sesoi``, the
+    estimate ``mean`` reaches it; an interval above 0 whose estimate stays below it is "real but
+    below the smallest effect of interest"); "not reproduced" when it lies below 0 or inside
     (-margin, +margin) (then the two are equivalent at this scale); else "inconclusive"."""
     if low > 0:
+        if sesoi is not None and mean < sesoi:
+            return "real but below the smallest effect of interest"
         return "reproduced"
     if high < 0:
         return "not reproduced (reversed)"
     if -margin < low and high < margin:
         return "not reproduced (equivalent)"
     return "inconclusive"
+
+
+def seeds_for_power(sd: float, effect: float, level: float, target: float = 0.8, minimum: int = 8,
+                    maximum: int = 64) -> int:
+    """The fewest seeds (at least ``minimum``) whose paired t-test at ``level`` has ``target`` power
+    to detect ``effect`` when per-seed differences have standard deviation ``sd``; ``maximum`` when
+    even that many fall short."""
+    return next((n for n in range(minimum, maximum + 1) if power(sd, n, effect, level) >= target), maximum)
 
 
 def power(sd: float, n: int, effect: float, level: float = 0.95) -> float:
