@@ -33,7 +33,7 @@ from .runs import checkpoints, folder, metrics
 from .runs.loading import PromptSampler, World, load_world
 from .sampling_copy import MergedCopy, is_quantised_linear, merged_lora
 from .schedules import annealed
-from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, score_in_micro_batches
+from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, student_token_stats
 from .utils import set_threads
 from .vocab import vocab_size_of
 
@@ -114,7 +114,7 @@ class Trainer:
         in_loss = phase in ("kd-rkl", "kdrl")
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template, cfg.prompt_suffix)
         answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        with self.sampling_policy() as policy:
+        with self.sampling_policy() as policy, self._autocast():
             batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
         correct = batch_rewards(batch.texts, answers, device=self.device, checker=cfg.answer_checker)
         rewards = (batch_rewards(batch.texts, answers, cfg.format_weight, self.device, checker=cfg.answer_checker)
@@ -123,12 +123,16 @@ class Trainer:
         teacher_logp, teacher_logits = None, None
         if in_loss or self.log_exact_kl:
             keep = self.log_exact_kl or (in_loss and cfg.kl_kind in ("exact", "topk"))
-            teacher_logp, teacher_logits = score_groups(w.teacher, batch, cfg.group_size, cfg.micro_batch_size, keep)
+            with self._autocast():
+                teacher_logp, teacher_logits = score_groups(w.teacher, batch, cfg.group_size, cfg.micro_batch_size,
+                                                            keep)
         laps("teacher")
         old_logp = None
         if cfg.ppo_epochs > 1 or (phase == "kdrl" and cfg.kl_mode == "reward-seq"):
-            w.student.train()
-            old_logp = score_in_micro_batches(w.student, batch, cfg.micro_batch_size, temperature=cfg.temperature)[0]
+            w.student.train()  # pi_old is the training forward itself: the first epoch's ratio is exactly 1
+            B, mb = batch.input_ids.shape[0], cfg.micro_batch_size or batch.input_ids.shape[0]
+            with torch.no_grad():
+                old_logp = torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
         kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
         shaped = rewards
         if phase == "kdrl" and cfg.kl_mode == "reward-seq":
@@ -141,16 +145,34 @@ class Trainer:
     def micro_step(self, ro: Rollout, beta: float) -> dict[str, torch.Tensor]:
         """Student forward, loss, backward on one micro-batch; returns summable statistics."""
         cfg = self.cfg
-        with self._autocast():
-            logits = completion_logits(self.world.student, ro.batch)
-        logp = logprobs_from_logits(logits, ro.batch.completion_ids, cfg.temperature)
+        teacher_logits = ro.teacher_logits if self.log_exact_kl else None
+        logp, logits, stats = self.student_logprobs(ro.batch, teacher_logits)
         loss, m = LOSSES[self.phase](ro, logp, logits, cfg, beta)
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         n = ro.mask.sum()
         out = {k: (v if k in SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
         out["loss"] = loss.detach()
-        teacher_logits = ro.teacher_logits if self.log_exact_kl else None
-        return {**out, **position_stats(logits.detach(), ro.mask, teacher_logits, cfg.temperature)}
+        return {**out, **stats}
+
+    def student_logprobs(self, batch, teacher_logits=None):
+        """The student's log-probs [B, T] of a batch under the compute-dtype autocast, its logits [B, T, V]
+        only when the loss sums over the vocabulary (exact / top-k KL; else None), and the position sums
+        of :func:`~kdrl_mini.scoring.position_stats`. Else the head runs a chunk of tokens at a time
+        (:func:`~kdrl_mini.scoring.student_token_stats`): no [B, T, V] tensor. Old log-probs and the
+        training forward both come from here, so pi_old equals pi_theta bit for bit on the first epoch."""
+        cfg, student = self.cfg, self.world.student
+        if self.phase in ("kd-rkl", "kdrl") and cfg.kl_kind in ("exact", "topk"):
+            with self._autocast():
+                logits = completion_logits(student, batch)
+            logp = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
+            return logp, logits, position_stats(logits.detach(), batch.completion_mask, teacher_logits, cfg.temperature)
+        with self._autocast():
+            logp, ent, kl = student_token_stats(student, batch, cfg.temperature, teacher_logits)
+        m = batch.completion_mask.bool()
+        stats = {"entropy_sum": torch.where(m, ent, torch.zeros_like(ent)).sum(), "tokens": m.sum()}
+        if kl is not None:
+            stats["exact_kl_sum"] = torch.where(m, kl, torch.zeros_like(kl)).sum()
+        return logp, None, stats
 
     def train_step(self) -> dict:
         cfg, w = self.cfg, self.world
@@ -218,15 +240,17 @@ class Trainer:
         return metrics.train_row(values)
 
     def _autocast(self):
-        """The student's training forward in the compute dtype on CUDA (bf16, or fp16 with loss scaling)."""
-        return torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" else nullcontext()
+        """Every forward (sampling, teacher scoring, old log-probs, training, evaluation) in the compute
+        dtype: bf16, or fp16 with loss scaling, on CUDA; none on CPU (fp32), where a test may set
+        ``trainer.dtype = torch.bfloat16`` to stand in for CUDA."""
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: str, n: int | None = None) -> dict:
         """Greedy accuracy, length and truncation on the first ``n`` rows of a split (an eval row)."""
         rows = self.world.splits[split][: n or self.cfg.eval_size]
-        with self.sampling_policy(training=False) as policy:
+        with self.sampling_policy(training=False) as policy, self._autocast():
             r = greedy_eval(policy, self.world.tokenizer, rows,
                             max_new_tokens=self.cfg.max_new_tokens + EVAL_EXTRA_TOKENS,
                             chat_template=self.cfg.chat_template, suffix=self.cfg.prompt_suffix,
