@@ -69,20 +69,21 @@ def completion_hidden(model, batch: Batch, start: int | None = None) -> torch.Te
     return out.last_hidden_state[:, (batch.prompt_len - 1 if start is None else start):-1]
 
 
-def _chunk_stats(head, h, y, temperature, ref):
+def _chunk_stats(head, h, y, temperature, ref, with_entropy):
     z = head(h).float()
     if temperature != 1.0:
         z = z / temperature
     logp = z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
     with torch.no_grad():
         # The logged entropy counts a position whose logits hold NaN or +inf as 0 (see position_stats).
-        ent = entropy(z).nan_to_num(0.0)
-        kl = exact_kl(z, ref.float()) if ref is not None else ent.new_zeros(())
+        ent = entropy(z).nan_to_num(0.0) if with_entropy else z.new_zeros(())
+        kl = exact_kl(z, ref.float()) if ref is not None else z.new_zeros(())
     return logp, ent, kl
 
 
 def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                     ref_logits: torch.Tensor | None = None, chunk_tokens: int | None = None):
+                     ref_logits: torch.Tensor | None = None, chunk_tokens: int | None = None,
+                     with_entropy: bool = True):
     r"""Log-probs of ``targets`` through the output layer ``head``, a chunk of tokens at a time.
 
         logp_t = z_{t, y_t} / 	au - logsumexp(z_t / 	au),   z_t = head(h_t)
@@ -95,9 +96,12 @@ def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperat
         chunk_tokens: tokens per chunk (default: :func:`tokens_per_chunk` of the head's rows).
 
     Returns:
-        (logp [B, T] fp32, differentiable w.r.t. ``hidden`` and the head; entropy [B, T] and exact
-        KL(student || teacher) [B, T] or None, both detached). With gradients each chunk's logits are
-        rebuilt in the backward pass, so at most one chunk of [tokens, V] logits lives at a time.
+        (logp [B, T] fp32, differentiable w.r.t. ``hidden`` and the head; entropy [B, T] (None without
+        ``with_entropy``) and exact KL(student || teacher) [B, T] or None, both detached). With gradients
+        each chunk's logits are rebuilt in the backward pass, so only one chunk's [tokens, V] logits and
+        their temporaries live at a time: measured on CPU at V = 151,936, about 5 chunk budgets with
+        the entropy (its log-softmax and product), about 3 without
+        (tests/test_scoring.py::test_token_chunked_head_peak_is_set_by_the_chunk_budget).
     """
     B, T, H = hidden.shape
     h, y = hidden.reshape(B * T, H), targets.reshape(B * T)
@@ -106,13 +110,14 @@ def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperat
     grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
     parts = []
     for i in range(0, B * T, step):
-        args = (head, h[i:i + step], y[i:i + step], temperature, None if ref is None else ref[i:i + step])
+        args = (head, h[i:i + step], y[i:i + step], temperature, None if ref is None else ref[i:i + step],
+                with_entropy)
         parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args))
     if not parts:
         empty = hidden.new_zeros((B, T), dtype=torch.float32)
-        return empty, empty, (None if ref is None else empty)
+        return empty, (empty if with_entropy else None), (None if ref is None else empty)
     logp, ent, kl = (torch.cat(x).view(B, T) if x[0].dim() else None for x in zip(*parts))
-    return logp, ent, (kl if ref is not None else None)
+    return logp, ent, kl
 
 
 def student_token_stats(model, batch: Batch, temperature: float = 1.0, ref_logits: torch.Tensor | None = None,
@@ -164,7 +169,8 @@ def score_in_micro_batches(model, batch: Batch, micro_batch_size: int | None, ke
             lp, z = token_logprobs(model, rows, return_logits=True, temperature=temperature)
             logits.append(z.float())
         else:  # through the token-chunked head: no [rows, T, V] tensor
-            lp = student_token_stats(model, rows, temperature)[0]
+            lp = head_token_stats(model.get_output_embeddings(), completion_hidden(model, rows), rows.completion_ids,
+                                  temperature, with_entropy=False)[0]
         logps.append(lp)
     return torch.cat(logps), (torch.cat(logits) if keep_logits else None)
 
@@ -249,7 +255,7 @@ def score_groups(model, batch: Batch, group_size: int, micro_batch_size: int | N
         # the last prompt position predicts each completion's first token
         hidden = torch.cat([prompt.last_hidden_state[:, -1:].repeat_interleave(repeat, dim=0),
                             tail.last_hidden_state[:, :-1]], dim=1)
-        logps.append(head_token_stats(head, hidden, ids[:, P:], temperature)[0])
+        logps.append(head_token_stats(head, hidden, ids[:, P:], temperature, with_entropy=False)[0])
         if keep_logits:  # filled in place, a chunk of tokens at a time: one [B, T, V] tensor, nothing else
             if kept is None:
                 kept = hidden.new_empty((B, hidden.shape[1], head(hidden[:1, :1]).shape[-1]), dtype=torch.float32)
