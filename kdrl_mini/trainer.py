@@ -64,6 +64,7 @@ class Trainer:
         self.sampler = PromptSampler(len(self.world.train), cfg.seed)
         self.beta_at = annealed(cfg.beta_schedule, cfg.beta, cfg.beta_end, cfg.anneal_steps or cfg.max_steps)
         self.step, self.bad_steps = 0, 0
+        self.track_memory = False  # peak memory per phase in self.laps.peaks (kdrl_mini.gpu.smoke)
         self.exact_kl_wanted = self._resolve_log_exact_kl()
         use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
         self.copy = MergedCopy(self.world.student) if use_copy and cfg.lora_r > 0 else None
@@ -178,7 +179,7 @@ class Trainer:
         cfg, w = self.cfg, self.world
         if self.step > 0 and cfg.algorithm_at(self.step - 1) != self.phase:  # a new stage: a fresh optimiser
             self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
-        laps = metrics.Laps(self.device)
+        self.laps = laps = metrics.Laps(self.device, self.track_memory)
         rows = [w.train[i] for i in self.sampler.next(cfg.prompts_per_step)]
         beta = self.beta_at(self.step)
         ro = self.collect(rows, beta, laps)
