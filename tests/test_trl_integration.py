@@ -316,3 +316,15 @@ def test_engine_trl_rewards_follow_the_answer_checker(tmp_path):
     cfg = load_config("kdrl", algorithm="kd-fkl", output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="--engine trl runs 'kdrl' or 'grpo' only"):
         config_from_train_config(cfg)
+
+
+def test_vllm_colocate_only_with_cuda_and_vllm_and_keyword_only_teacher():
+    import inspect
+
+    from kdrl_mini.integrations.trl.launch import vllm_settings
+
+    on = vllm_settings(cuda=True, available=True)
+    assert on["use_vllm"] and on["vllm_mode"] == "colocate"
+    assert vllm_settings(cuda=False, available=True) == vllm_settings(cuda=True, available=False) == {"use_vllm": False}
+    params = inspect.signature(KDRLTrainer.__init__).parameters
+    assert params["teacher_model"].kind is inspect.Parameter.KEYWORD_ONLY  # a 4th positional argument is refused
