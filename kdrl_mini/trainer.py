@@ -31,7 +31,7 @@ from .rewards import batch_rewards
 from .rollout import format_prompts, greedy_eval, sample
 from .runs import checkpoints, folder, metrics
 from .runs.loading import PromptSampler, World, load_world
-from .sampling_copy import MergedCopy, is_quantised_linear, merged_lora
+from .sampling_copy import RolloutPolicy
 from .schedules import annealed
 from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, student_token_stats
 from .utils import set_threads
@@ -67,7 +67,7 @@ class Trainer:
         self.track_memory = False  # peak memory per phase in self.laps.peaks (kdrl_mini.gpu.smoke)
         self.exact_kl_wanted = self._resolve_log_exact_kl()
         use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
-        self.copy = MergedCopy(self.world.student) if use_copy and cfg.lora_r > 0 else None
+        self.rollout_policy = RolloutPolicy(self.world.student, self.world.teacher, use_copy and cfg.lora_r > 0)
 
     @property
     def phase(self) -> str:
@@ -87,27 +87,13 @@ class Trainer:
     # ---------------------------------------------------------------- one step
     @contextmanager
     def sampling_policy(self, training: bool = True):
-        """The model to sample from: the teacher for KD-FKL's rollouts, else the student (its
-        dequantised copy, or LoRA merged into an fp32 base)."""
+        """The model to sample from: the teacher for KD-FKL's rollouts, else the student
+        (:class:`~kdrl_mini.sampling_copy.RolloutPolicy`)."""
         if training and self.phase == "kd-fkl":
-            yield self._teacher_sampler()
-        elif self.copy is not None:
-            yield self.copy.refresh()
+            yield self.rollout_policy.teacher_policy()
         else:
-            self.world.student.eval()
-            with merged_lora(self.world.student) as merged:
-                yield merged
-
-    def _teacher_sampler(self):
-        """KD-FKL samples from the teacher; on CPU from a plain fp32 copy of its (dequantised) weights,
-        built once (the teacher is frozen): 2.6x faster than LLM.int8 matmuls, log-probs within 0.006
-        of the 8-bit model's (which also quantises activations)."""
-        quantised = any(is_quantised_linear(m) for m in self.world.teacher.modules())
-        if self.copy is None or not quantised:
-            return self.world.teacher
-        if getattr(self, "teacher_copy", None) is None:
-            self.teacher_copy = MergedCopy(self.world.teacher).model
-        return self.teacher_copy
+            with self.rollout_policy.student_policy() as policy:
+                yield policy
 
     def collect(self, rows: list[dict], beta: float, laps: metrics.Laps) -> Rollout:
         """Sample G responses per prompt, score rewards and (if needed) teacher log-probs, form advantages."""
@@ -306,14 +292,5 @@ class Trainer:
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
                     self.save_checkpoint()
         bar.close()
-        self.save_adapter()
+        checkpoints.save_final(self.world.student, self.out)
         return log
-
-    def save_adapter(self) -> None:
-        student = self.world.student
-        if hasattr(student, "peft_config"):
-            with checkpoints.writing(self.out / "adapter"):
-                student.save_pretrained(str(self.out / "adapter"))
-        else:
-            with checkpoints.writing(self.out / "trainable.pt"):
-                torch.save(checkpoints.trainable_state(student), self.out / "trainable.pt")
