@@ -109,7 +109,8 @@ def floors(tr: Trainer, s: Settings, reps: int = 5) -> dict[str, float]:
     prompts = [r["prompt"] for r in rows]
     with tr.sampling_policy() as policy:
         batch = sample(policy, tr.world.tokenizer, prompts, s.group_size, s.max_new_tokens)
-    plain = tr.copy.refresh() if tr.copy is not None else policy
+    copy = tr.rollout_policy.copy
+    plain = copy.refresh() if copy is not None else policy
 
     def decode():
         bare_decode(plain, batch.input_ids[:, : batch.prompt_len], batch.attention_mask[:, : batch.prompt_len],

@@ -6,6 +6,7 @@
     kdrl-mini reproduce [--output-dir DIR] [--steps N] [--full] [--seeds 0 1 2]
     kdrl-mini reproduce --preset t4-16gb|24gb|80gb-paper|list [--dry-run] [--steps N] [--set key=value ...]
     kdrl-mini presets
+    kdrl-mini smoke --preset t4-16gb|24gb|80gb-paper [--steps N] [--set key=value ...]
     kdrl-mini build-world [--root data] [--seed 0]
     kdrl-mini real-pair [--steps 3] [--cache-dir .cache/real] [--keep-every 2] [--heal | --no-heal] [--eval-size 4]
                         [--learn [--reward-samples 8]]
@@ -58,6 +59,12 @@ def _reproduce(args) -> int:
                                                                 args.seeds)
     return _command("study.brief", "reproduce_brief")(args.output_dir or "runs/reproduce", args.steps, args.only,
                                                       args.seeds, args.threads)
+
+
+def _smoke(args) -> int:
+    overrides = parse_set(args.set)
+    _command("gpu.smoke", "smoke")(args.preset, overrides, args.output_dir, args.steps)
+    return 0
 
 
 def _presets(args) -> int:
@@ -145,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. --set micro_batch_size=2")
     r.set_defaults(func=_reproduce)
 
+    sm = sub.add_parser("smoke", help="a preset's first run on a card: two steps of each algorithm, measured time "
+                        "and peak memory per phase next to the estimate")
+    sm.add_argument("--preset", required=True, help="t4-16gb, 24gb or 80gb-paper")
+    sm.add_argument("--steps", type=_at_least(1), default=2)
+    sm.add_argument("--output-dir", type=_folder, help="where smoke.json and the runs go (default runs/smoke-NAME)")
+    sm.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config fields, e.g. --set micro_batch_size=2")
+    sm.set_defaults(func=_smoke)
+
     lp = sub.add_parser("presets", help="list the one-GPU presets with their memory and time estimates")
     lp.set_defaults(func=_presets)
 
@@ -174,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--set student_quant=none lora_r=16 group_size=8")
     q.set_defaults(func=_real_pair)
 
-    for sp in (t, e, r, b, q):
+    for sp in (t, e, r, b, q, sm):
         sp.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
     return p
 

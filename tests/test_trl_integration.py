@@ -247,11 +247,25 @@ def test_two_teachers_mix_per_token(tmp_path, world):
 
 
 # ------------------------------------------------------------------ command line
-def test_cli_engine_trl_refuses_quantised_student(tmp_path, capsys):
+def test_cli_engine_trl_refuses_what_trl_does_not_reproduce(tmp_path, capsys):
     from kdrl_mini.cli import main
 
-    rc = main(["train", "--config", "kdrl", "--engine", "trl", "--max-steps", "1", "--output-dir", str(tmp_path / "r")])
-    assert rc == 2 and "student_quant" in capsys.readouterr().err
+    rc = main(["train", "--config", "kdrl", "--engine", "trl", "--max-steps", "1", "--output-dir", str(tmp_path / "r"),
+               "--set", "ppo_epochs=2"])
+    assert rc == 2 and "ppo_epochs" in capsys.readouterr().err
+
+
+def test_cli_engine_trl_trains_a_4bit_lora_student_with_suffix_and_chat(tmp_path, capsys):
+    """What the presets use, at toy size: a 4-bit NF4 student with LoRA adapters (through TRL's
+    peft_config), a prompt suffix; the tiny tokenizer has no chat template, so chat_template is refused."""
+    from kdrl_mini.cli import main
+
+    args = ["train", "--config", "kdrl", "--engine", "trl", "--max-steps", "1", "--output-dir", str(tmp_path / "r"),
+            "--set", "group_size=2", "prompts_per_step=2", "max_new_tokens=8", "lora_r=4", "lora_alpha=8",
+            "prompt_suffix=\n", "micro_batch_size=1"]
+    assert main(args) == 0 and "trained 1 steps through TRL" in capsys.readouterr().out
+    assert main(args[:-1] + ["chat_template=true", "--overwrite"]) == 2
+    assert "no chat template" in capsys.readouterr().err
 
 
 def test_cli_engine_trl_trains(tmp_path, capsys):
@@ -289,7 +303,7 @@ def test_vllm_colocate_generation(tmp_path, world):
 
 def test_engine_trl_rewards_follow_the_answer_checker(tmp_path):
     """--engine trl scores with the config's checker: math-verify reads \\boxed{}, the strict one does not;
-    data the TRL path does not load (a datasets source, a prompt suffix) is refused."""
+    an algorithm TRL does not run is refused."""
     from kdrl_mini.config import load_config
     from kdrl_mini.integrations.trl.launch import config_from_train_config, reward_funcs_for
 
@@ -299,7 +313,18 @@ def test_engine_trl_rewards_follow_the_answer_checker(tmp_path):
     assert strict[0](texts, gold) == [0.0, 1.0] and len(strict) == 1
     assert math[0](texts, gold) == [1.0, 1.0] and len(math) == 2
     assert math[1](texts) == [1.0, 0.0]  # the format term pays for the math checker's \boxed{} format
-    cfg = load_config("kdrl", student_quant="none", lora_r=0, prompt_suffix="\nAnswer in \\boxed{}.",
-                      output_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="--engine trl trains the tiny world's data_dir"):
+    cfg = load_config("kdrl", algorithm="kd-fkl", output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="--engine trl runs 'kdrl' or 'grpo' only"):
         config_from_train_config(cfg)
+
+
+def test_vllm_colocate_only_with_cuda_and_vllm_and_keyword_only_teacher():
+    import inspect
+
+    from kdrl_mini.integrations.trl.launch import vllm_settings
+
+    on = vllm_settings(cuda=True, available=True)
+    assert on["use_vllm"] and on["vllm_mode"] == "colocate"
+    assert vllm_settings(cuda=False, available=True) == vllm_settings(cuda=True, available=False) == {"use_vllm": False}
+    params = inspect.signature(KDRLTrainer.__init__).parameters
+    assert params["teacher_model"].kind is inspect.Parameter.KEYWORD_ONLY  # a 4th positional argument is refused

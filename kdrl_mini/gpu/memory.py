@@ -12,7 +12,7 @@ Memory parts (bytes), in three groups:
 - **one phase at a time** (the peak is the largest phase, since the phases run one after another):
   ``generate`` (sampling G x prompts_per_step responses: KV cache, prefill, last-token logits),
   ``teacher`` (scoring one micro-batch with the frozen teacher), ``train`` (the student's
-  forward/backward on one micro-batch: saved activations and the [B, T, V] logits), ``eval``
+  forward/backward on one micro-batch: saved activations and the head's chunks of logits), ``eval``
   (greedy decoding of up to 100 test rows at once).
 
 ``total = sum(always) + max(phase sums)``.
@@ -22,11 +22,18 @@ What is exact and what is approximate:
 - weight counts follow the architecture exactly (they reproduce the published parameter counts);
   bytes per weight are bitsandbytes' formats: NF4 0.5 B + one fp32 absmax per 64 weights (no double
   quantisation, as the kit loads it), LLM.int8 1 B + one fp32 scale per output row; embeddings,
-  the LM head, norms and biases stay in the compute dtype (2 B).
-- **approximate**: saved activations per token and layer (a count of the tensors autograd keeps in a
-  Qwen2/Llama block with SDPA memory-efficient attention and grouped KV heads expanded; a math-backend
-  fallback would add [B, heads, L, L] scores), the logits' 8 bytes per element during the backward
-  (compute-dtype logits, their fp32 copy saved by logsumexp, the gradient), the prompt length (a
+  the LM head, norms and biases stay in the compute dtype (2 B): ``models.prepare_kbit_student`` keeps
+  them there (peft's preparation cast them to fp32: +0.43 GiB for a tied 1.5B, +0.87 GiB untied).
+- **measured on CPU** (the factors of issue 23): a block's saved tensors, 174,008 B per token at
+  Qwen2.5-1.5B's shape in bf16 with LoRA on every linear, 1.54x the count of
+  :meth:`~kdrl_mini.gpu.shapes.ModelShape.saved_elements_per_token_layer` (LoRA inputs, fp32 norm
+  internals), applied as :data:`SAVED_FACTOR`; the head run a chunk of tokens at a time
+  (:func:`kdrl_mini.scoring.head_token_stats`): about 5 chunk budgets during the student's
+  forward/backward and 2 for the teacher, whatever T and V (``tests/test_scoring.py``); full logits
+  where the loss sums over the vocabulary (exact / top-k KL) at 10 B per element (compute-dtype
+  logits, their fp32 copy, the fp32 gradient).
+- **approximate**: the per-token activation count itself (SDPA memory-efficient attention, grouped KV
+  heads expanded; a math-backend fallback would add [B, heads, L, L] scores), the prompt length (a
   padded batch is as long as its longest prompt), the CUDA context (0.4 GiB) and library workspaces
   (0.25 GiB), and allocator fragmentation (not modelled: :func:`fits` keeps 5% of the free memory spare).
 - step time is rougher still: FLOPs (2 per parameter per token forward, 4 more backward, 2 more to
@@ -49,7 +56,11 @@ GiB = 2**30
 CUDA_CONTEXT = int(0.4 * GiB)       # created by the first CUDA call (so mem_get_info has already paid it)
 WORKSPACES = int(0.25 * GiB)         # cuBLAS / bitsandbytes kernels and workspaces, loaded lazily
 NF4_BLOCK = 64                       # bitsandbytes NF4 block size: one fp32 absmax per block
-CHUNK_BYTES = CHUNK_ELEMENTS * 4     # one logsumexp chunk of fp32 logits
+CHUNK_BYTES = CHUNK_ELEMENTS * 4     # one chunk of fp32 logits through the head
+SAVED_FACTOR = 174_008 / 112_640     # measured / counted bytes a Qwen2.5-1.5B block saves per token (bf16, LoRA)
+HEAD_CHUNKS_TRAIN = 5                # chunk budgets alive in the student's chunked head (measured on CPU)
+HEAD_CHUNKS_TEACHER = 2              # and in the teacher's (no entropy, no backward)
+FULL_LOGIT_EXTRA = 8                 # fp32 copy + fp32 gradient per element of full logits (exact/top-k KL)
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "auto": 2, "fp32": 4}
 PHASES = ("generate", "teacher", "train", "eval")
 
@@ -116,7 +127,7 @@ def lora_parameters(shape: ModelShape, r: int) -> int:
 
 def _train_activations(shape: ModelShape, rows: int, length: int, checkpointing: bool, dtype_bytes: int) -> int:
     tokens = rows * length
-    full_layer = tokens * shape.saved_elements_per_token_layer() * dtype_bytes
+    full_layer = math.ceil(tokens * shape.saved_elements_per_token_layer() * dtype_bytes * SAVED_FACTOR)
     if checkpointing:  # each block keeps its input; one block's activations are rebuilt at a time
         kept = shape.layers * tokens * shape.hidden * dtype_bytes + full_layer
     else:
@@ -140,7 +151,8 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
     P, T, G, N = prompt_tokens, cfg.max_new_tokens, cfg.group_size, cfg.prompts_per_step
     B, L = G * N, prompt_tokens + cfg.max_new_tokens
     mb = min(cfg.micro_batch_size or B, B)
-    teacher_rows = min(B, max(G, (mb // G) * G))  # scoring.score_groups: whole groups per call
+    teacher_rows = min(B, mb if mb < G else (mb // G) * G)  # scoring.score_groups: whole groups, or pieces of one
+    full_vocab = cfg.kl_kind in ("exact", "topk")
     eval_rows = min(cfg.eval_size, EVAL_BATCH)
     lora = lora_parameters(s, cfg.lora_r) if cfg.lora_r > 0 else s.parameters
     keep_teacher_logits = cfg.kl_kind in ("exact", "topk") or bool(cfg.log_exact_kl)
@@ -162,11 +174,12 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
         # teacher: one micro-batch (whole groups), no gradients
         Part("teacher KV + temporaries", teacher_rows * L * t.kv_bytes_per_token(db) + layer_tmp(t, teacher_rows, L),
              "teacher", f"{teacher_rows} rows"),
-        Part("teacher logits", teacher_rows * T * t.vocab * db + 2 * CHUNK_BYTES, "teacher", "[mb, T, V]"),
+        Part("teacher logits", HEAD_CHUNKS_TEACHER * CHUNK_BYTES, "teacher", "chunks of tokens through the head"),
         # train: the student's forward/backward on one micro-batch
         Part("activations", _train_activations(s, mb, L, cfg.gradient_checkpointing, db), "train",
              f"{mb} x {L} tokens, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}"),
-        Part("student logits", mb * T * s.vocab * (db + 4 + db), "train", "[mb, T, V]: 16-bit, fp32 copy, gradient"),
+        Part("student logits", mb * T * s.vocab * (db + FULL_LOGIT_EXTRA) if full_vocab else HEAD_CHUNKS_TRAIN * CHUNK_BYTES,
+             "train", "[mb, T, V]: 16-bit, fp32 copy, fp32 gradient" if full_vocab else "chunks of tokens through the head"),
         # eval: greedy decoding
         Part("KV cache (eval)", eval_rows * (L + EVAL_EXTRA_TOKENS) * s.kv_bytes_per_token(db)
              + layer_tmp(s, eval_rows, P) + 3 * eval_rows * s.vocab * 4, "eval", f"{eval_rows} rows"),
@@ -205,10 +218,10 @@ def knob(est: MemoryEstimate, cfg) -> str:
             return f"--set micro_batch_size={max(1, (cfg.micro_batch_size or cfg.group_size) // 2)}"
         return f"--set max_new_tokens={cfg.max_new_tokens // 2}"
     if phase == "teacher":
-        if (cfg.micro_batch_size or cfg.group_size) > cfg.group_size:
-            return f"--set micro_batch_size={cfg.group_size}"
-        return (f"--set max_new_tokens={cfg.max_new_tokens // 2} (the teacher scores whole groups of "
-                f"{cfg.group_size}) or a smaller teacher")
+        mb = cfg.micro_batch_size or cfg.group_size * cfg.prompts_per_step
+        if mb > 1:
+            return f"--set micro_batch_size={max(1, mb // 2)}"
+        return f"--set max_new_tokens={cfg.max_new_tokens // 2} or a smaller teacher"
     if phase == "eval":
         return f"--set eval_size={max(1, min(cfg.eval_size, EVAL_BATCH) // 2)} or lower max_new_tokens"
     return f"--set max_new_tokens={cfg.max_new_tokens // 2} (or fewer prompts_per_step)"

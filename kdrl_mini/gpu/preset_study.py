@@ -24,7 +24,7 @@ from ..runs.plots import comparison_figure
 from ..study import reproduction
 from ..study.runner import collect, run_study
 from . import memory as me
-from .presets import PresetInfo, estimate_preset, load_preset, preset_names
+from .presets import PresetInfo, estimate_preset, fp16_refusal, load_preset, preset_names
 from .timing import run_seconds
 
 VARIANTS = ("grpo", "kd-rkl", "kdrl", "kdrl-anneal")
@@ -146,9 +146,13 @@ def memory_check(name: str, est: me.MemoryEstimate, cfg: TrainConfig, free_bytes
                 "on this CPU the run would be very slow)")
     total = None
     if free_bytes is None:
-        if cfg.compute_dtype == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        card_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        if cfg.compute_dtype == "bf16" and not card_bf16:
             raise ValueError(f"preset {name} computes in bf16 but {torch.cuda.get_device_name()} has no bf16; "
-                             f"add --set compute_dtype=fp16 or use preset t4-16gb")
+                             f"use a bf16 card, or KDRL_ALLOW_FP16=1 with --set compute_dtype=fp16 (NaN risk)")
+        refused = fp16_refusal(name, cfg, card_bf16)
+        if refused:
+            raise ValueError(refused)
         free_bytes, total = torch.cuda.mem_get_info()
     refused = me.refusal(name, est, cfg, free_bytes)
     if refused:

@@ -12,6 +12,7 @@ stay labelled estimates until ``about.measured`` holds numbers from the card.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,3 +124,17 @@ def estimate_preset(cfg: TrainConfig, info: PresetInfo, use_source: bool = True)
                                              cfg.teacher_path == info.teacher.name else None, use_source)
     est = estimate(cfg, student, teacher, info.prompt_tokens, info.machine.tflops, info.machine.bandwidth_gbs)
     return est, {"student": s_src, "teacher": t_src}
+
+
+def fp16_refusal(name: str, cfg: TrainConfig, card_bf16: bool) -> str | None:
+    """One line refusing a run that would compute in fp16 (a T4, or ``compute_dtype: fp16``), else None.
+
+    Qwen2.5 in fp16 is a known source of NaN / garbage output (activations overflow fp16's range); a NaN
+    teacher log-prob skips the step, and three in a row stop the run. ``KDRL_ALLOW_FP16=1`` runs it anyway."""
+    fp16 = cfg.compute_dtype == "fp16" or (cfg.compute_dtype == "auto" and not card_bf16)
+    if not fp16 or os.environ.get("KDRL_ALLOW_FP16") == "1":
+        return None
+    fix = "add --set compute_dtype=bf16" if card_bf16 else "use a bf16 card (Ampere or newer, e.g. preset 24gb)"
+    return (f"preset {name} would compute in fp16, where Qwen2.5 models are known to overflow into NaN or garbage "
+            f"(NaN teacher log-probs skip steps; three in a row stop the run); {fix}, or set KDRL_ALLOW_FP16=1 "
+            f"to run it anyway and watch the skipped column")

@@ -19,6 +19,16 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def save_final(model, out: Path) -> None:
+    """A finished run's trainable weights: ``out/adapter`` (peft's folder) or ``out/trainable.pt``."""
+    if hasattr(model, "peft_config"):
+        with writing(out / "adapter"):
+            model.save_pretrained(str(out / "adapter"))
+    else:
+        with writing(out / "trainable.pt"):
+            torch.save(trainable_state(model), out / "trainable.pt")
+
+
 def load_trainable(model, trainable: dict, source) -> None:
     """Copy a checkpoint's trainable weights into a freshly loaded model of the same config."""
     named = dict(model.named_parameters())

@@ -141,12 +141,39 @@ def json_line(row: dict) -> str:
 
 
 class Laps:
-    """Named wall-clock laps of one step (synchronising CUDA first so GPU work is counted)."""
+    """Named wall-clock laps of one step (synchronising CUDA first so GPU work is counted). With
+    ``track_memory`` also each lap's peak memory in bytes (``peaks``): CUDA's allocated peak, or on
+    Linux CPUs the process's resident peak (VmHWM), reset at every lap."""
 
-    def __init__(self, device: torch.device | None = None):
+    def __init__(self, device: torch.device | None = None, track_memory: bool = False):
         self.cuda = device is not None and device.type == "cuda"
+        self.track_memory = track_memory
+        self.peaks: dict[str, int] = {}
+        self._reset_peak()
         self.t0 = self.t = self._now()
         self.laps: dict[str, float] = {}
+
+    def _reset_peak(self) -> None:
+        if not self.track_memory:
+            return
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    def _peak(self) -> int | None:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated()
+        try:
+            with open("/proc/self/status") as f:
+                line = next(line for line in f if line.startswith("VmHWM:"))
+            return int(line.split()[1]) * 1024
+        except (OSError, StopIteration):
+            return None
 
     def _now(self) -> float:
         if self.cuda:
@@ -157,6 +184,11 @@ class Laps:
         now = self._now()
         self.laps[name] = self.laps.get(name, 0.0) + now - self.t
         self.t = now
+        if self.track_memory:
+            peak = self._peak()
+            if peak is not None:
+                self.peaks[name] = max(self.peaks.get(name, 0), peak)
+            self._reset_peak()
 
     def total(self) -> float:
         return self.t - self.t0

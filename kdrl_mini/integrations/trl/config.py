@@ -52,7 +52,9 @@ class KDRLConfig(GRPOConfig):
                           "teacher is always fp32."})
     teacher_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Completions per teacher forward (None: the whole local batch)."})
+        metadata={"help": "Completions per teacher forward (None: one group, num_generations). Below a group the "
+                          "group's prompt is encoded once per piece. The head runs a chunk of tokens at a time, so "
+                          "no [rows, T, V] logits exist unless kl_kind is 'exact' or 'topk'."})
     kd_beta: float = field(
         default=0.05,
         metadata={"help": "Coefficient of KL(student || teacher) (the start value when annealed). The kit's "

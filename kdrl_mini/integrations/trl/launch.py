@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ... import model_source, models
 from ...config import load_config, parse_set
+from ...tasks import source
 
 from .config import KDRLConfig
 from .trainer import (KDRLTrainer, boxed_format_reward_func, correctness_reward_func, format_reward_func,
-                      load_prompt_dataset, math_correctness_reward_func)
+                      math_correctness_reward_func)
 
 
 def config_from_train_config(cfg, **overrides) -> KDRLConfig:
     """Map the kit's ``TrainConfig`` (YAML) fields onto a ``KDRLConfig`` for ``kdrl-mini train --engine trl``.
 
-    Refuses kit settings the TRL path does not reproduce (quantised / LoRA students, kd-then-grpo, ...)."""
+    Refuses kit settings the TRL path does not reproduce (kd-then-grpo, KD-only algorithms, several PPO
+    epochs, the sequence-sum reward). Students (4-bit/8-bit + LoRA through ``peft_config``), data
+    (``dataset``), chat templates and prompt suffixes are handled by :func:`train_with_trl`. On CUDA
+    with vLLM installed, generation uses vLLM colocated in the training process."""
     if cfg.algorithm not in ("kdrl", "grpo"):
         raise ValueError(f"config field algorithm={cfg.algorithm!r}: --engine trl runs 'kdrl' or 'grpo' only")
-    if cfg.student_quant != "none" or cfg.lora_r != 0:
-        raise ValueError("--engine trl trains full fp32 weights: set student_quant: none and lora_r: 0 "
-                         f"(got student_quant={cfg.student_quant!r}, lora_r={cfg.lora_r})")
     if cfg.kl_mode == "reward-seq":
         raise ValueError("config field kl_mode='reward-seq' is only in the kit's own trainer; use loss or reward")
     if cfg.ppo_epochs != 1:
         raise ValueError(f"config field ppo_epochs={cfg.ppo_epochs}: --engine trl maps only 1 (TRL: num_iterations)")
-    if cfg.dataset or cfg.prompt_suffix:
-        raise ValueError("config fields dataset / prompt_suffix: --engine trl trains the tiny world's data_dir as it "
-                         "is; for other data build a datasets.Dataset and use KDRLTrainer directly")
-    if cfg.chat_template:
-        raise ValueError("config field chat_template=true: --engine trl passes plain-text prompts; for chat models "
-                         "build a conversational dataset and use KDRLTrainer directly")
     agg = {"token-mean": "dapo", "seq-mean": "grpo", "seq-sum-norm": "dr_grpo"}[cfg.loss_agg]
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    dtype = models.compute_dtype(cfg.compute_dtype, torch.device("cuda") if cuda else torch.device("cpu"))
     kw = dict(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, learning_rate=cfg.lr, seed=cfg.seed,
         num_generations=cfg.group_size, per_device_train_batch_size=cfg.group_size * cfg.prompts_per_step,
@@ -46,18 +43,75 @@ def config_from_train_config(cfg, **overrides) -> KDRLConfig:
         ddp_find_unused_parameters=False,  # every student weight takes part in the loss
         lr_scheduler_type="constant", weight_decay=0.0, top_k=0, top_p=1.0,  # the kit: constant lr, plain sampling
         reward_weights=[1.0, cfg.format_weight] if cfg.format_weight else None,  # reward_funcs_for(cfg)
-        beta=0.0, bf16=cuda and torch.cuda.is_bf16_supported(), report_to=[], logging_steps=1,
+        beta=0.0, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, report_to=[], logging_steps=1,
         save_strategy="no", use_cpu=not cuda,
         teacher_model_name_or_path=cfg.teacher_path,
         teacher_load_in_8bit=cfg.teacher_quant == "8bit",
+        teacher_model_init_kwargs={"dtype": str(dtype).removeprefix("torch.")},
         kd_beta=cfg.beta if cfg.algorithm == "kdrl" else 0.0,
         kd_beta_schedule=cfg.beta_schedule if cfg.algorithm == "kdrl" else "constant",
         kd_beta_end=cfg.beta_end, kd_anneal_steps=cfg.anneal_steps, kl_kind=cfg.kl_kind, kl_top_k=cfg.top_k,
         kl_mode=cfg.kl_mode, kd_strategy=cfg.kd_strategy if cfg.algorithm == "kdrl" else "all",
         kd_threshold=cfg.kd_threshold, teacher_batch_size=cfg.micro_batch_size,
+        **vllm_settings(cuda),
     )
     kw.update(overrides)
     return KDRLConfig(**kw)
+
+
+def vllm_settings(cuda: bool, available: bool | None = None) -> dict:
+    """vLLM colocated in the training process when it is installed and a GPU is there (rollouts and
+    evaluation at vLLM's speed, weights synced each step by TRL); HF ``generate`` otherwise."""
+    available = importlib.util.find_spec("vllm") is not None if available is None else available
+    if not (cuda and available):
+        return {"use_vllm": False}
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
+            "vllm_enable_sleep_mode": True}
+
+
+def peft_config_for(cfg):
+    """The kit's LoRA settings (``lora_r``, ``lora_alpha``, every linear) as a peft ``LoraConfig``; None for
+    full fine-tuning."""
+    if cfg.lora_r == 0:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def load_student_base(cfg, device: torch.device):
+    """The student's base weights as the kit loads them (4-bit/8-bit through bitsandbytes, in the compute
+    dtype), frozen when quantised; TRL adds the LoRA adapters from :func:`peft_config_for`."""
+    path = model_source.resolve_model(cfg.student_path, "student")
+    dtype = models.compute_dtype(cfg.compute_dtype, device)
+    with torch.random.fork_rng(devices=[]):  # loading must not move the RNG (parity with the kit's runs)
+        model = models.load_causal_lm(path, cfg.student_quant, str(device), role="student", dtype=dtype)
+    if cfg.student_quant != "none":
+        models.prepare_kbit_student(model)  # TRL turns gradient checkpointing on from its config
+        if device.type == "cpu":
+            models.disable_cpu_4bit_repacking(model)
+    return model, path
+
+
+def prompt_dataset_for(cfg, tokenizer, rows: int | None = None):
+    """The training prompts of ``cfg`` as a ``datasets.Dataset`` with ``prompt`` and ``answer`` columns: the
+    tiny world's ``data_dir`` or ``cfg.dataset`` (through :mod:`kdrl_mini.tasks.source`), each prompt with
+    ``prompt_suffix`` appended and, with ``chat_template``, as one user turn (TRL applies the template)."""
+    from datasets import Dataset
+
+    if cfg.dataset:
+        found = source.load_splits(cfg)["train"].rows
+    else:
+        found = [json.loads(line) for line in open(Path(cfg.data_dir) / "train.jsonl") if line.strip()]
+    found = found[:rows] if rows else found
+    if cfg.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template=True but this tokenizer has no chat template; set chat_template: false "
+                         "for base models")
+    def prompt(text):
+        text = text + cfg.prompt_suffix
+        return [{"role": "user", "content": text}] if cfg.chat_template else text
+    return Dataset.from_list([{"prompt": prompt(r["prompt"]), "answer": str(r["answer"])} for r in found])
 
 
 # ------------------------------------------------------------------ command line (tiny world)
@@ -97,13 +151,13 @@ def train_with_trl(cfg, kd_overrides: dict | None = None, rows: int | None = Non
     Returns this rank's summary (rank, world_size, steps, per-step kd/kl, kd/beta, reward, loss). With
     ``dump_weights`` each rank also writes ``rank<i>.pt`` (trainable weights) and ``rank<i>.json``."""
     kd_args = config_from_train_config(cfg, **(kd_overrides or {}))
-    tok = AutoTokenizer.from_pretrained(cfg.student_path)
-    model = AutoModelForCausalLM.from_pretrained(cfg.student_path, dtype=torch.float32)
-    data = load_prompt_dataset(str(Path(cfg.data_dir) / "train.jsonl"))
-    if rows:
-        data = data.select(range(min(rows, len(data))))
+    device = torch.device("cpu") if kd_args.use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    model, path = load_student_base(cfg, device)
+    tok = models.load_tokenizer(path)
+    data = prompt_dataset_for(cfg, tok, rows)
+    kd_args.teacher_model_name_or_path = str(model_source.resolve_model(cfg.teacher_path, "teacher"))
     trainer = KDRLTrainer(model=model, reward_funcs=reward_funcs_for(cfg), args=kd_args, train_dataset=data,
-                          processing_class=tok)
+                          processing_class=tok, peft_config=peft_config_for(cfg))
     trainer.train()
     rank = trainer.accelerator.process_index
     logs = [h for h in trainer.state.log_history if "kd/kl" in h]

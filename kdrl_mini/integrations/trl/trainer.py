@@ -13,6 +13,7 @@ from ...batch import Batch
 from ...rewards import boxed_format_reward, correctness, correctness_reward, format_reward
 from ...schedules import annealed
 from ...scoring import logprobs_from_logits, score_groups, score_in_micro_batches
+from ...vocab import check_same_vocab, restrict_vocab, shared_vocab, vocab_size_of
 from ._common import GRPOTrainer
 from .config import KD_LOSS_TYPES, KDRLConfig, _refuse, mix_teacher_logps
 
@@ -51,12 +52,17 @@ def load_prompt_dataset(path: str = "data/train.jsonl"):
 class KDRLTrainer(GRPOTrainer):
     """``GRPOTrainer`` + a frozen teacher + the KD term of KDRL (see the module docstring).
 
-    Args (beyond GRPOTrainer's):
+    Args (beyond GRPOTrainer's; everything after ``args`` is keyword-only, so a dataset passed
+    fourth cannot land in ``teacher_model``):
         args: a :class:`KDRLConfig`.
         teacher_model: a loaded model, a path, or None (``args.teacher_model_name_or_path``).
+
+    Student and teacher are compared on the tokenizer's tokens: a family that pads its embedding
+    rows differently (Qwen2.5: 151,936 rows for 1.5B, 152,064 for 7B, 151,665 tokens) has both
+    models' logits cut to ``len(processing_class)`` (:func:`kdrl_mini.vocab.restrict_vocab`).
     """
 
-    def __init__(self, model, reward_funcs, args: KDRLConfig, teacher_model=None, **kwargs):
+    def __init__(self, model, reward_funcs, args: KDRLConfig, *, teacher_model=None, **kwargs):
         if not isinstance(args, KDRLConfig):
             raise TypeError(f"KDRLTrainer needs a KDRLConfig, got {type(args).__name__}")
         if teacher_model is None:
@@ -69,12 +75,7 @@ class KDRLTrainer(GRPOTrainer):
             _refuse("teacher_weights", args.teacher_weights, f"one weight per teacher ({len(teachers)} teachers)")
         self.teacher_models = [self._load_teacher(t) for t in teachers]
         self.teacher_model = self.teacher_models[0]
-        student_vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
-        for t in self.teacher_models:
-            teacher_vocab = t.config.get_text_config().vocab_size
-            if student_vocab != teacher_vocab:
-                raise ValueError(f"teacher vocabulary ({teacher_vocab}) differs from the student's ({student_vocab}): "
-                                 "token-level KD needs one tokenizer")
+        self._cut_to_shared_vocab()
         if args.kl_kind in ("exact", "topk") and self.aux_loss_enabled:
             _refuse("kl_kind", args.kl_kind, "full-vocabulary KL with a MoE router aux loss is not supported")
         steps = args.kd_anneal_steps or max(args.max_steps, 1)
@@ -83,6 +84,21 @@ class KDRLTrainer(GRPOTrainer):
         self._kd_last_rewards_per_func: torch.Tensor | None = None
 
     # -------------------------------------------------------------- teacher
+    def _cut_to_shared_vocab(self) -> None:
+        """Cut student and teacher logits to the tokenizer's tokens when their rows differ (padding rows are
+        no token), then refuse a pair that still differs (another tokenizer)."""
+        student = self.accelerator.unwrap_model(self.model)
+        tok = getattr(self.processing_class, "tokenizer", self.processing_class)  # a processor holds its tokenizer
+        rows = [vocab_size_of(m) for m in (student, *self.teacher_models)]
+        if len(set(rows)) > 1 and tok is not None:
+            n = None
+            for teacher_rows in rows[1:]:
+                n = shared_vocab(tok, rows[0], teacher_rows) or n
+            for m in (student, *self.teacher_models):
+                restrict_vocab(m, n)
+        for t in self.teacher_models:
+            check_same_vocab(student, t)
+
     def _load_teacher(self, teacher):
         from transformers import AutoModelForCausalLM
 
@@ -99,11 +115,15 @@ class KDRLTrainer(GRPOTrainer):
             with torch.random.fork_rng(devices=[]):  # loading must not move the RNG: kd_beta=0 parity with GRPO
                 teacher = AutoModelForCausalLM.from_pretrained(teacher, **kw)
         quantised = getattr(teacher, "is_quantized", False) or getattr(teacher, "hf_quantizer", None) is not None
-        if not quantised:
-            teacher = teacher.to(device)
         teacher.eval()
         teacher.requires_grad_(False)
-        return teacher
+        if self.is_deepspeed_enabled and not quantised:
+            # under ZeRO-3 a model loaded after the trainer is partitioned; TRL's own preparation (as for its
+            # reference model) gathers it for the forward instead of running it on empty shards
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(teacher, self.accelerator)
+        return teacher if quantised else teacher.to(device)
 
     def kd_beta_now(self) -> float:
         """kd_beta at the current optimiser step."""
@@ -124,7 +144,7 @@ class KDRLTrainer(GRPOTrainer):
         whole = G > 1 and B % G == 0 and bool(
             (prompt_ids.view(B // G, G, -1) == prompt_ids[::G].unsqueeze(1)).all()
             and (prompt_mask.view(B // G, G, -1) == prompt_mask[::G].unsqueeze(1)).all())
-        mb = self.args.teacher_batch_size
+        mb = self.args.teacher_batch_size or G  # one group per teacher forward unless told otherwise
         scored = [score_groups(t, batch, G, mb, keep) if whole else score_in_micro_batches(t, batch, mb, keep)
                   for t in self.teacher_models]
         if len(scored) == 1:
