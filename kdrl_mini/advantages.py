@@ -70,6 +70,13 @@ def group_advantages(
     return centred.reshape(-1)
 
 
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B] bool: True for the responses of groups whose rewards are not all equal (DAPO's dynamic
+    sampling keeps only these: an all-equal group has zero advantage and no policy gradient)."""
+    n_groups = check_groups(rewards.shape[0], group_size)
+    r = rewards.view(n_groups, -1)
+    return (r != r[:, :1]).any(dim=1).repeat_interleave(r.shape[1])
+
 
 def _log_ratio(teacher_logp, old_logp, mask) -> torch.Tensor:
     """d_{it} = log pi_T(o_it) - log pi_old(o_it), detached, 0 at padding: [B, T]."""

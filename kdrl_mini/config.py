@@ -84,6 +84,10 @@ class TrainConfig:
     loss_agg: str = "token-mean"            # the paper's 1/sum|o_i| normaliser
     adv_scale: str = "std"                  # "none" = Dr. GRPO (centre only)
     max_grad_norm: float = 1.0
+    # GRPO's 2025 practice (notebook 01); the defaults switch each off
+    ref_beta: float = 0.0                   # GRPO's k3 KL to the reference (the initial student: LoRA disabled)
+    dynamic_sampling: bool = False          # GRPO: drop groups whose rewards are all equal from the loss
+    overlong_cache: int = 0                 # DAPO's soft overlong ramp over the last N tokens; 0 = off
     # KD / KDRL
     beta: float = 0.05                      # KL coefficient (start value when annealed)
     beta_end: float | None = None           # floor of an annealing schedule
@@ -132,7 +136,7 @@ class TrainConfig:
         choice("compute_dtype", COMPUTE_DTYPES)
         if self.group_size < 2:
             raise ValueError(f"config field group_size={self.group_size}: GRPO needs at least 2 responses per prompt")
-        for name in ("beta", "lr", "clip_eps", "temperature"):
+        for name in ("beta", "lr", "clip_eps", "temperature", "ref_beta"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 0")
         if self.temperature == 0:
@@ -160,6 +164,12 @@ class TrainConfig:
         if self.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"config field device={self.device!r} is not a device; use cpu, cuda, cuda:N or "
                              f"null (CUDA when present)")
+        if not 0 <= self.overlong_cache <= self.max_new_tokens:
+            raise ValueError(f"config field overlong_cache={self.overlong_cache} must be in 0..max_new_tokens "
+                             f"({self.max_new_tokens})")
+        if self.ref_beta > 0 and self.lora_r == 0:
+            raise ValueError("config field ref_beta > 0 needs LoRA (lora_r > 0): the reference is the student "
+                             "with its adapter disabled")
         if self.lora_r == 0 and self.student_quant != "none":
             raise ValueError("config field lora_r=0 (full fine-tuning) needs student_quant='none': "
                              "quantised weights are frozen")

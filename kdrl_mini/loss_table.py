@@ -24,7 +24,8 @@ class Rollout:
 
     batch (ids [B, P+T], mask [B, T], texts); rewards, correct, advantages, kd_weights: [B];
     weights: [B, T] aggregation weights of the whole rollout (``losses.token_weights``);
-    old_logp, teacher_logp: [B, T] or None; teacher_logits: [B, T, V] or None (exact/top-k KL).
+    old_logp, teacher_logp: [B, T] or None; teacher_logits: [B, T, V] or None (exact/top-k KL);
+    ref_logp: [B, T] under the reference (GRPO's KL term, ``ref_beta``) or None.
     """
 
     batch: Batch
@@ -36,6 +37,7 @@ class Rollout:
     old_logp: torch.Tensor | None = None
     teacher_logp: torch.Tensor | None = None
     teacher_logits: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -68,7 +70,12 @@ def _kl(ro, logits, cfg):
 
 
 def grpo_step_loss(ro, logp, logits, cfg, beta):
-    return grpo_loss(logp, _old(ro, logp), ro.advantages, ro.mask, **_clip(cfg), **_agg(ro, cfg))
+    loss, metrics = grpo_loss(logp, _old(ro, logp), ro.advantages, ro.mask, **_clip(cfg), **_agg(ro, cfg))
+    if ro.ref_logp is None:
+        return loss, metrics
+    # GRPO's own KL term: + ref_beta * k3(pi_theta || pi_ref), the reference in the teacher's place
+    ref, _ = reverse_kl_loss(logp, ro.ref_logp, ro.mask, kind="k3", **_agg(ro, cfg))
+    return loss + cfg.ref_beta * ref, metrics
 
 
 def kd_fkl_step_loss(ro, logp, logits, cfg, beta):

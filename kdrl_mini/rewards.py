@@ -125,3 +125,19 @@ def batch_rewards(texts, answers, format_weight: float = 0.0, device=None, check
         raise ValueError(f"{len(texts)} completions but {len(answers)} answers: pass one answer per completion")
     return torch.tensor([reward(t, a, format_weight, checker) for t, a in zip(texts, answers)], dtype=torch.float32,
                         device=device)
+
+
+def overlong_penalty(lengths: torch.Tensor, truncated: torch.Tensor, max_len: int, cache: int) -> torch.Tensor:
+    r"""DAPO's soft overlong punishment, added to the reward: [B] from lengths and truncated [B].
+
+        0                                   |o| <= L - c
+        (L - c - |o|) / c  \in [-1, 0)      L - c < |o| <= L       (a ramp over the last c tokens)
+        -1                                  truncated (the budget ran out before an EOS)
+
+    with L = ``max_len`` (the generation budget) and c = ``cache``. A length pressure that grows
+    smoothly near the budget instead of a cliff at it."""
+    if not 0 < cache <= max_len:
+        raise ValueError(f"overlong cache must be in 1..max_len ({max_len}), got {cache}")
+    ramp = ((max_len - cache) - lengths.to(torch.get_default_dtype())) / cache
+    penalty = ramp.clamp(-1.0, 0.0)
+    return torch.where(truncated.bool(), torch.full_like(penalty, -1.0), penalty)

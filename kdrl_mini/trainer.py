@@ -23,11 +23,11 @@ import yaml
 from tqdm import tqdm
 
 from . import models
-from .advantages import group_advantages, sequence_kl_rewards
+from .advantages import group_advantages, informative_groups, sequence_kl_rewards
 from .config import EVAL_EXTRA_TOKENS, TrainConfig
 from .loss_table import LOSSES, SUMMED, Rollout
 from .losses import kd_mask, masked_mean, token_weights
-from .rewards import batch_rewards
+from .rewards import batch_rewards, overlong_penalty
 from .rollout import format_prompts, greedy_eval, sample
 from .runs import checkpoints, folder, metrics
 from .runs.loading import PromptSampler, World, load_world
@@ -121,13 +121,20 @@ class Trainer:
             with torch.no_grad():
                 old_logp = torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
         kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
+        if cfg.overlong_cache and phase in ("grpo", "kdrl"):  # DAPO's length ramp; KD masks keep raw rewards
+            rewards = rewards + overlong_penalty(batch.completion_mask.sum(1), batch.truncated,
+                                                 cfg.max_new_tokens, cfg.overlong_cache)
         shaped = rewards
         if phase == "kdrl" and cfg.kl_mode == "reward-seq":
             shaped = sequence_kl_rewards(rewards, beta=beta, teacher_logp=teacher_logp, old_logp=old_logp,
                                          mask=batch.completion_mask, kd_weights=kd_w)
         advantages = group_advantages(shaped, cfg.group_size, cfg.adv_scale)
-        weights = token_weights(batch.completion_mask, cfg.loss_agg, cfg.max_new_tokens)
-        return Rollout(batch, rewards, correct, advantages, kd_w, weights, old_logp, teacher_logp, teacher_logits)
+        kept = batch.completion_mask
+        if cfg.dynamic_sampling and phase == "grpo":  # all-equal groups leave the loss and its normaliser
+            kept = kept * informative_groups(rewards, cfg.group_size).unsqueeze(-1).to(kept.dtype)
+        weights = token_weights(kept, cfg.loss_agg, cfg.max_new_tokens)
+        return Rollout(batch, rewards, correct, advantages, kd_w, weights, old_logp, teacher_logp, teacher_logits,
+                       self.reference_logprobs(batch) if phase == "grpo" and cfg.ref_beta > 0 else None)
 
     def micro_step(self, ro: Rollout, beta: float) -> dict[str, torch.Tensor]:
         """Student forward, loss, backward on one micro-batch; returns summable statistics."""
@@ -140,6 +147,14 @@ class Trainer:
         out = {k: (v if k in SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
         out["loss"] = loss.detach()
         return {**out, **stats}
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch) -> torch.Tensor:
+        """GRPO's reference log-probs [B, T]: the student's own forward with its LoRA adapter switched off."""
+        B, mb = batch.input_ids.shape[0], self.cfg.micro_batch_size or batch.input_ids.shape[0]
+        self.world.student.train()
+        with self.world.student.disable_adapter():
+            return torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
 
     def student_logprobs(self, batch, teacher_logits=None):
         """The student's log-probs [B, T] of a batch under the compute-dtype autocast, its logits [B, T, V]

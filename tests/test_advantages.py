@@ -104,3 +104,10 @@ def test_sequence_kl_rewards_beta_cancels_in_an_all_wrong_group():
     large = group_advantages(sequence_kl_rewards(r, 1.0, teacher, old, mask=mask), 3)
     torch.testing.assert_close(small, large, rtol=1e-3, atol=1e-3)
     assert small.abs().max() > 0.5  # and the KL term acts at full strength
+
+
+def test_informative_groups_marks_groups_with_any_reward_spread():
+    from kdrl_mini.advantages import informative_groups
+
+    r = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0.5, 0, 0, 0])
+    assert informative_groups(r, 4).tolist() == [True] * 4 + [False] * 8 + [True] * 4

@@ -376,3 +376,21 @@ def test_one_token_surrogate_rejects_non_positive_ratio():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="ratio must be positive"):
             one_token_surrogate(bad, 1.0)
+
+
+def test_per_token_kl_in_the_reward_is_k2_in_the_loss_on_policy():
+    """E3's identity: A_t = beta * (log pi_T - log pi_theta) through GRPO's surrogate (pi_old = pi_theta)
+    has the gradient of beta * k2 in the loss, sample by sample, for any aggregation."""
+    from kdrl_mini.advantages import per_token_kl_advantages
+
+    gen = torch.Generator().manual_seed(0)
+    logp0 = torch.randn(4, 6, generator=gen, dtype=torch.float64) - 2
+    teacher = torch.randn(4, 6, generator=gen, dtype=torch.float64) - 2
+    mask = torch.ones(4, 6)
+    mask[1, 4:], mask[3, 2:] = 0, 0
+    for agg in ("token-mean", "seq-mean", "seq-sum-norm"):
+        a, b = logp0.clone().requires_grad_(True), logp0.clone().requires_grad_(True)
+        adv = per_token_kl_advantages(torch.zeros(4, dtype=torch.float64), 0.1, teacher, a.detach(), mask)
+        grpo_loss(a, a.detach(), adv, mask, loss_agg=agg)[0].backward()
+        (0.1 * reverse_kl_loss(b, teacher, mask, kind="k2", loss_agg=agg)[0]).backward()
+        torch.testing.assert_close(a.grad, b.grad)

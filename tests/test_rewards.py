@@ -106,3 +106,14 @@ def test_batch_rewards():
     assert batch_rewards([], []).shape == (0,)
     with pytest.raises(ValueError, match="one answer per completion"):
         batch_rewards(["#### 1"], [])
+
+
+def test_overlong_penalty_ramp_and_truncation():
+    from kdrl_mini.rewards import overlong_penalty
+
+    lengths = torch.tensor([10, 40, 44, 48, 48])
+    truncated = torch.tensor([False, False, False, False, True])
+    out = overlong_penalty(lengths, truncated, max_len=48, cache=8)
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, -0.5, -1.0, -1.0]))
+    with pytest.raises(ValueError, match="overlong cache"):
+        overlong_penalty(lengths, truncated, max_len=48, cache=0)

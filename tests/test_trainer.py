@@ -269,3 +269,55 @@ def test_two_trainers_never_share_a_folder(tmp_path):
 
 if __name__ == "__main__":
     pin()
+
+
+def test_grpo_2025_options_change_only_what_they_name(tmp_path):
+    """ref_beta: the reference is the initial student, so step 1 equals plain GRPO (k3 = 0, zero
+    gradient) and later steps differ; dynamic_sampling: all-equal groups get zero weight and the
+    rest renormalise; overlong_cache: reward = correct + DAPO's ramp."""
+    from kdrl_mini.advantages import informative_groups
+    from kdrl_mini.rewards import overlong_penalty
+    from kdrl_mini.runs.metrics import Laps
+
+    base = dict(algorithm="grpo", max_steps=2, prompts_per_step=4)
+    plain = Trainer(small(tmp_path, "plain", **base)).train(progress=False)
+    ref = Trainer(small(tmp_path, "ref", ref_beta=0.5, **base)).train(progress=False)
+    assert ref[0]["loss"] == pytest.approx(plain[0]["loss"], abs=1e-6)
+
+    tr = Trainer(small(tmp_path, "dyn", dynamic_sampling=True, overlong_cache=8, **base))
+    ro = tr.collect([tr.world.train[i] for i in range(8)], 0.0, Laps())
+    keep = informative_groups(ro.rewards, 4)
+    assert ro.weights[~keep].abs().sum() == 0
+    if keep.any():
+        assert float(ro.weights.sum()) == pytest.approx(1.0)
+    shaped = ro.correct + overlong_penalty(ro.mask.sum(1), ro.batch.truncated, 40, 8)
+    torch.testing.assert_close(ro.rewards, shaped)
+
+
+def test_reference_kl_adds_ref_beta_times_k3_to_the_grpo_loss():
+    from kdrl_mini.batch import Batch
+    from kdrl_mini.kl import kl_estimate
+    from kdrl_mini.loss_table import Rollout, grpo_step_loss
+    from kdrl_mini.losses import token_weights
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.ones(4, 5)
+    mask[2, 3:] = 0
+    batch = Batch(torch.zeros(4, 7, dtype=torch.long), torch.ones(4, 7), mask, 2, [""] * 4)
+    adv, ref_logp = torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.randn(4, 5, generator=gen) - 2
+    w = token_weights(mask, "token-mean")
+    ro = Rollout(batch, adv, adv, adv, torch.ones(4), w, ref_logp=ref_logp)
+    cfg = load_config("grpo", ref_beta=0.3)
+    logp = (torch.randn(4, 5, generator=gen) - 2).requires_grad_(True)
+    grpo_step_loss(ro, logp, None, cfg, 0.0)[0].backward()
+    plain = logp.detach().clone().requires_grad_(True)
+    loss = grpo_step_loss(Rollout(**{**vars(ro), "ref_logp": None}), plain, None, cfg, 0.0)[0]
+    (loss + 0.3 * (kl_estimate(plain, ref_logp, "k3") * w).sum()).backward()
+    torch.testing.assert_close(logp.grad, plain.grad)
+
+
+def test_grpo_2025_options_are_checked():
+    with pytest.raises(ValueError, match="ref_beta"):
+        load_config("grpo", ref_beta=0.1, lora_r=0, student_quant="none")
+    with pytest.raises(ValueError, match="overlong_cache"):
+        load_config("grpo", overlong_cache=100)
