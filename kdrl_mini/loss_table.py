@@ -98,4 +98,3 @@ def kdrl_step_loss(ro, logp, logits, cfg, beta):
 
 
 LOSSES = {"grpo": grpo_step_loss, "kd-fkl": kd_fkl_step_loss, "kd-rkl": kd_rkl_step_loss, "kdrl": kdrl_step_loss}
-SUMMED = ("loss", "policy_loss", "kd_loss")  # shares of the whole-rollout loss: micro-batches add up

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from . import models
 from .advantages import group_advantages, informative_groups, sequence_kl_rewards
 from .config import EVAL_EXTRA_TOKENS, TrainConfig
-from .loss_table import LOSSES, SUMMED, Rollout
-from .losses import kd_mask, masked_mean, token_weights
+from .loss_table import LOSSES, Rollout
+from .losses import kd_mask, token_weights
 from .rewards import batch_rewards, overlong_penalty
 from .rollout import format_prompts, greedy_eval, sample
 from .runs import checkpoints, folder, metrics
@@ -116,10 +116,7 @@ class Trainer:
         laps("teacher")
         old_logp = None
         if cfg.ppo_epochs > 1 or (phase == "kdrl" and cfg.kl_mode == "reward-seq"):
-            w.student.train()  # pi_old is the training forward itself: the first epoch's ratio is exactly 1
-            B, mb = batch.input_ids.shape[0], cfg.micro_batch_size or batch.input_ids.shape[0]
-            with torch.no_grad():
-                old_logp = torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
+            old_logp = self.frozen_logprobs(batch)  # the training forward itself: the first epoch's ratio is exactly 1
         kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
         if cfg.overlong_cache and phase in ("grpo", "kdrl"):  # DAPO's length ramp; KD masks keep raw rewards
             rewards = rewards + overlong_penalty(batch.completion_mask.sum(1), batch.truncated,
@@ -144,17 +141,22 @@ class Trainer:
         loss, m = LOSSES[self.phase](ro, logp, logits, cfg, beta)
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         n = ro.mask.sum()
-        out = {k: (v if k in SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
+        out = {k: (v if k in metrics.SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
         out["loss"] = loss.detach()
         return {**out, **stats}
 
     @torch.no_grad()
     def reference_logprobs(self, batch) -> torch.Tensor:
         """GRPO's reference log-probs [B, T]: the student's own forward with its LoRA adapter switched off."""
+        with self.world.student.disable_adapter():
+            return self.frozen_logprobs(batch)
+
+    @torch.no_grad()
+    def frozen_logprobs(self, batch) -> torch.Tensor:
+        """:meth:`student_logprobs` of the whole batch [B, T], a micro-batch at a time, no graph kept."""
         B, mb = batch.input_ids.shape[0], self.cfg.micro_batch_size or batch.input_ids.shape[0]
         self.world.student.train()
-        with self.world.student.disable_adapter():
-            return torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
+        return torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
 
     def student_logprobs(self, batch, teacher_logits=None):
         """The student's log-probs [B, T] of a batch under the compute-dtype autocast, its logits [B, T, V]
@@ -196,7 +198,8 @@ class Trainer:
             skipped = self._guarded_update(sums["loss"], grad_norm)
         laps("train")
         self.step += 1
-        return self._row(ro, sums, beta, grad_norm, skipped, laps)
+        return metrics.step_row(ro, sums, self.cfg.algorithm_at(self.step - 1), self.step, self.cfg.ppo_epochs,
+                                beta=beta, grad_norm=grad_norm, skipped=skipped, laps=laps)
 
     def _guarded_update(self, loss, grad_norm) -> bool:
         """Optimiser step unless the loss or gradient is non-finite (then skipped and counted).
@@ -218,28 +221,6 @@ class Trainer:
             raise FloatingPointError(f"{self.bad_steps} steps in a row had a non-finite loss or gradient (last at "
                                      f"step {self.step + 1}); lower lr (now {self.cfg.lr}) or check the data and models")
         return True
-
-    def _row(self, ro, sums, beta, grad_norm, skipped, laps) -> dict:
-        cfg, mask, phase = self.cfg, ro.mask, self.cfg.algorithm_at(self.step - 1)
-        n_tok = sums.pop("tokens").clamp(min=1)
-        values = {k: (v if k in SUMMED else v / n_tok) for k, v in sums.items() if k in metrics.TRAIN_KEYS}
-        sampled = {"reward": ro.rewards.mean(), "accuracy": ro.correct.mean(), "response_length": mask.sum(1).mean(),
-                   "truncated_frac": ro.batch.truncated.float().mean()}
-        if phase == "kd-fkl":  # the samples are the teacher's: say so, and keep student-sample keys NaN
-            sampled = {"teacher_" + k: v for k, v in sampled.items() if k != "truncated_frac"}
-            values.pop("kl", None)
-        values.update(sampled, entropy=sums["entropy_sum"] / n_tok, grad_norm=grad_norm, skipped=float(skipped))
-        if "exact_kl_sum" in sums:
-            values["exact_kl"] = sums["exact_kl_sum"] / n_tok
-        if phase in ("grpo", "kdrl"):
-            values["adv_std"] = ro.advantages.std()
-        if phase == "kdrl":
-            values.update(beta=beta, kd_frac=masked_mean(ro.kd_weights.unsqueeze(-1).expand_as(mask), mask.bool()))
-        t = laps.laps
-        values.update(step=self.step, step_time=laps.total(), rollout_time=t["rollout"], teacher_time=t["teacher"],
-                      train_time=t["train"], rollout_tok_s=float(mask.sum()) / max(t["rollout"], 1e-9),
-                      train_tok_s=float(mask.sum()) * cfg.ppo_epochs / max(t["train"], 1e-9))
-        return metrics.train_row(values)
 
     def _autocast(self):
         """Every forward (sampling, teacher scoring, old log-probs, training, evaluation) in the compute

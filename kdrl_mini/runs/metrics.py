@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from ..losses import masked_mean
 from .checkpoints import write_error
 
+SUMMED = ("loss", "policy_loss", "kd_loss")  # shares of the whole-rollout loss: micro-batches add up
 TRAIN_KEYS = {
     "step": "optimiser steps taken (1-based)",
     "reward": "mean reward of the student's sampled responses",
@@ -74,6 +76,33 @@ def train_row(values: dict) -> dict:
         v = values.get(k, NAN)
         row[k] = int(v) if k == "step" else float(v)
     return row
+
+
+def step_row(ro, sums: dict, phase: str, step: int, ppo_epochs: int, beta: float, grad_norm, skipped: bool,
+             laps: "Laps") -> dict:
+    """The metrics row of one training step: ``sums`` (the micro-batches' summed statistics, with
+    ``tokens``) divided by the token count, the rollout ``ro``'s sample statistics (the teacher's,
+    marked ``teacher_``, for KD-FKL), the coefficient, gradient norm and the timings of ``laps``."""
+    mask = ro.mask
+    n_tok = sums.pop("tokens").clamp(min=1)
+    values = {k: (v if k in SUMMED else v / n_tok) for k, v in sums.items() if k in TRAIN_KEYS}
+    sampled = {"reward": ro.rewards.mean(), "accuracy": ro.correct.mean(), "response_length": mask.sum(1).mean(),
+               "truncated_frac": ro.batch.truncated.float().mean()}
+    if phase == "kd-fkl":  # the samples are the teacher's: say so, and keep student-sample keys NaN
+        sampled = {"teacher_" + k: v for k, v in sampled.items() if k != "truncated_frac"}
+        values.pop("kl", None)
+    values.update(sampled, entropy=sums["entropy_sum"] / n_tok, grad_norm=grad_norm, skipped=float(skipped))
+    if "exact_kl_sum" in sums:
+        values["exact_kl"] = sums["exact_kl_sum"] / n_tok
+    if phase in ("grpo", "kdrl"):
+        values["adv_std"] = ro.advantages.std()
+    if phase == "kdrl":
+        values.update(beta=beta, kd_frac=masked_mean(ro.kd_weights.unsqueeze(-1).expand_as(mask), mask.bool()))
+    t = laps.laps
+    values.update(step=step, step_time=laps.total(), rollout_time=t["rollout"], teacher_time=t["teacher"],
+                  train_time=t["train"], rollout_tok_s=float(mask.sum()) / max(t["rollout"], 1e-9),
+                  train_tok_s=float(mask.sum()) * ppo_epochs / max(t["train"], 1e-9))
+    return train_row(values)
 
 
 def eval_row(step: int, split: str, result: dict) -> dict:
