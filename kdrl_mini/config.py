@@ -151,10 +151,11 @@ class TrainConfig:
             raise ValueError(f"config fields lr_warmup_steps={self.lr_warmup_steps} and eval_extra_tokens="
                              f"{self.eval_extra_tokens} must be >= 0, lr_floor={self.lr_floor} in [0, 1]")
         if self.eval_splits is not None:
-            unknown = [s for s in self.eval_split_names() if s not in KNOWN_SPLITS[1:]]
+            unknown = [s for s in self.eval_split_names()
+                       if not re.fullmatch(r"[a-z_]+(@[1-9]\d*)?", s) or s.split("@")[0] not in KNOWN_SPLITS[1:]]
             if unknown or not self.eval_split_names():
                 raise ValueError(f"config field eval_splits={self.eval_splits!r}: name splits from "
-                                 f"{list(KNOWN_SPLITS[1:])}, comma-separated")
+                                 f"{list(KNOWN_SPLITS[1:])}, comma-separated (test@64: test at a 64-token budget)")
         if self.group_size < 2:
             raise ValueError(f"config field group_size={self.group_size}: GRPO needs at least 2 responses per prompt")
         for name in ("beta", "lr", "clip_eps", "temperature", "ref_beta"):
@@ -230,6 +231,12 @@ class TrainConfig:
         if self.lr_schedule == "cosine":
             return warmup_cosine(peak, length, self.lr_warmup_steps, self.lr_floor)(s)
         return peak * (s + 1) / (self.lr_warmup_steps + 1) if s < self.lr_warmup_steps else peak
+
+    def eval_budget(self, split: str) -> tuple[str, int]:
+        """(split, new-token budget) of an evaluation: ``"test@64"`` is ``test`` at 64 tokens; a plain
+        name decodes ``max_new_tokens + eval_extra_tokens``."""
+        name, _, budget = split.partition("@")
+        return name, int(budget) if budget else self.max_new_tokens + self.eval_extra_tokens
 
     def eval_split_names(self) -> list[str]:
         """The splits named by ``eval_splits`` (empty when it is None)."""

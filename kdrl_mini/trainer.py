@@ -234,11 +234,12 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: str, n: int | None = None) -> dict:
-        """Greedy accuracy, length and truncation on the first ``n`` rows of a split (an eval row)."""
-        rows = self.world.splits[split][: n or self.cfg.eval_size]
+        """Greedy accuracy, length and truncation on the first ``n`` rows of a split (an eval row);
+        ``"test@64"`` decodes ``test`` with a budget of 64 new tokens instead of the config's."""
+        name, budget = self.cfg.eval_budget(split)
+        rows = self.world.splits[name][: n or self.cfg.eval_size]
         with self.sampling_policy(training=False) as policy, self._autocast():
-            r = greedy_eval(policy, self.world.tokenizer, rows,
-                            max_new_tokens=self.cfg.max_new_tokens + self.cfg.eval_extra_tokens,
+            r = greedy_eval(policy, self.world.tokenizer, rows, max_new_tokens=budget,
                             batch_size=self.cfg.eval_batch_size,
                             chat_template=self.cfg.chat_template, suffix=self.cfg.prompt_suffix,
                             checker=self.cfg.answer_checker)
