@@ -122,7 +122,7 @@ def gates(records: list[dict], untrained: dict, teacher: dict) -> list[dict]:
             ("GRPO does not lose test", mean("grpo", "test_accuracy") - untrained["test_accuracy"], 0.0),
             ("GRPO raises the training reward (last 20% of steps - first 20%)",
              mean("grpo", "train_reward") - mean("grpo", "train_reward_first"), 0.0),
-            ("teacher on blind <= 0.05", 0.05 - teacher["blind_accuracy"], 0.0)]
+            ("the teacher stays wrong on blind (at most 0.05)", -teacher["blind_accuracy"], -0.05)]
     rows += [(f"untrained student on {s} >= 0.05", untrained[f"{s}_accuracy"], 0.05)
              for s in ("mix", "test", "blind")]
     return [{"gate": g, "value": round(v, 4), "threshold": t, "holds": v >= t} for g, v, t in rows]
