@@ -28,7 +28,8 @@ from .advantages import ADV_SCALES
 from .kl import TOKEN_KL_KINDS
 from .losses import KD_STRATEGIES, LOSS_AGGS
 from .rewards import CHECKERS
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, warmup_cosine
+from .tasks.files import KNOWN_SPLITS
 
 ALGORITHMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl", "kd-then-grpo")
 KL_KINDS = TOKEN_KL_KINDS
@@ -38,6 +39,7 @@ KL_KINDS = TOKEN_KL_KINDS
 KL_MODES = ("loss", "reward", "reward-seq")
 QUANTS = ("none", "4bit", "8bit")
 COMPUTE_DTYPES = ("auto", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
 CONFIG_DIR = Path(__file__).parent / "configs"
 EVAL_EXTRA_TOKENS = 16  # greedy evaluation decodes max_new_tokens + 16 (Trainer.evaluate)
 
@@ -69,6 +71,8 @@ class TrainConfig:
     # rollout
     group_size: int = 8                     # G responses per prompt
     prompts_per_step: int = 8
+    kd_fkl_group_size: int | None = None    # KD-FKL's teacher samples per prompt (no group statistic: fewer
+    kd_fkl_prompts_per_step: int | None = None  # samples of more prompts); None = group_size / prompts_per_step
     max_new_tokens: int = 48
     temperature: float = 1.0                # sampling temperature; the policy is scored at the same one
     format_weight: float = 0.0              # reward = correct + format_weight * well-formed final line
@@ -76,6 +80,10 @@ class TrainConfig:
     rollout_copy: bool | None = None        # sample from a plain fp32 copy, LoRA merged (dequantised if 4-bit); None = on CPU
     # optimisation
     lr: float = 3e-4
+    lr_schedule: str = "constant"           # "cosine": down to lr * lr_floor at the last step (schedules.warmup_cosine)
+    lr_warmup_steps: int = 0                # linear warm-up steps (each stage of kd-then-grpo starts its own)
+    lr_floor: float = 0.0                   # cosine's final learning rate as a share of lr
+    grpo_stage_lr: float | None = None      # kd-then-grpo: the GRPO stage's peak lr (None = lr)
     max_steps: int = 40
     ppo_epochs: int = 1                     # inner passes over each rollout
     micro_batch_size: int | None = None     # sequences per forward/backward; None = the whole rollout
@@ -104,6 +112,10 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 20                    # 0 = only at the end
     eval_size: int = 100                    # rows of each eval split evaluated (greedy)
+    final_eval_size: int | None = None      # rows evaluated after the last step (None = eval_size)
+    eval_splits: str | None = None          # comma-separated splits to evaluate (None = test, blind, ood, ood_control)
+    eval_extra_tokens: int = EVAL_EXTRA_TOKENS  # greedy evaluation decodes max_new_tokens + this many tokens
+    eval_batch_size: int = 100              # prompts per greedy generate call (larger is faster on CPU)
     checkpoint_every: int = 10              # 0 = only at the end
     log_exact_kl: bool | None = None        # exact KL(student || teacher) per step; None = when [B, T, V] is small
     output_dir: str = "runs/default"
@@ -134,6 +146,16 @@ class TrainConfig:
         choice("teacher_quant", QUANTS)
         choice("answer_checker", CHECKERS)
         choice("compute_dtype", COMPUTE_DTYPES)
+        choice("lr_schedule", LR_SCHEDULES)
+        if self.lr_warmup_steps < 0 or not 0 <= self.lr_floor <= 1 or self.eval_extra_tokens < 0:
+            raise ValueError(f"config fields lr_warmup_steps={self.lr_warmup_steps} and eval_extra_tokens="
+                             f"{self.eval_extra_tokens} must be >= 0, lr_floor={self.lr_floor} in [0, 1]")
+        if self.eval_splits is not None:
+            unknown = [s for s in self.eval_split_names()
+                       if not re.fullmatch(r"[a-z_]+(@[1-9]\d*)?", s) or s.split("@")[0] not in KNOWN_SPLITS[1:]]
+            if unknown or not self.eval_split_names():
+                raise ValueError(f"config field eval_splits={self.eval_splits!r}: name splits from "
+                                 f"{list(KNOWN_SPLITS[1:])}, comma-separated (test@64: test at a 64-token budget)")
         if self.group_size < 2:
             raise ValueError(f"config field group_size={self.group_size}: GRPO needs at least 2 responses per prompt")
         for name in ("beta", "lr", "clip_eps", "temperature", "ref_beta"):
@@ -150,7 +172,7 @@ class TrainConfig:
         if self.kl_mode != "loss" and self.kl_kind != "k1":
             raise ValueError(f"config field kl_mode={self.kl_mode!r} uses the sampled log-ratio (k1) as a "
                              f"reward; set kl_kind: k1 (got {self.kl_kind!r})")
-        for name in ("prompts_per_step", "max_new_tokens", "max_steps", "ppo_epochs", "eval_size"):
+        for name in ("prompts_per_step", "max_new_tokens", "max_steps", "ppo_epochs", "eval_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 1")
         for name in ("eval_every", "checkpoint_every"):
@@ -158,7 +180,8 @@ class TrainConfig:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 0 (0 = only at the end)")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"config field threads={self.threads} must be >= 1 (or null for torch's default)")
-        for name in ("micro_batch_size", "anneal_steps", "switch_step"):
+        for name in ("micro_batch_size", "anneal_steps", "switch_step", "final_eval_size", "kd_fkl_group_size",
+                     "kd_fkl_prompts_per_step"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be >= 1 (or null)")
         if self.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
@@ -184,8 +207,40 @@ class TrainConfig:
         """The loss in use at 0-based ``step`` (differs from ``algorithm`` only for kd-then-grpo)."""
         if self.algorithm != "kd-then-grpo":
             return self.algorithm
-        switch = self.switch_step if self.switch_step is not None else self.max_steps // 2
-        return self.sequential_kd if step < switch else "grpo"
+        return self.sequential_kd if step < self.switch() else "grpo"
+
+    def sampling_at(self, step: int) -> tuple[int, int]:
+        """(prompts per step, responses per prompt) at 0-based ``step``: KD-FKL's own when set."""
+        if self.algorithm_at(step) == "kd-fkl":
+            return (self.kd_fkl_prompts_per_step or self.prompts_per_step, self.kd_fkl_group_size or self.group_size)
+        return self.prompts_per_step, self.group_size
+
+    def switch(self) -> int:
+        """kd-then-grpo: the 0-based step at which GRPO takes over."""
+        return self.switch_step if self.switch_step is not None else self.max_steps // 2
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate at 0-based ``step``: ``lr`` (or a warm-up to it, then a cosine to
+        ``lr * lr_floor``) over the run, or over each stage of kd-then-grpo, whose GRPO stage peaks
+        at ``grpo_stage_lr``."""
+        start, length, peak = 0, self.max_steps, self.lr
+        if self.algorithm == "kd-then-grpo":
+            start, length = (0, self.switch()) if step < self.switch() else (self.switch(), self.max_steps - self.switch())
+            peak = self.grpo_stage_lr if step >= self.switch() and self.grpo_stage_lr is not None else self.lr
+        s = step - start
+        if self.lr_schedule == "cosine":
+            return warmup_cosine(peak, length, self.lr_warmup_steps, self.lr_floor)(s)
+        return peak * (s + 1) / (self.lr_warmup_steps + 1) if s < self.lr_warmup_steps else peak
+
+    def eval_budget(self, split: str) -> tuple[str, int]:
+        """(split, new-token budget) of an evaluation: ``"test@64"`` is ``test`` at 64 tokens; a plain
+        name decodes ``max_new_tokens + eval_extra_tokens``."""
+        name, _, budget = split.partition("@")
+        return name, int(budget) if budget else self.max_new_tokens + self.eval_extra_tokens
+
+    def eval_split_names(self) -> list[str]:
+        """The splits named by ``eval_splits`` (empty when it is None)."""
+        return [s.strip() for s in (self.eval_splits or "").split(",") if s.strip()]
 
 
 def _allowed(hint) -> tuple[type, ...]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import models
 from .advantages import group_advantages, informative_groups, sequence_kl_rewards
-from .config import EVAL_EXTRA_TOKENS, TrainConfig
+from .config import TrainConfig
 from .loss_table import LOSSES, Rollout
 from .losses import kd_mask, token_weights
 from .rewards import batch_rewards, overlong_penalty
@@ -66,6 +66,7 @@ class Trainer:
         self.step, self.bad_steps = 0, 0
         self.track_memory = False  # peak memory per phase in self.laps.peaks (kdrl_mini.gpu.smoke)
         self.exact_kl_wanted = self._resolve_log_exact_kl()
+        self.eval_splits = cfg.eval_split_names() or self.world.eval_splits
         use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
         self.rollout_policy = RolloutPolicy(self.world.student, self.world.teacher, use_copy and cfg.lora_r > 0)
 
@@ -98,11 +99,12 @@ class Trainer:
     def collect(self, rows: list[dict], beta: float, laps: metrics.Laps) -> Rollout:
         """Sample G responses per prompt, score rewards and (if needed) teacher log-probs, form advantages."""
         cfg, w, phase = self.cfg, self.world, self.phase
+        G = cfg.sampling_at(self.step)[1]
         in_loss = phase in ("kd-rkl", "kdrl")
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template, cfg.prompt_suffix)
-        answers = [r["answer"] for r in rows for _ in range(cfg.group_size)]
+        answers = [r["answer"] for r in rows for _ in range(G)]
         with self.sampling_policy() as policy, self._autocast():
-            batch = sample(policy, w.tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+            batch = sample(policy, w.tokenizer, prompts, G, cfg.max_new_tokens, cfg.temperature)
         correct = batch_rewards(batch.texts, answers, device=self.device, checker=cfg.answer_checker)
         rewards = (batch_rewards(batch.texts, answers, cfg.format_weight, self.device, checker=cfg.answer_checker)
                    if cfg.format_weight else correct)
@@ -111,13 +113,12 @@ class Trainer:
         if in_loss or self.log_exact_kl:
             keep = self.log_exact_kl or (in_loss and cfg.kl_kind in ("exact", "topk"))
             with self._autocast():
-                teacher_logp, teacher_logits = score_groups(w.teacher, batch, cfg.group_size, cfg.micro_batch_size,
-                                                            keep)
+                teacher_logp, teacher_logits = score_groups(w.teacher, batch, G, cfg.micro_batch_size, keep)
         laps("teacher")
         old_logp = None
         if cfg.ppo_epochs > 1 or (phase == "kdrl" and cfg.kl_mode == "reward-seq"):
             old_logp = self.frozen_logprobs(batch)  # the training forward itself: the first epoch's ratio is exactly 1
-        kd_w = kd_mask(rewards, cfg.group_size, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
+        kd_w = kd_mask(rewards, G, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
         if cfg.overlong_cache and phase in ("grpo", "kdrl"):  # DAPO's length ramp; KD masks keep raw rewards
             rewards = rewards + overlong_penalty(batch.completion_mask.sum(1), batch.truncated,
                                                  cfg.max_new_tokens, cfg.overlong_cache)
@@ -125,10 +126,10 @@ class Trainer:
         if phase == "kdrl" and cfg.kl_mode == "reward-seq":
             shaped = sequence_kl_rewards(rewards, beta=beta, teacher_logp=teacher_logp, old_logp=old_logp,
                                          mask=batch.completion_mask, kd_weights=kd_w)
-        advantages = group_advantages(shaped, cfg.group_size, cfg.adv_scale)
+        advantages = group_advantages(shaped, G, cfg.adv_scale)
         kept = batch.completion_mask
         if cfg.dynamic_sampling and phase == "grpo":  # all-equal groups leave the loss and its normaliser
-            kept = kept * informative_groups(rewards, cfg.group_size).unsqueeze(-1).to(kept.dtype)
+            kept = kept * informative_groups(rewards, G).unsqueeze(-1).to(kept.dtype)
         weights = token_weights(kept, cfg.loss_agg, cfg.max_new_tokens)
         return Rollout(batch, rewards, correct, advantages, kd_w, weights, old_logp, teacher_logp, teacher_logits,
                        self.reference_logprobs(batch) if phase == "grpo" and cfg.ref_beta > 0 else None)
@@ -183,8 +184,10 @@ class Trainer:
         if self.step > 0 and cfg.algorithm_at(self.step - 1) != self.phase:  # a new stage: a fresh optimiser
             self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.laps = laps = metrics.Laps(self.device, self.track_memory)
-        rows = [w.train[i] for i in self.sampler.next(cfg.prompts_per_step)]
+        rows = [w.train[i] for i in self.sampler.next(cfg.sampling_at(self.step)[0])]
         beta = self.beta_at(self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.lr_at(self.step)
         ro = self.collect(rows, beta, laps)
         w.student.train()
         B, mb = ro.rewards.shape[0], cfg.micro_batch_size or ro.rewards.shape[0]
@@ -231,11 +234,13 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: str, n: int | None = None) -> dict:
-        """Greedy accuracy, length and truncation on the first ``n`` rows of a split (an eval row)."""
-        rows = self.world.splits[split][: n or self.cfg.eval_size]
+        """Greedy accuracy, length and truncation on the first ``n`` rows of a split (an eval row);
+        ``"test@64"`` decodes ``test`` with a budget of 64 new tokens instead of the config's."""
+        name, budget = self.cfg.eval_budget(split)
+        rows = self.world.splits[name][: n or self.cfg.eval_size]
         with self.sampling_policy(training=False) as policy, self._autocast():
-            r = greedy_eval(policy, self.world.tokenizer, rows,
-                            max_new_tokens=self.cfg.max_new_tokens + EVAL_EXTRA_TOKENS,
+            r = greedy_eval(policy, self.world.tokenizer, rows, max_new_tokens=budget,
+                            batch_size=self.cfg.eval_batch_size,
                             chat_template=self.cfg.chat_template, suffix=self.cfg.prompt_suffix,
                             checker=self.cfg.answer_checker)
         return metrics.eval_row(self.step, split, r)
@@ -283,8 +288,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", reward=f"{row['reward']:.2f}")
                 last = self.step == cfg.max_steps
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
-                    for split in self.world.eval_splits:
-                        write(self.evaluate(split))
+                    for split in self.eval_splits:
+                        write(self.evaluate(split, cfg.final_eval_size if last else None))
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
                     self.save_checkpoint()
         bar.close()

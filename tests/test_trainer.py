@@ -321,3 +321,45 @@ def test_grpo_2025_options_are_checked():
         load_config("grpo", ref_beta=0.1, lora_r=0, student_quant="none")
     with pytest.raises(ValueError, match="overlong_cache"):
         load_config("grpo", overlong_cache=100)
+
+
+# ---------------------------------------------------------------- study v3's levers
+def test_learning_rate_schedule_per_stage():
+    from kdrl_mini.schedules import warmup_cosine
+
+    plain = load_config("kdrl", lr=3e-4, max_steps=20)
+    assert all(plain.lr_at(s) == 3e-4 for s in range(20))  # the default: today's constant learning rate
+    cos = load_config("kdrl", lr=1.0, max_steps=20, lr_schedule="cosine", lr_warmup_steps=3, lr_floor=0.1)
+    assert [cos.lr_at(s) for s in range(20)] == [warmup_cosine(1.0, 20, 3, 0.1)(s) for s in range(20)]
+    assert cos.lr_at(19) == pytest.approx(0.1)
+    seq = load_config("kd-fkl", algorithm="kd-then-grpo", lr=1.0, grpo_stage_lr=0.01, max_steps=10,
+                      lr_schedule="cosine", lr_warmup_steps=1)
+    assert seq.lr_at(0) == 0.5 and seq.lr_at(5) == 0.005  # each stage warms up to its own peak
+    assert seq.lr_at(4) == pytest.approx(0.0) and seq.lr_at(9) == pytest.approx(0.0)
+
+
+def test_kd_fkl_samples_more_prompts_fewer_responses(tmp_path):
+    cfg = small(tmp_path, "fkl", algorithm="kd-then-grpo", switch_step=1, kd_fkl_group_size=2,
+                kd_fkl_prompts_per_step=4, lr_schedule="cosine", lr_warmup_steps=1)
+    assert cfg.sampling_at(0) == (4, 2) and cfg.sampling_at(1) == (2, 4)
+    trainer = Trainer(cfg)
+    sizes = []
+    real_collect = trainer.collect
+    trainer.collect = lambda rows, beta, laps: sizes.append(len(rows)) or real_collect(rows, beta, laps)
+    trainer.train_step()
+    assert trainer.opt.param_groups[0]["lr"] == cfg.lr_at(0)
+    trainer.train_step()
+    assert sizes == [4, 2] and trainer.opt.param_groups[0]["lr"] == cfg.lr_at(1)
+
+
+def test_final_evaluation_on_the_named_splits_at_its_own_size(tmp_path):
+    cfg = small(tmp_path, "ev", eval_every=1, eval_size=3, final_eval_size=5, eval_splits="mix,test,test@6",
+                eval_extra_tokens=0, eval_batch_size=2)
+    Trainer(cfg).train(progress=False)
+    _, evals = read_metrics(cfg.output_dir)
+    assert [(e["step"], e["split"], e["eval_n"]) for e in evals] == [
+        (1, "mix", 3), (1, "test", 3), (1, "test@6", 3), (2, "mix", 5), (2, "test", 5), (2, "test@6", 5)]
+    assert all(e["eval_length"] <= 6 for e in evals if e["split"] == "test@6")  # its own 6-token budget
+    assert max(e["eval_length"] for e in evals if e["split"] == "test") > 6  # the rollout budget (40)
+    with pytest.raises(ValueError, match="eval_splits"):
+        load_config("kdrl", eval_splits="test,nope")

@@ -46,8 +46,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..config import EVAL_EXTRA_TOKENS
-from ..rollout import EVAL_BATCH
 from ..scoring import CHUNK_ELEMENTS
 from .shapes import ModelShape
 from .timing import eval_seconds, step_seconds
@@ -153,7 +151,7 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
     mb = min(cfg.micro_batch_size or B, B)
     teacher_rows = min(B, mb if mb < G else (mb // G) * G)  # scoring.score_groups: whole groups, or pieces of one
     full_vocab = cfg.kl_kind in ("exact", "topk")
-    eval_rows = min(cfg.eval_size, EVAL_BATCH)
+    eval_rows = min(cfg.eval_size, cfg.eval_batch_size)
     lora = lora_parameters(s, cfg.lora_r) if cfg.lora_r > 0 else s.parameters
     keep_teacher_logits = cfg.kl_kind in ("exact", "topk") or bool(cfg.log_exact_kl)
     layer_tmp = lambda shape, rows, n: rows * n * (4 * shape.hidden + 3 * shape.intermediate) * db  # noqa: E731
@@ -181,7 +179,7 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
         Part("student logits", mb * T * s.vocab * (db + FULL_LOGIT_EXTRA) if full_vocab else HEAD_CHUNKS_TRAIN * CHUNK_BYTES,
              "train", "[mb, T, V]: 16-bit, fp32 copy, fp32 gradient" if full_vocab else "chunks of tokens through the head"),
         # eval: greedy decoding
-        Part("KV cache (eval)", eval_rows * (L + EVAL_EXTRA_TOKENS) * s.kv_bytes_per_token(db)
+        Part("KV cache (eval)", eval_rows * (L + cfg.eval_extra_tokens) * s.kv_bytes_per_token(db)
              + layer_tmp(s, eval_rows, P) + 3 * eval_rows * s.vocab * 4, "eval", f"{eval_rows} rows"),
     ]
     est = MemoryEstimate(parts, detail={"student_params": s.parameters, "teacher_params": t.parameters,
@@ -223,7 +221,7 @@ def knob(est: MemoryEstimate, cfg) -> str:
             return f"--set micro_batch_size={max(1, mb // 2)}"
         return f"--set max_new_tokens={cfg.max_new_tokens // 2} or a smaller teacher"
     if phase == "eval":
-        return f"--set eval_size={max(1, min(cfg.eval_size, EVAL_BATCH) // 2)} or lower max_new_tokens"
+        return f"--set eval_size={max(1, min(cfg.eval_size, cfg.eval_batch_size) // 2)} or lower max_new_tokens"
     return f"--set max_new_tokens={cfg.max_new_tokens // 2} (or fewer prompts_per_step)"
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 
-from ..config import EVAL_EXTRA_TOKENS
-from ..rollout import EVAL_BATCH
 from .shapes import ModelShape
 
 # Fractions of the card's peak dense tensor FLOPs that each kind of matmul reaches (assumptions).
@@ -37,8 +35,8 @@ def step_seconds(cfg, s: ModelShape, t: ModelShape, prompt_tokens: int, tflops: 
 
 def eval_seconds(cfg, s: ModelShape, prompt_tokens: int, bandwidth_gbs: float) -> float:
     """One greedy evaluation of ``eval_size`` rows (decoding to the budget; rough)."""
-    rows, batch = cfg.eval_size, min(cfg.eval_size, EVAL_BATCH)
-    steps = cfg.max_new_tokens + EVAL_EXTRA_TOKENS
+    rows, batch = cfg.eval_size, min(cfg.eval_size, cfg.eval_batch_size)
+    steps = cfg.max_new_tokens + cfg.eval_extra_tokens
     return math.ceil(rows / batch) * _decode_seconds(s, cfg.student_quant, batch, prompt_tokens + steps // 2, steps,
                                                      bandwidth_gbs)
 

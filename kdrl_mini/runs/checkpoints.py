@@ -107,7 +107,8 @@ def load(path: Path) -> dict:
 
 
 # Fields a resumed run may change (how long, where, how it is logged), and nothing else.
-RESUMABLE_CHANGES = ("max_steps", "output_dir", "threads", "eval_every", "eval_size", "checkpoint_every", "device")
+RESUMABLE_CHANGES = ("max_steps", "output_dir", "threads", "eval_every", "eval_size", "final_eval_size",
+                     "eval_batch_size", "checkpoint_every", "device")
 
 
 def run_state(trainer) -> dict:

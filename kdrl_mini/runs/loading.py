@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from .. import model_source, models
-from ..config import EVAL_EXTRA_TOKENS, TrainConfig
+from ..config import TrainConfig
 from ..tasks import checks, source
-from ..tasks.files import EVAL_SPLITS, DataRowError, load_split
+from ..tasks.files import EVAL_SPLITS, KNOWN_SPLITS, DataRowError, load_split
 from ..vocab import check_same_tokenizer, check_same_vocab, config_vocab_rows, restrict_vocab, shared_vocab
 
 
@@ -100,11 +100,11 @@ def load_world(cfg: TrainConfig) -> World:
     rows = [config_vocab_rows(json.loads((d / "config.json").read_text())) for d in (student_dir, teacher_dir)]
     vocab = shared_vocab(tok, *rows)  # before any weights load; None: one row per token already
     context = _max_positions(student_dir, teacher_dir)
-    budget = cfg.max_new_tokens + EVAL_EXTRA_TOKENS  # the greedy evaluation's budget, the larger one
+    budget = cfg.max_new_tokens + max(cfg.eval_extra_tokens, 0)  # the larger of the rollout and eval budgets
     if cfg.dataset:
         splits = load_dataset_checked(cfg, tok, context, budget)
     else:
-        names = ["train"] + [s for s in EVAL_SPLITS if (Path(cfg.data_dir) / f"{s}.jsonl").is_file()]
+        names = ["train"] + [s for s in KNOWN_SPLITS[1:] if (Path(cfg.data_dir) / f"{s}.jsonl").is_file()]
         splits = {s: load_split_checked(cfg.data_dir, s, tok, context, budget) for s in names}
     student = load_student_for(cfg, vocab)
     teacher = models.load_teacher(teacher_dir, cfg.teacher_quant, cfg.device, models.compute_dtype(cfg.compute_dtype, cfg.device))

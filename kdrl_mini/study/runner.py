@@ -54,6 +54,7 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dic
             trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
             (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **summarize(run)}, indent=1))
             (run / "checkpoint.pt").unlink(missing_ok=True)  # the study keeps metrics, not weights
+            (run / "trainable.pt").unlink(missing_ok=True)
             shutil.rmtree(run / "adapter", ignore_errors=True)
             (run / WORKER_FILE).unlink(missing_ok=True)
             bar.update()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 SPLITS = ("train", "test", "ood")  # every world has these (the real pair too)
 EVAL_SPLITS = ("test", "blind", "ood", "ood_control")  # the trainer evaluates whichever exist
-KNOWN_SPLITS = ("train",) + EVAL_SPLITS
+EXTRA_SPLITS = ("mix",)  # evaluated only when a config names them (TrainConfig.eval_splits)
+KNOWN_SPLITS = ("train",) + EVAL_SPLITS + EXTRA_SPLITS
 REQUIRED_FIELDS = ("prompt", "answer")
 
 

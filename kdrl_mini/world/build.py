@@ -126,13 +126,18 @@ def world_rows(root: Path, seed: int, plan: BuildPlan) -> dict[str, list[dict]]:
     (disjoint from every eval split). Returns every row list by name."""
     paths = task.build_world_data(root, seed=seed)
     rows = {name: read_jsonl(path) for name, path in paths.items()}
+    return {**rows, **draw_pool(rows, seed, plan)}
+
+
+def draw_pool(rows: dict[str, list[dict]], seed: int, plan: BuildPlan) -> dict[str, list[dict]]:
+    """The pre-training pool and validation sets of the build of ``seed``, disjoint from the eval
+    splits in ``rows`` (re-drawn identically from the written splits)."""
     exclude = {r["prompt"] for name in EVAL_SPLITS for r in rows[name]}
     pool = pretraining_pool(plan, seed + 100, exclude)
     val_test = [r for r in pool if not r["crossing"]][:plan.val_size]
     val_blind = [r for r in pool if r["crossing"]][:plan.val_size]
     held_out = {r["prompt"] for r in val_test + val_blind}
-    rows.update(pool=[r for r in pool if r["prompt"] not in held_out], val_test=val_test, val_blind=val_blind)
-    return rows
+    return {"pool": [r for r in pool if r["prompt"] not in held_out], "val_test": val_test, "val_blind": val_blind}
 
 
 @torch.no_grad()

@@ -1,0 +1,143 @@
+"""Study v3's plan: a world where the methods act within the budget (issue 22), fixed before its runs.
+
+The pilot (``data/study_v3/pilot``, development seeds 1001+) chose what is set here: the shipped
+student given 60 more warm-up steps (``models/student-w60``: greedy test ~0.3-0.4 at the rollout
+budget), full fp32 weights, an fp32 teacher for scoring, temperature 0.7, 150 steps with a 10-step
+warm-up and a cosine learning rate, and each method at the learning rate under which it learns
+alone. Every accuracy is greedy at the rollout budget (48 tokens), on the final 1,000 rows of
+each split; the 200-row evaluations every 25 steps draw the curves. ``mix`` is drawn like
+``train`` (30% of chains cross 100), so ``test`` and ``blind`` are its strata.
+
+The 4-bit NF4 + LoRA student with an 8-bit teacher (QLoRA, the product configuration) is one arm,
+so what it costs KDRL is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from ..config import load_config
+from ..rollout import greedy_eval
+from ..runs.loading import load_world
+from ..runs.metrics import read_metrics
+from .runner import collect, run_study
+
+STUDY_DIR = "data/study_v3"
+BETA = 0.02                 # KDRL's KL coefficient (k2 in the loss); >= 0.1 erased `blind` in the pilot
+GRPO_LR = 5e-5              # full-weight GRPO: 1e-4 degrades test, 3e-4 collapses (pilot)
+FKL_LR = 1e-3
+RKL_LR = 3e-4
+QLORA_LR = 3e-4
+SPLITS = "mix,test,blind,ood,test@64"  # test@64: where the teacher is right (0.99), for the KD gate
+
+BASE = {
+    "student_path": "data/models/student-w60", "student_quant": "none", "lora_r": 0, "teacher_quant": "none",
+    "temperature": 0.7, "max_new_tokens": 48, "max_steps": 150, "lr_schedule": "cosine", "lr_warmup_steps": 10,
+    "lr_floor": 0.0, "log_exact_kl": False, "eval_every": 25, "eval_size": 200, "final_eval_size": 1000,
+    "eval_extra_tokens": 0, "eval_splits": SPLITS, "eval_batch_size": 500, "checkpoint_every": 25,
+}
+FKL_SAMPLING = {"kd_fkl_group_size": 2, "kd_fkl_prompts_per_step": 32}  # 64 teacher samples of 32 prompts
+
+VARIANTS = {
+    "grpo": {"algorithm": "grpo", "lr": GRPO_LR},
+    "kd-fkl": {"algorithm": "kd-fkl", "lr": FKL_LR, **FKL_SAMPLING},
+    "kd-rkl": {"algorithm": "kd-rkl", "lr": RKL_LR},
+    "kdrl": {"algorithm": "kdrl", "lr": GRPO_LR, "beta": BETA},
+    "kdrl-mask": {"algorithm": "kdrl", "lr": GRPO_LR, "beta": BETA, "kd_strategy": "incorrect"},
+    "kd-then-grpo": {"algorithm": "kd-then-grpo", "lr": FKL_LR, "grpo_stage_lr": GRPO_LR, **FKL_SAMPLING},
+    "kdrl-qlora": {"algorithm": "kdrl", "lr": QLORA_LR, "beta": BETA, "student_quant": "4bit", "lora_r": 16,
+                   "lora_alpha": 32, "teacher_quant": "8bit"},
+}
+PILOT_SEEDS = [1001, 1002]
+
+
+def base_config(**overrides):
+    """The study's TrainConfig of one variant (``VARIANTS[name]`` as ``overrides``)."""
+    return load_config("kdrl", **{**BASE, **overrides})
+
+
+def summarize(run_dir: str | Path) -> dict:
+    """One finished run's numbers (``final.json``): per split the final greedy accuracy (1,000 rows),
+    length and truncation, and the mean of the 200-row curve; the training reward of the last 20%."""
+    steps, evals = read_metrics(run_dir)
+    out = {"steps": len(steps), "wall_seconds": sum(s["step_time"] for s in steps)}
+    for split in dict.fromkeys(e["split"] for e in evals):
+        rows = [e for e in evals if e["split"] == split]
+        final = rows[-1]
+        out.update({f"{split}_accuracy": final["eval_accuracy"], f"{split}_length": final["eval_length"],
+                    f"{split}_truncated": final["eval_truncated"], f"{split}_n": final["eval_n"],
+                    f"{split}_curve": statistics.fmean(e["eval_accuracy"] for e in rows[:-1] or rows)})
+    key = "teacher_reward" if all(s.get("reward") != s.get("reward") for s in steps) else "reward"
+    fifth = max(1, len(steps) // 5)
+    for name, part in (("train_reward_first", steps[:fifth]), ("train_reward", steps[-fifth:])):
+        values = [s[key] for s in part if s.get(key) == s.get(key)]
+        out[name] = statistics.fmean(values) if values else float("nan")
+    return out
+
+
+@torch.no_grad()
+def baseline(role: str = "student") -> dict:
+    """The untrained student's (or the teacher's) accuracy, length and truncation on every study
+    split, decoded exactly as the runs' final evaluation (greedy, 48 tokens, 1,000 rows)."""
+    cfg = base_config()
+    world = load_world(cfg)
+    model = world.student if role == "student" else world.teacher
+    out = {}
+    for split in cfg.eval_split_names():
+        name, budget = cfg.eval_budget(split)
+        r = greedy_eval(model, world.tokenizer, world.splits[name][:cfg.final_eval_size], max_new_tokens=budget,
+                        batch_size=cfg.eval_batch_size)
+        out.update({f"{split}_accuracy": r["accuracy"], f"{split}_length": r["mean_length"],
+                    f"{split}_truncated": r["truncated"], f"{split}_n": r["n"]})
+    return out
+
+
+def run_pilot(out: str | Path = f"{STUDY_DIR}/pilot", seeds: list[int] | None = None, only: list[str] | None = None):
+    """The pilot on development seeds: every variant (or ``only``) with the study's settings."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for role in ("student", "teacher"):
+        path = out.parent / f"{'untrained' if role == 'student' else 'teacher'}.json"
+        if not path.exists():
+            path.write_text(json.dumps(baseline(role), indent=1))
+    plan = {k: v for k, v in VARIANTS.items() if not only or k in only}
+    return run_study(out, plan, seeds or PILOT_SEEDS, base_config(), summarize=summarize)
+
+
+def gates(records: list[dict], untrained: dict, teacher: dict) -> list[dict]:
+    """Item 1 of issue 22, from finished runs: each gate's value (mean over seeds) and whether it holds."""
+    def mean(variant, key):
+        values = [r[key] for r in records if r["variant"] == variant and key in r]
+        return statistics.fmean(values) if values else float("nan")
+
+    gap = teacher["test@64_accuracy"] - untrained["test@64_accuracy"]
+    kd = max(mean("kd-fkl", "test@64_accuracy"), mean("kd-rkl", "test@64_accuracy"))
+    rows = [("KD closes >= 50% of the untrained-to-teacher gap on test (at 64 tokens, where the teacher is right)",
+             (kd - untrained["test@64_accuracy"]) / gap, 0.5),
+            ("GRPO raises blind by >= 0.05", mean("grpo", "blind_accuracy") - untrained["blind_accuracy"], 0.05),
+            ("GRPO does not lose test", mean("grpo", "test_accuracy") - untrained["test_accuracy"], 0.0),
+            ("GRPO raises the training reward (last 20% of steps - first 20%)",
+             mean("grpo", "train_reward") - mean("grpo", "train_reward_first"), 0.0),
+            ("the teacher stays wrong on blind (at most 0.05)", -teacher["blind_accuracy"], -0.05)]
+    rows += [(f"untrained student on {s} >= 0.05", untrained[f"{s}_accuracy"], 0.05)
+             for s in ("mix", "test", "blind")]
+    return [{"gate": g, "value": round(v, 4), "threshold": t, "holds": v >= t} for g, v, t in rows]
+
+
+if __name__ == "__main__":  # python -m kdrl_mini.study.v3 pilot|gates [seed ...]
+    import sys
+
+    from ..utils import setup
+
+    setup(threads=1)
+    pilot_dir = Path(STUDY_DIR) / "pilot"
+    if sys.argv[1] == "pilot":
+        run_pilot(pilot_dir, [int(s) for s in sys.argv[2:]] or None)
+    finished = collect(pilot_dir)
+    load = lambda name: json.loads((Path(STUDY_DIR) / name).read_text())  # noqa: E731
+    for row in gates(finished, load("untrained.json"), load("teacher.json")):
+        print(f"{'holds' if row['holds'] else 'FAILS':>5}  {row['gate']}: {row['value']} (threshold {row['threshold']})")
