@@ -108,14 +108,12 @@ def _batch(B, P, T, vocab):
                  torch.zeros(B, dtype=torch.bool))
 
 
-PEAK_SCRIPT = """
+PEAK_PRELUDE = """
 import json, sys
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
-from test_scoring import _batch, _big_vocab_pair
 from kdrl_mini.real.measure import memory_mb, release_freed_memory, reset_peak
-from kdrl_mini.scoring import score_groups
 
 def peak_added(fn):
     release_freed_memory()
@@ -123,6 +121,11 @@ def peak_added(fn):
     start = memory_mb()["peak"]
     fn()
     return memory_mb()["peak"] - start
+"""
+
+PEAK_SCRIPT = PEAK_PRELUDE + """
+from test_scoring import _batch, _big_vocab_pair
+from kdrl_mini.scoring import score_groups
 
 vocab, B, P, T = 32000, 64, 8, 32
 model, batch = _big_vocab_pair(None, vocab), _batch(B, P, T, vocab)
@@ -207,22 +210,10 @@ def test_merged_copy_never_changes_the_student(data_dir):
     assert all(torch.equal(before[n], p) for n, p in student.named_parameters())
 
 
-HEAD_PEAK_SCRIPT = """
-import json, sys
-import torch
-torch.set_num_threads(1)
-sys.path.insert(0, sys.argv[1])
+HEAD_PEAK_SCRIPT = PEAK_PRELUDE + """
 from transformers import LlamaConfig, LlamaForCausalLM
 from test_scoring import _batch
-from kdrl_mini.real.measure import memory_mb, release_freed_memory, reset_peak
 from kdrl_mini.scoring import CHUNK_ELEMENTS, completion_hidden, head_token_stats, score_groups, tokens_per_chunk
-
-def peak_added(fn):
-    release_freed_memory()
-    reset_peak()
-    start = memory_mb()["peak"]
-    fn()
-    return memory_mb()["peak"] - start
 
 V, P, T = 151936, 8, 1024
 cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
