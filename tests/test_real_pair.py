@@ -248,3 +248,12 @@ def test_heal_spec_refuses_bad_values():
     assert heal.HealSpec(keep="correct").keep == "correct"
     assert warmup_cosine(1.0, steps=10, warmup=1)(0) == 0.5  # the heal's learning rate (HealSpec lr, steps, warmup)
     assert warmup_cosine(1.0, steps=10, warmup=1, min_ratio=0.1)(9) == pytest.approx(0.1)
+
+
+def test_the_heal_record_stands_in_when_the_cache_has_no_healed_student(tmp_path):
+    from kdrl_mini.real import heal_record
+
+    numbers, source = heal_record.measured_or_recorded(tmp_path / "missing", None, None, [])
+    assert "recorded on" in source and numbers == json.loads(heal_record.RECORD.read_text())
+    text = heal_record.describe(numbers, 5.0)
+    assert f"{numbers['examples']} teacher answers" in text and "(pruned: 5.00)" in text

@@ -99,8 +99,11 @@ def test_splits_are_disjoint_and_loadable(small_world, tmp_path_factory):
 
 def test_load_split_knows_every_split(tmp_path):
     tasks.build_world_data(tmp_path, seed=1, n_train=50, n_eval=20)
-    for split in task_files.KNOWN_SPLITS:
+    for split in ("train",) + task_files.EVAL_SPLITS:  # what a build writes
         assert len(task_files.load_split(tmp_path, split)) == (50 if split == "train" else 20)
+    task_files.write_jsonl(tmp_path / "mix.jsonl", task_files.read_jsonl(tmp_path / "test.jsonl")[:3])
+    assert set(task_files.KNOWN_SPLITS) == {"train", *task_files.EVAL_SPLITS, "mix"}  # mix: world.extend writes it
+    assert len(task_files.load_split(tmp_path, "mix")) == 3
 
 
 def test_split_definitions(small_world):
