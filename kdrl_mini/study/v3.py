@@ -53,6 +53,8 @@ VARIANTS = {
                    "lora_alpha": 32, "teacher_quant": "8bit"},
 }
 PILOT_SEEDS = [1001, 1002]
+# Pilot-only probes: KDRL's coefficient below the 0.02 the exploration settled on.
+PILOT_PROBES = {f"kdrl-beta{b:g}": {**VARIANTS["kdrl"], "beta": b} for b in (0.005, 0.01)}
 
 
 def base_config(**overrides):
@@ -104,7 +106,7 @@ def run_pilot(out: str | Path = f"{STUDY_DIR}/pilot", seeds: list[int] | None = 
         path = out.parent / f"{'untrained' if role == 'student' else 'teacher'}.json"
         if not path.exists():
             path.write_text(json.dumps(baseline(role), indent=1))
-    plan = {k: v for k, v in VARIANTS.items() if not only or k in only}
+    plan = {k: v for k, v in {**VARIANTS, **PILOT_PROBES}.items() if (k in only if only else k in VARIANTS)}
     return run_study(out, plan, seeds or PILOT_SEEDS, base_config(), summarize=summarize)
 
 
@@ -128,16 +130,18 @@ def gates(records: list[dict], untrained: dict, teacher: dict) -> list[dict]:
     return [{"gate": g, "value": round(v, 4), "threshold": t, "holds": v >= t} for g, v, t in rows]
 
 
-if __name__ == "__main__":  # python -m kdrl_mini.study.v3 pilot|gates [seed ...]
+if __name__ == "__main__":  # python -m kdrl_mini.study.v3 pilot|probes|gates [seed ...]
     import sys
 
     from ..utils import setup
 
     setup(threads=1)
     pilot_dir = Path(STUDY_DIR) / "pilot"
-    if sys.argv[1] == "pilot":
-        run_pilot(pilot_dir, [int(s) for s in sys.argv[2:]] or None)
+    if sys.argv[1] in ("pilot", "probes"):
+        probes = list(PILOT_PROBES) if sys.argv[1] == "probes" else None
+        run_pilot(pilot_dir, [int(s) for s in sys.argv[2:]] or None, probes)
     finished = collect(pilot_dir)
     load = lambda name: json.loads((Path(STUDY_DIR) / name).read_text())  # noqa: E731
     for row in gates(finished, load("untrained.json"), load("teacher.json")):
-        print(f"{'holds' if row['holds'] else 'FAILS':>5}  {row['gate']}: {row['value']} (threshold {row['threshold']})")
+        verdict = "holds" if row["holds"] else "FAILS"
+        print(f"{verdict:>5}  {row['gate']}: {row['value']} (threshold {row['threshold']})")
