@@ -112,8 +112,10 @@ RESUMABLE_CHANGES = ("max_steps", "output_dir", "threads", "eval_every", "eval_s
 
 
 def run_state(trainer) -> dict:
-    """Everything a run needs to continue bit-exactly: trainable weights, optimiser, prompt
-    sampler, RNG states, step and config."""
+    """Everything a run needs to continue: trainable weights, optimiser, prompt sampler, RNG states,
+    step and config. On CPU a resumed run continues bit for bit (tested); on CUDA it continues from
+    the same state but not bit for bit: sampling and several kernels are nondeterministic there
+    (deterministic algorithms are requested on CPU only, see ``utils.setup``)."""
     import random
 
     return {"step": trainer.step, "trainable": trainable_state(trainer.world.student),
