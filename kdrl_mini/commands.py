@@ -56,7 +56,7 @@ def evaluate(run: str | None = None, student: str | None = None, teacher: str | 
     if run:
         load_trained_weights(world, run)
     trainer = Trainer(cfg, world)
-    splits = trainer.world.eval_splits if split == "all" else (split,)
+    splits = trainer.eval_splits if split == "all" else (split,)
     for name in splits:
         r = trainer.evaluate(name, n)
         print(f"{name:>5}: accuracy {r['eval_accuracy']:.3f}  length {r['eval_length']:.1f}  (n={n or cfg.eval_size})")

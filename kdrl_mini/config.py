@@ -225,10 +225,8 @@ class TrainConfig:
         if self.algorithm == "kd-then-grpo":
             start, length = (0, self.switch()) if step < self.switch() else (self.switch(), self.max_steps - self.switch())
             peak = self.grpo_stage_lr if step >= self.switch() and self.grpo_stage_lr is not None else self.lr
-        s = step - start
-        if self.lr_schedule == "cosine":
-            return warmup_cosine(peak, length, self.lr_warmup_steps, self.lr_floor)(s)
-        return peak * (s + 1) / (self.lr_warmup_steps + 1) if s < self.lr_warmup_steps else peak
+        floor = self.lr_floor if self.lr_schedule == "cosine" else 1.0  # constant: a cosine from lr to lr
+        return warmup_cosine(peak, length, self.lr_warmup_steps, floor)(step - start)
 
     def eval_budget(self, split: str) -> tuple[str, int]:
         """(split, new-token budget) of an evaluation: ``"test@64"`` is ``test`` at 64 tokens; a plain

@@ -39,7 +39,7 @@ def real_pair(set_fields: dict, steps: int | None = None, cache_dir: str | None 
     else:
         cfg = pair.real_config(cache, keep_every, healed=heal, **{"max_steps": 3, **overrides})
     trainer = Trainer(cfg)
-    before = [trainer.evaluate(split) for split in trainer.world.eval_splits]  # the same eval as at the end
+    before = [trainer.evaluate(split) for split in trainer.eval_splits]  # the same eval as at the end
     train = lambda: trainer.train(overwrite=True)  # noqa: E731  the demo always starts a fresh run
     if learn:
         print(f"sampled reward on the {len(trainer.world.train)} pool prompts ({cfg.train_split}) and as many test "

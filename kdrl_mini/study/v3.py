@@ -66,7 +66,7 @@ def summarize(run_dir: str | Path) -> dict:
     """One finished run's numbers (``final.json``): per split the final greedy accuracy (1,000 rows),
     length and truncation, and the mean of the 200-row curve; the training reward of the last 20%."""
     steps, evals = read_metrics(run_dir)
-    out = {"steps": len(steps), "wall_seconds": sum(s["step_time"] for s in steps)}
+    out = {"steps": len(steps), "train_seconds": sum(s["step_time"] for s in steps)}
     for split in dict.fromkeys(e["split"] for e in evals):
         rows = [e for e in evals if e["split"] == split]
         final = rows[-1]
