@@ -218,9 +218,10 @@ def test_forest_plot_gives_length_claims_their_own_axis():
     from kdrl_mini.study.reproduction import Claim
 
     claims = [Claim("A", "acc", "s", "x", "y"), Claim("L", "len", "s", "x", "y", metric="test_length", higher=False)]
-    judged = {"A": {"mean": 0.05, "low": 0.01, "high": 0.09, "verdict": "reproduced"},
-              "L": {"mean": 4.4, "low": -5.7, "high": 14.5, "verdict": "inconclusive"}}
+    judged = {"A": {"mean": 0.05, "low": 0.01, "high": 0.09, "verdict": "reproduced", "level": 0.975},
+              "L": {"mean": 4.4, "low": -5.7, "high": 14.5, "verdict": "inconclusive", "level": 0.95}}
     fig = forest_plot(judged, claims)
+    assert "at 95-97.5% confidence" in fig.axes[0].get_title()  # the levels it draws, not a blanket "95%"
     acc_ax, len_ax = fig.axes
     assert [t.get_text() for t in acc_ax.get_yticklabels()] == ["A acc"]
     assert [t.get_text() for t in len_ax.get_yticklabels()] == ["L len"]

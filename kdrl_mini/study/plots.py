@@ -195,9 +195,13 @@ def forest_plot(judged: dict, claims, out_path: str | Path | None = None):
         ax.set_yticks(range(len(cs)))
         ax.set_yticklabels([f"{c.name} {c.text}" for c in cs], fontsize=8)
         ax.set_ylim(len(cs) - 0.5, -0.5)
-        ax.set_xlabel(f"{unit} (claimed direction > 0; Holm-adjusted 95% CI)", fontsize=9)
+        ax.set_xlabel(f"{unit} (claimed direction > 0)", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].set_title("The paper's claims on the tiny world\n(green: reproduced, red: reversed, grey: inconclusive or equivalent)", fontsize=10)
+    levels = sorted({round(100 * judged[c.name]["level"], 2) for c in shown})
+    level = f"{levels[0]:g}%" if len(levels) == 1 else f"{levels[0]:g}-{levels[-1]:g}%"
+    axes[0, 0].set_title(f"The paper's claims on the tiny world: Holm-adjusted intervals at {level} confidence\n"
+                         "(green: reproduced, red: reversed, grey: inconclusive, equivalent or below the SESOI)",
+                         fontsize=10)
     fig.tight_layout()
     if out_path:
         fig.savefig(out_path, dpi=90)

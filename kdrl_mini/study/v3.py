@@ -24,10 +24,11 @@ from ..config import load_config
 from ..rollout import greedy_eval
 from ..runs.loading import load_world
 from ..runs.metrics import read_metrics
+from . import v3_claims
 from .runner import collect, run_study
 
 STUDY_DIR = "data/study_v3"
-BETA = 0.02                 # KDRL's KL coefficient (k2 in the loss); >= 0.1 erased `blind` in the pilot
+BETA = 0.01                 # KDRL's KL coefficient (k2 in the loss): 0.02 was unstable over pilot seeds, >= 0.1 erased `blind`
 GRPO_LR = 5e-5              # full-weight GRPO: 1e-4 degrades test, 3e-4 collapses (pilot)
 FKL_LR = 1e-3
 RKL_LR = 3e-4
@@ -53,8 +54,14 @@ VARIANTS = {
                    "lora_alpha": 32, "teacher_quant": "8bit"},
 }
 PILOT_SEEDS = [1001, 1002]
+# The pilot ran the KDRL arms at the exploration's beta (0.02); its probes then chose 0.01.
+PILOT_VARIANTS = {k: {**v, "beta": 0.02} if "beta" in v else v for k, v in VARIANTS.items()}
+STUDY_SEEDS = list(range(1, 11))  # 10 seeds: >= 0.93 power at the SESOI (0.05) at the strictest Holm level if SD <= 0.03
 # Pilot-only probes: KDRL's coefficient below the 0.02 the exploration settled on.
 PILOT_PROBES = {f"kdrl-beta{b:g}": {**VARIANTS["kdrl"], "beta": b} for b in (0.005, 0.01)}
+# ... and the sequential baseline: a shorter KD stage, or a GRPO stage at a higher learning rate.
+PILOT_PROBES["kd-then-grpo-switch30"] = {**VARIANTS["kd-then-grpo"], "switch_step": 30}
+PILOT_PROBES["kd-then-grpo-grpolr2e-4"] = {**VARIANTS["kd-then-grpo"], "grpo_stage_lr": 2e-4}
 
 
 def base_config(**overrides):
@@ -106,7 +113,7 @@ def run_pilot(out: str | Path = f"{STUDY_DIR}/pilot", seeds: list[int] | None = 
         path = out.parent / f"{'untrained' if role == 'student' else 'teacher'}.json"
         if not path.exists():
             path.write_text(json.dumps(baseline(role), indent=1))
-    plan = {k: v for k, v in {**VARIANTS, **PILOT_PROBES}.items() if (k in only if only else k in VARIANTS)}
+    plan = {k: v for k, v in {**PILOT_VARIANTS, **PILOT_PROBES}.items() if (k in only if only else k in VARIANTS)}
     return run_study(out, plan, seeds or PILOT_SEEDS, base_config(), summarize=summarize)
 
 
@@ -130,17 +137,41 @@ def gates(records: list[dict], untrained: dict, teacher: dict) -> list[dict]:
     return [{"gate": g, "value": round(v, 4), "threshold": t, "holds": v >= t} for g, v, t in rows]
 
 
-if __name__ == "__main__":  # python -m kdrl_mini.study.v3 pilot|probes|gates [seed ...]
+def run_preregistered(out: str | Path = STUDY_DIR, seeds: list[int] | None = None) -> list[dict]:
+    """The pre-registered study (``PREREGISTRATION.md`` must exist): every variant x ``STUDY_SEEDS``,
+    resumable and shareable by two workers; then ``table.md``, ``claims.md`` and ``forest.png``."""
+    out = Path(out)
+    if not (out / "PREREGISTRATION.md").is_file():
+        raise FileNotFoundError(f"{out / 'PREREGISTRATION.md'} is missing: the study runs only after its plan is committed")
+    run_study(out, VARIANTS, seeds or STUDY_SEEDS, base_config(), summarize=summarize)
+    return report(out)
+
+
+def report(out: str | Path = STUDY_DIR) -> list[dict]:
+    """Tables, verdicts and forest plot from every finished study run (``v3_claims.write_outputs``)."""
+    out = Path(out)
+    records = collect(out)
+    load = lambda name: json.loads((out / name).read_text())  # noqa: E731
+    variants, verdicts = v3_claims.write_outputs(out, records, load("untrained.json"), load("teacher.json"))
+    print(variants + "\n\n" + verdicts)
+    return records
+
+
+if __name__ == "__main__":  # python -m kdrl_mini.study.v3 pilot|probes|gates|study|report [seed ... | "study"]
     import sys
 
     from ..utils import setup
 
     setup(threads=1)
+    command, args = sys.argv[1], sys.argv[2:]
     pilot_dir = Path(STUDY_DIR) / "pilot"
-    if sys.argv[1] in ("pilot", "probes"):
-        probes = list(PILOT_PROBES) if sys.argv[1] == "probes" else None
-        run_pilot(pilot_dir, [int(s) for s in sys.argv[2:]] or None, probes)
-    finished = collect(pilot_dir)
+    if command in ("pilot", "probes"):
+        run_pilot(pilot_dir, [int(s) for s in args] or None, list(PILOT_PROBES) if command == "probes" else None)
+    elif command == "study":
+        run_preregistered(STUDY_DIR, [int(s) for s in args] or None)
+    elif command == "report":
+        report(STUDY_DIR)
+    finished = collect(STUDY_DIR if command in ("study", "report") or args == ["study"] else pilot_dir)
     load = lambda name: json.loads((Path(STUDY_DIR) / name).read_text())  # noqa: E731
     for row in gates(finished, load("untrained.json"), load("teacher.json")):
         verdict = "holds" if row["holds"] else "FAILS"

@@ -1,0 +1,136 @@
+"""Study v3's claims and how each is judged, fixed in ``data/study_v3/PREREGISTRATION.md`` before its runs.
+
+Every accuracy is greedy at the rollout budget (48 tokens) on the final 1,000 rows of a split
+(:func:`kdrl_mini.study.v3.summarize`). The in-domain metric is ``mix`` (drawn like ``train``; its
+strata are ``test``, where the teacher is right, and ``blind``, where it is wrong). A claim's data
+are the per-seed differences d_s = better_s - worse_s, signed so that d > 0 supports it. The
+untrained student enters as a variant whose value is the same for every seed (``untrained.json``).
+
+Verdict of a claim, on its Holm-adjusted interval (alpha 0.05 over the seven claims):
+- "reproduced": the interval lies above 0 *and* the estimate reaches the smallest effect of
+  interest (SESOI: 0.05 accuracy; 10% of the worse arm's length);
+- "real but below the smallest effect of interest": above 0, estimate below the SESOI;
+- "not reproduced (equivalent)": the interval lies inside (-margin, +margin) (0.03 accuracy; 6%
+  of the worse arm's length); "not reproduced (reversed)": below 0; else "inconclusive".
+Each accuracy claim also reports ``better`` against the untrained student at the same level.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from . import stats
+from .plots import forest_plot
+from .reproduction import Claim, paired
+
+SESOI, MARGIN = 0.05, 0.03               # accuracy (absolute)
+LENGTH_SESOI, LENGTH_MARGIN = 0.10, 0.06  # length (relative to the worse arm's mean)
+ALPHA = 0.05
+UNTRAINED = "untrained"
+
+CLAIMS = (
+    Claim("C1", "KDRL beats GRPO in-domain", "paper: KDRL > GRPO (Table 2)", "kdrl", "grpo", "mix_accuracy"),
+    Claim("C2", "KDRL beats KD-RKL in-domain", "paper: KDRL > KD-RKL (Table 2)", "kdrl", "kd-rkl", "mix_accuracy"),
+    Claim("C3", "RL adds what KD cannot: KDRL is above the untrained student on the teacher's blind spot",
+          "paper: RL complements KD (abstract)", "kdrl", UNTRAINED, "blind_accuracy"),
+    Claim("C4", "KDRL answers are shorter than KD-FKL's", "paper: token efficiency (abstract)",
+          "kdrl", "kd-fkl", "mix_length", higher=False),
+    Claim("C5", "KDRL-Mask (no KD on rewarded responses) shortens answers", "paper: reward-guided masking",
+          "kdrl-mask", "kdrl", "mix_length", higher=False),
+    Claim("C6", "joint KDRL beats sequential KD then GRPO at equal budget", "the unified objective's premise",
+          "kdrl", "kd-then-grpo", "mix_accuracy"),
+    Claim("C7", "4-bit + LoRA costs KDRL accuracy (full weights beat QLoRA)", "the kit's product configuration",
+          "kdrl", "kdrl-qlora", "mix_accuracy"),
+)
+
+
+def with_untrained(records: list[dict], untrained: dict) -> list[dict]:
+    """``records`` plus one "untrained" record per seed present (its numbers from ``untrained.json``)."""
+    seeds = sorted({r["seed"] for r in records})
+    return records + [{"variant": UNTRAINED, "seed": s, **untrained} for s in seeds]
+
+
+def thresholds(claim: Claim, records: list[dict]) -> tuple[float, float]:
+    """(smallest effect of interest, equivalence margin) of ``claim`` in its metric's units."""
+    if claim.metric.endswith("accuracy"):
+        return SESOI, MARGIN
+    worse = statistics.fmean(r[claim.metric] for r in records if r["variant"] == claim.worse)
+    return LENGTH_SESOI * worse, LENGTH_MARGIN * worse
+
+
+def judge_all(records: list[dict], untrained: dict, claims=CLAIMS, alpha: float = ALPHA) -> dict[str, dict]:
+    """Every claim's paired mean, Holm-adjusted interval, verdict, power at the SESOI at its level,
+    and (accuracy claims) ``better`` minus the untrained student at the same level."""
+    records = with_untrained(records, untrained)
+    diffs = {c.name: paired(c, records) for c in claims}
+    judged = [c for c in claims if len(diffs[c.name]) >= 2]
+    levels = stats.holm_levels({c.name: stats.p_value(diffs[c.name]) for c in judged}, alpha)
+    out = {c.name: {"verdict": "not run", "seeds": len(diffs[c.name])} for c in claims}
+    for c in judged:
+        d, level = diffs[c.name], levels[c.name]
+        m, lo, hi = stats.t_interval(d, level)
+        sesoi, margin = thresholds(c, records)
+        out[c.name] = {"mean": m, "low": lo, "high": hi, "level": level, "seeds": len(d), "p": stats.p_value(d),
+                       "sesoi": sesoi, "margin": margin, "verdict": stats.verdict(lo, hi, margin, sesoi, m),
+                       "power": stats.power(statistics.stdev(d), len(d), sesoi, level)}
+        if c.metric.endswith("accuracy") and c.worse != UNTRAINED:
+            vs = paired(Claim("", "", "", c.better, UNTRAINED, c.metric), records)
+            out[c.name]["vs_untrained"] = stats.t_interval(vs, level)
+    return out
+
+
+def claims_table(records: list[dict], untrained: dict, claims=CLAIMS) -> str:
+    """Markdown: each claim, our paired difference [Holm interval, its level], the better arm against
+    the untrained student, the SESOI, the power at it, and the verdict."""
+    j = judge_all(records, untrained, claims)
+    rows = ["| | claim | source | difference [Holm CI] (level, seeds) | better arm vs untrained | SESOI | power "
+            "at SESOI | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        r = j[c.name]
+        if "mean" not in r:
+            rows.append(f"| {c.name} | {c.text} | {c.source} | — | — | — | — | {r['verdict']} |")
+            continue
+        ours = f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({100 * r['level']:.2f}%, {r['seeds']})"
+        vs = "—" if "vs_untrained" not in r else "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r["vs_untrained"])
+        rows.append(f"| {c.name} | {c.text} | {c.source} | {ours} | {vs} | {r['sesoi']:.3g} | {r['power']:.2f} | "
+                    f"{r['verdict']} |")
+    return "\n".join(rows)
+
+
+TABLE_METRICS = ("mix_accuracy", "test_accuracy", "blind_accuracy", "ood_accuracy", "test@64_accuracy",
+                 "mix_length", "mix_truncated", "train_reward", "train_seconds")
+VARIANT_ORDER = ("grpo", "kd-fkl", "kd-rkl", "kd-then-grpo", "kdrl", "kdrl-mask", "kdrl-qlora")
+
+
+def table(records: list[dict], untrained: dict, teacher: dict) -> str:
+    """Markdown: mean ± 95% t-interval half-width over seeds per variant, the untrained student and
+    the teacher first (one deterministic evaluation each)."""
+    rows = ["| variant | seeds | " + " | ".join(m.replace("_", " ") for m in TABLE_METRICS) + " |",
+            "|" + "---|" * (len(TABLE_METRICS) + 2)]
+    for name, fixed in (("untrained student", untrained), ("teacher", teacher)):
+        rows.append(f"| {name} | - | " + " | ".join(f"{fixed[m]:.3f}" if m in fixed else "—" for m in TABLE_METRICS)
+                    + " |")
+    names = [v for v in VARIANT_ORDER if any(r["variant"] == v for r in records)]
+    for name in names + sorted({r["variant"] for r in records} - set(names)):
+        rs = [r for r in records if r["variant"] == name]
+        cells = []
+        for m in TABLE_METRICS:
+            values = [r[m] for r in rs if m in r and r[m] == r[m]]
+            if len(values) < 2:
+                cells.append(f"{values[0]:.3f} ± n/a" if values else "—")
+            else:
+                mean, _, hi = stats.t_interval(values, 0.95)
+                cells.append(f"{mean:.3f} ± {hi - mean:.3f}")
+        rows.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_outputs(out: str | Path, records: list[dict], untrained: dict, teacher: dict) -> tuple[str, str]:
+    """``table.md``, ``claims.md`` and ``forest.png`` in ``out``; returns the two markdown tables."""
+    out = Path(out)
+    variants, verdicts = table(records, untrained, teacher), claims_table(records, untrained)
+    (out / "table.md").write_text(variants + "\n")
+    (out / "claims.md").write_text(verdicts + "\n")
+    forest_plot(judge_all(records, untrained), CLAIMS, out / "forest.png")
+    return variants, verdicts
