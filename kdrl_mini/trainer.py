@@ -34,7 +34,7 @@ from .runs.loading import PromptSampler, World, load_world
 from .sampling_copy import RolloutPolicy
 from .schedules import annealed
 from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, student_token_stats
-from .utils import set_threads
+from .utils import code_version, set_threads
 from .vocab import vocab_size_of
 
 
@@ -269,7 +269,8 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed)
         with checkpoints.writing(self.out / "config.yaml"):
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            header = f"# code: {code_version()}\n"  # the commit this run's code came from
+            (self.out / "config.yaml").write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         log = []
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.algorithm, disable=not progress)
         with checkpoints.writing(self.out / "metrics.jsonl"):

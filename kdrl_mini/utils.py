@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import re
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -91,3 +92,16 @@ def setup(seed: int = 0, threads: int | None = 1, offline_hub: bool = True) -> N
     quiet()
     seed_everything(seed, deterministic=not torch.cuda.is_available())
     set_threads(threads, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def code_version() -> str:
+    """The commit of the checkout holding ``kdrl_mini`` ("+ local changes" when its package files differ
+    from that commit), or "unknown" outside a git checkout; each run's ``config.yaml`` starts with it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--", "kdrl_mini").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return "unknown" if head.returncode else head.stdout.strip() + (" + local changes" if dirty else "")

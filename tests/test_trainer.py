@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,10 @@ def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(tmp_path):
         Trainer(small(tmp_path, "none")).train(resume=True, progress=False)
     cfg = small(tmp_path, "run", max_steps=1)
     Trainer(cfg).train(progress=False)
+    # config.yaml names the code's commit in a comment line, and still loads as the run's config
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert re.match(r"# code: ([0-9a-f]{40}( \+ local changes)?|unknown)\n", saved)
+    assert load_config(tmp_path / "run" / "config.yaml").to_dict() == cfg.to_dict()
     with pytest.raises(ValueError, match=r"other settings for \['algorithm'\]"):
         Trainer(cfg.replace(algorithm="grpo", max_steps=2)).train(resume=True, progress=False)
 
