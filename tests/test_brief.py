@@ -34,13 +34,22 @@ def test_study_workers_share_runs_by_claim(tmp_path):
     assert (run / WORKER_FILE).read_text() == str(os.getpid())
 
 
-def test_brief_table_shows_blind_when_the_world_has_it():
-    entry = {"seeds": [0], "test_accuracy": (0.3, 0.0), "ood_accuracy": (0.0, 0.0), "test_length": (40.0, 0.0),
-             "final_exact_kl": (0.1, 0.0), "step_time": (1.0, 0.0)}
-    assert "blind" not in brief.format_table({"grpo": entry})
-    table = brief.format_table({"grpo": {**entry, "blind_accuracy": (0.05, 0.0)}})
-    assert "| blind acc |" in table and "| grpo | 1 | 0.300 ± n/a | 0.050 ± n/a |" in table
+def test_brief_table_reads_the_study_splits():
+    entry = {"seeds": [0], **{k: (0.0, 0.0) for k in brief.METRICS}, "mix_accuracy": (0.3, 0.0),
+             "blind_accuracy": (0.05, 0.0), "test@64_accuracy": (0.6, 0.0)}
+    table = brief.format_table({"grpo": entry})
+    assert "| grpo | 1 | 0.300 ± n/a | 0.050 ± n/a | 0.600 ± n/a |" in table
     assert "s/step" not in table  # machine load, not the method
-    records = [{"variant": "grpo", "seed": s, "blind_accuracy": b, **{k: 0.0 for k in brief.METRICS}}
+    records = [{"variant": "grpo", "seed": s, **{k: 0.0 for k in brief.METRICS}, "blind_accuracy": b}
                for s, b in ((0, 0.1), (1, 0.3))]
     assert brief.aggregate(records)["grpo"]["blind_accuracy"][0] == pytest.approx(0.2)
+
+
+def test_brief_runs_each_method_at_the_study_settings():
+    """The main job is the study's world shortened, not a second set of learning rates."""
+    from kdrl_mini.study import v3
+
+    assert brief.brief_variants() == {k: v3.VARIANTS[k] for k in brief.BASELINES}
+    cfg = v3.base_config(**brief.SHORT)
+    assert cfg.student_path == v3.BASE["student_path"] and cfg.max_steps == brief.STEPS
+    assert cfg.eval_split_names() == list(brief.SPLITS)

@@ -54,16 +54,24 @@ def plot_curves(runs: dict[str, str | Path], metric: str, ax=None, window: int =
     return ax
 
 
-def comparison_figure(runs: dict[str, str | Path], out_path: str | Path | None = None):
-    """A 2x3 panel: reward, exact KL, response length, entropy, test and ood accuracy."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    plot_curves(runs, "reward", axes[0, 0])
-    plot_curves(runs, "exact_kl", axes[0, 1])
-    plot_curves(runs, "response_length", axes[0, 2])
-    plot_curves(runs, "entropy", axes[1, 0])
-    plot_curves(runs, "eval_accuracy", axes[1, 1], split="test")
-    plot_curves(runs, "eval_accuracy", axes[1, 2], split="ood")
-    fig.suptitle("GRPO vs KD vs KDRL on the tiny world (kd-fkl trains on teacher samples: no rollout "
+TRAIN_PANELS = ("reward", "exact_kl", "response_length", "entropy")
+
+
+def comparison_figure(runs: dict[str, str | Path], out_path: str | Path | None = None, splits=("test", "ood"),
+                      train_metrics=TRAIN_PANELS, untrained: dict | None = None, title: str | None = None):
+    """Panels of training curves (``train_metrics``) and greedy accuracy per eval split (``splits``),
+    two rows; ``untrained`` (``{split}_accuracy`` numbers) draws the untrained student as a dashed line."""
+    panels = [(m, None) for m in train_metrics] + [("eval_accuracy", s) for s in splits]
+    cols = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 8), squeeze=False)
+    for ax, (metric, split) in zip(axes.flat, panels):
+        plot_curves(runs, metric, ax, split=split)
+        if split and untrained and f"{split}_accuracy" in untrained:
+            ax.axhline(untrained[f"{split}_accuracy"], color="gray", ls="--", lw=1, label="untrained student")
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title or "GRPO vs KD vs KDRL on the tiny world (kd-fkl trains on teacher samples: no rollout "
                  "reward or length of its own, and its KL is measured on the teacher's samples)", fontsize=10)
     fig.tight_layout()
     if out_path:
