@@ -55,8 +55,9 @@ def _reproduce(args) -> int:
                                                   args.dry_run)
         return 0
     if args.full:
-        return _command("study.reproduction", "reproduce_full")(args.output_dir or "data/study", args.threads, args.only,
-                                                                args.seeds)
+        _command("study.v3", "run_preregistered")(args.output_dir or "data/study_v3", args.seeds, args.threads or 1,
+                                                  args.only)
+        return 0
     return _command("study.brief", "reproduce_brief")(args.output_dir or "runs/reproduce", args.steps, args.only,
                                                       args.seeds, args.threads)
 
@@ -143,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="GRPO vs KD vs KDRL on the shipped world; --full runs the whole study")
     r.add_argument("--output-dir", type=_folder)
     r.add_argument("--steps", type=_at_least(1), help="training steps per run (default: the kdrl config's max_steps)")
-    r.add_argument("--full", action="store_true", help="the pre-registered study into data/study (resumable)")
+    r.add_argument("--full", action="store_true", help="the pre-registered study into data/study_v3 (resumable; "
+                   "a second process started alongside shares its runs)")
     r.add_argument("--seeds", type=int, nargs="+")
     r.add_argument("--only", nargs="+", help="restrict to these variant names")
     r.add_argument("--preset", help="one GPU with a real pair on GSM8K: t4-16gb, 24gb, 80gb-paper, or list")

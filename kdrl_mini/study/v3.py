@@ -137,13 +137,16 @@ def gates(records: list[dict], untrained: dict, teacher: dict) -> list[dict]:
     return [{"gate": g, "value": round(v, 4), "threshold": t, "holds": v >= t} for g, v, t in rows]
 
 
-def run_preregistered(out: str | Path = STUDY_DIR, seeds: list[int] | None = None) -> list[dict]:
-    """The pre-registered study (``PREREGISTRATION.md`` must exist): every variant x ``STUDY_SEEDS``,
-    resumable and shareable by two workers; then ``table.md``, ``claims.md`` and ``forest.png``."""
+def run_preregistered(out: str | Path = STUDY_DIR, seeds: list[int] | None = None, threads: int | None = 1,
+                      only: list[str] | None = None) -> list[dict]:
+    """``kdrl-mini reproduce --full``: the pre-registered study (``PREREGISTRATION.md`` must exist),
+    every variant (or ``only``) x ``STUDY_SEEDS`` (or ``seeds``), resumable and shareable by two
+    workers; then ``table.md``, ``claims.md`` and ``forest.png`` from every finished run."""
     out = Path(out)
     if not (out / "PREREGISTRATION.md").is_file():
         raise FileNotFoundError(f"{out / 'PREREGISTRATION.md'} is missing: the study runs only after its plan is committed")
-    run_study(out, VARIANTS, seeds or STUDY_SEEDS, base_config(), summarize=summarize)
+    plan = {k: v for k, v in VARIANTS.items() if not only or k in only}
+    run_study(out, plan, seeds or STUDY_SEEDS, base_config(threads=threads), summarize=summarize)
     return report(out)
 
 
