@@ -169,7 +169,7 @@ def kd_mask(rewards: torch.Tensor, group_size: int, strategy: str = "all", thres
 
 def reverse_kl_loss(logp, teacher_logp, mask, kind: str = "k2", logits=None, teacher_logits=None,
                     top_k: int | None = None, kd_weights=None, loss_agg: str = "token-mean",
-                    max_len: int | None = None, weights=None):
+                    max_len: int | None = None, weights=None, kl_values=None):
     r"""On-policy KD: minimise KL(pi_theta || pi_T) on the student's own samples (KD-RKL).
 
         L = agg_{i,t}\big[ w_i \cdot \widehat{KL}_{it} \big],
@@ -185,6 +185,8 @@ def reverse_kl_loss(logp, teacher_logp, mask, kind: str = "k2", logits=None, tea
         mask: [B, T] response mask.
         kind: "k1" | "k2" | "k3" | "exact" | "topk".
         logits, teacher_logits: [B, T, V], for "exact" / "topk".
+        kl_values: [B, T] the per-token KL of ``kind`` already computed (the trainer's token-chunked
+            head sums "exact" / "topk" a chunk of tokens at a time, so no [B, T, V] is passed).
         kd_weights: [B] per-response weights w_i (``kd_mask``); default 1. The normaliser stays
             the response mask, so unweighted responses simply contribute 0.
         loss_agg, max_len, weights: see ``aggregate``.
@@ -198,7 +200,8 @@ def reverse_kl_loss(logp, teacher_logp, mask, kind: str = "k2", logits=None, tea
         logits = _pad_zero(logits, m.unsqueeze(-1))
     lp = None if logp is None else _pad_zero(logp, m)
     tlp = None if teacher_logp is None else _pad_zero(teacher_logp.detach(), m)
-    kl = _pad_zero(token_kl(kind, lp, tlp, logits, ref_logits=t_logits, top_k=top_k), m)
+    kl = _pad_zero(token_kl(kind, lp, tlp, logits, ref_logits=t_logits, top_k=top_k) if kl_values is None
+                   else kl_values, m)
     weighted = kl if kd_weights is None else kd_weights.to(kl.dtype).unsqueeze(-1) * kl
     loss = aggregate(weighted, m, loss_agg, max_len, weights=weights)
     return loss, {"kd_loss": loss.detach(), "kl": masked_mean(kl, m)}
@@ -230,7 +233,7 @@ def forward_kl_loss(logp, mask, loss_agg: str = "token-mean", max_len: int | Non
 def kdrl_loss(logp, old_logp, advantages, mask, teacher_logp, beta: float, kl_kind: str = "k2",
               kd_weights=None, clip_eps: float = 0.2, clip_eps_high: float | None = None,
               loss_agg: str = "token-mean", max_len: int | None = None, logits=None, teacher_logits=None,
-              top_k: int | None = None, weights=None):
+              top_k: int | None = None, weights=None, kl_values=None):
     r"""KDRL with the KL in the loss:  L = L_GRPO(A) + \beta \cdot L_RKL.
 
         L_GRPO = grpo_loss(logp, old_logp, A),   L_RKL = reverse_kl_loss(kl_kind, kd_weights)
@@ -247,7 +250,7 @@ def kdrl_loss(logp, old_logp, advantages, mask, teacher_logp, beta: float, kl_ki
         raise ValueError(f"beta must be >= 0, got {beta}: a negative KL weight pushes away from the teacher")
     agg = {"loss_agg": loss_agg, "max_len": max_len, "weights": weights}
     pg, pg_metrics = grpo_loss(logp, old_logp, advantages, mask, clip_eps=clip_eps, clip_eps_high=clip_eps_high, **agg)
-    kd, kd_metrics = reverse_kl_loss(logp, teacher_logp, mask, kind=kl_kind, logits=logits,
-                                     teacher_logits=teacher_logits, top_k=top_k, kd_weights=kd_weights, **agg)
+    kd, kd_metrics = reverse_kl_loss(logp, teacher_logp, mask, kind=kl_kind, logits=logits, teacher_logits=teacher_logits,
+                                     top_k=top_k, kd_weights=kd_weights, kl_values=kl_values, **agg)
     loss = pg if beta == 0 else pg + beta * kd  # beta = 0: not even a NaN KL can leak in
     return loss, {**pg_metrics, **kd_metrics}

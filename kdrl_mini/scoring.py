@@ -3,11 +3,13 @@
 At a real vocabulary one fp32 ``[B, T, V]`` tensor is gigabytes (V = 151,936: 592 MiB for a single
 row of T = 1,024). So the vocabulary-sized head runs a chunk of *tokens* at a time on the decoder's
 final hidden states (:func:`head_token_stats`): each chunk's logits become log-probs (a logsumexp
-minus a gather), entropy and, when asked, the exact KL to kept teacher logits, and are dropped; with
-gradients the chunk is recomputed in the backward pass (activation checkpointing), so the training
-forward never holds more than one chunk of logits either. The teacher is run a micro-batch at a
-time (below a group when asked) and returns ``[B, T]`` log-probs unless full logits are asked for
-(exact / top-k KL).
+minus a gather), entropy and, when asked, the exact or top-k KL to the teacher, whose logits are
+rebuilt chunk by chunk from its kept final hidden states, and are dropped; with gradients the
+chunk is recomputed in the backward pass (activation checkpointing), so the training forward never
+holds more than one chunk of logits either. The teacher is run a micro-batch at a time (below a
+group when asked) and returns ``[B, T]`` log-probs, plus its hidden states [B, T, H] for a KL that
+sums over the vocabulary (``keep_hidden``), or full logits only where asked (``keep_logits``, the
+TRL path).
 """
 
 from __future__ import annotations
@@ -69,62 +71,82 @@ def completion_hidden(model, batch: Batch, start: int | None = None) -> torch.Te
     return out.last_hidden_state[:, (batch.prompt_len - 1 if start is None else start):-1]
 
 
-def _chunk_stats(head, h, y, temperature, ref, with_entropy):
+def _chunk_stats(head, h, y, temperature, ref_head, ref_h, with_entropy, kl_kind, top_k):
     z = head(h).float()
     if temperature != 1.0:
         z = z / temperature
     logp = z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    ref, loss_kl = None, None
+    if ref_h is not None:
+        with torch.no_grad():
+            ref = ref_head(ref_h).float()  # the teacher's logits of this chunk, unscaled (rebuilt, never kept)
+        if kl_kind is not None:  # differentiable: the loss's exact or top-k KL(student || teacher)
+            loss_kl = exact_kl(z, ref, "reverse", top_k if kl_kind == "topk" else None)
     with torch.no_grad():
-        # The logged entropy counts a position whose logits hold NaN or +inf as 0 (see position_stats).
+        # The logged entropy counts a position whose logits hold NaN or +inf as 0 (entropy itself is NaN there).
         ent = entropy(z).nan_to_num(0.0) if with_entropy else z.new_zeros(())
-        kl = exact_kl(z, ref.float()) if ref is not None else z.new_zeros(())
-    return logp, ent, kl
+        if ref is None:
+            kl = z.new_zeros(())
+        else:
+            kl = loss_kl.detach() if kl_kind == "exact" else exact_kl(z, ref)
+    return logp, ent, kl, (z.new_zeros(()) if loss_kl is None else loss_kl)
 
 
 def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                     ref_logits: torch.Tensor | None = None, chunk_tokens: int | None = None,
-                     with_entropy: bool = True):
+                     ref_head=None, ref_hidden: torch.Tensor | None = None, chunk_tokens: int | None = None,
+                     with_entropy: bool = True, kl_kind: str | None = None, top_k: int | None = None):
     r"""Log-probs of ``targets`` through the output layer ``head``, a chunk of tokens at a time.
 
-        logp_t = z_{t, y_t} / 	au - logsumexp(z_t / 	au),   z_t = head(h_t)
+        logp_t = z_{t, y_t} / \tau - logsumexp(z_t / \tau),   z_t = head(h_t)
 
     Args:
         head: the model's output layer (``model.get_output_embeddings()``; a vocabulary cut by
             ``vocab.restrict_vocab`` applies through its hook).
         hidden: [B, T, H] final hidden states; targets: [B, T] token ids.
-        ref_logits: optional [B, T, V] teacher logits (unscaled) for the logged exact KL.
+        ref_head, ref_hidden: optional teacher output layer and its final hidden states [B, T, H_T]:
+            each chunk rebuilds the teacher's logits q_t = ref_head(ref_h_t) (unscaled) next to the
+            student's, for the exact KL, so neither model's [B, T, V] logits exist.
         chunk_tokens: tokens per chunk (default: :func:`tokens_per_chunk` of the head's rows).
+        kl_kind: "exact" or "topk" (with ``top_k``): also return that KL(student || teacher) per token,
+            differentiable (KD-RKL / KDRL losses that sum over the vocabulary); None: no loss KL.
 
     Returns:
         (logp [B, T] fp32, differentiable w.r.t. ``hidden`` and the head; entropy [B, T] (None without
-        ``with_entropy``) and exact KL(student || teacher) [B, T] or None, both detached). With gradients
-        each chunk's logits are rebuilt in the backward pass, so only one chunk's [tokens, V] logits and
-        their temporaries live at a time: measured on CPU at V = 151,936, about 5 chunk budgets with
-        the entropy (its log-softmax and product), about 3 without
+        ``with_entropy``); exact KL(student || teacher) [B, T] or None, both detached, for logging;
+        the loss KL [B, T] of ``kl_kind`` or None). With gradients each chunk's logits (and the
+        teacher's) are rebuilt in the backward pass, so only one chunk's [tokens, V] logits and their
+        temporaries live at a time: measured on CPU at V = 151,936, about 5 chunk budgets with the
+        entropy (its log-softmax and product), about 3 without
         (tests/test_scoring.py::test_token_chunked_head_peak_is_set_by_the_chunk_budget).
     """
+    if kl_kind is not None and ref_hidden is None:
+        raise ValueError(f"kl_kind={kl_kind!r} needs the teacher's ref_head and ref_hidden")
     B, T, H = hidden.shape
     h, y = hidden.reshape(B * T, H), targets.reshape(B * T)
-    ref = None if ref_logits is None else ref_logits.reshape(B * T, -1)
+    ref = None if ref_hidden is None else ref_hidden.reshape(B * T, ref_hidden.shape[-1])
     step = chunk_tokens or tokens_per_chunk(head.weight.shape[0])
     grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
     parts = []
     for i in range(0, B * T, step):
-        args = (head, h[i:i + step], y[i:i + step], temperature, None if ref is None else ref[i:i + step],
-                with_entropy)
+        args = (head, h[i:i + step], y[i:i + step], temperature, ref_head, None if ref is None else ref[i:i + step],
+                with_entropy, kl_kind, top_k)
         parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args))
     if not parts:
         empty = hidden.new_zeros((B, T), dtype=torch.float32)
-        return empty, (empty if with_entropy else None), (None if ref is None else empty)
-    logp, ent, kl = (torch.cat(x).view(B, T) if x[0].dim() else None for x in zip(*parts))
-    return logp, ent, kl
+        return (empty, (empty if with_entropy else None), (None if ref is None else empty),
+                (None if kl_kind is None else empty))
+    logp, ent, kl, loss_kl = (torch.cat(x).view(B, T) if x[0].dim() else None for x in zip(*parts))
+    return logp, ent, kl, loss_kl
 
 
-def student_token_stats(model, batch: Batch, temperature: float = 1.0, ref_logits: torch.Tensor | None = None,
-                        chunk_tokens: int | None = None):
-    """``head_token_stats`` of ``model``'s completion positions: (logp, entropy, exact KL or None), each [B, T]."""
+def student_token_stats(model, batch: Batch, temperature: float = 1.0, teacher=None,
+                        teacher_hidden: torch.Tensor | None = None, chunk_tokens: int | None = None,
+                        kl_kind: str | None = None, top_k: int | None = None):
+    """``head_token_stats`` of ``model``'s completion positions, against ``teacher``'s output layer on
+    its kept hidden states [B, T, H_T] when given: (logp, entropy, exact KL or None, loss KL or None)."""
+    ref_head = None if teacher is None else teacher.get_output_embeddings()
     return head_token_stats(model.get_output_embeddings(), completion_hidden(model, batch), batch.completion_ids,
-                            temperature, ref_logits, chunk_tokens)
+                            temperature, ref_head, teacher_hidden, chunk_tokens, kl_kind=kl_kind, top_k=top_k)
 
 
 def completion_logits(model, batch: Batch) -> torch.Tensor:
@@ -175,36 +197,6 @@ def score_in_micro_batches(model, batch: Batch, micro_batch_size: int | None, ke
     return torch.cat(logps), (torch.cat(logits) if keep_logits else None)
 
 
-@torch.no_grad()
-def position_stats(logits: torch.Tensor, mask: torch.Tensor, teacher_logits: torch.Tensor | None = None,
-                   temperature: float = 1.0) -> dict[str, torch.Tensor]:
-    r"""Sums over response positions of the student's entropy and, with teacher logits, the exact
-    KL(student || teacher): H_t = -\sum_v p_v \log p_v, KL_t = \sum_v p_v (\log p_v - \log q_v).
-
-    Args:
-        logits, teacher_logits: [B, T, V]; mask: [B, T].
-
-    Returns:
-        {"entropy_sum", "exact_kl_sum"?, "tokens"} as 0-dim tensors (sums, so micro-batches add up).
-    """
-    m = mask.bool()
-    ent = logits.new_zeros((), dtype=torch.float32)
-    kl = ent.clone()
-    for sl in _row_chunks(logits.shape[0], logits.shape[1] * logits.shape[2]):
-        z = logits[sl].float() / temperature
-        # The logged entropy counts a position whose logits hold NaN or +inf as 0 (entropy itself
-        # returns NaN there); the exact_kl sum below stays NaN.
-        h = entropy(z).nan_to_num(0.0)
-        ent = ent + torch.where(m[sl], h, torch.zeros_like(h)).sum()
-        if teacher_logits is not None:
-            k = exact_kl(z, teacher_logits[sl].float())
-            kl = kl + torch.where(m[sl], k, torch.zeros_like(k)).sum()
-    out = {"entropy_sum": ent, "tokens": m.sum()}
-    if teacher_logits is not None:
-        out["exact_kl_sum"] = kl
-    return out
-
-
 def kv_cache(output):
     """The KV cache of a model output (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
     return output["cache"] if "cache" in output else output.past_key_values
@@ -226,7 +218,7 @@ def _group_calls(B: int, G: int, rows_per_call: int):
 
 @torch.no_grad()
 def score_groups(model, batch: Batch, group_size: int, micro_batch_size: int | None = None,
-                 keep_logits: bool = False, temperature: float = 1.0):
+                 keep_logits: bool = False, temperature: float = 1.0, keep_hidden: bool = False):
     """Like :func:`score_in_micro_batches` for a frozen model, but each call's prompt is encoded
     once: a forward over its distinct prompts fills a KV cache, which is repeated for each of their
     completions, and the completions are scored against it. Saves (G - 1) / G of the prompt work (the
@@ -234,8 +226,10 @@ def score_groups(model, batch: Batch, group_size: int, micro_batch_size: int | N
     with ``micro_batch_size < group_size``, a piece of one group (its prompt encoded once per piece).
 
     The head runs a chunk of tokens at a time on the decoder's hidden states (:func:`head_token_stats`),
-    so without ``keep_logits`` no [rows, T, V] tensor exists. Returns (logp [B, T], logits [B, T, V]
-    fp32 or None), equal to the plain forward up to float rounding.
+    so without ``keep_logits`` no [rows, T, V] tensor exists. Returns (logp [B, T], kept), kept being
+    the logits [B, T, V] fp32 with ``keep_logits``, the final hidden states [B, T, H] with
+    ``keep_hidden`` (the exact / top-k KL rebuilds the logits from them a chunk of tokens at a time:
+    :func:`head_token_stats`), else None; equal to the plain forward up to float rounding.
     """
     B, P, G = batch.input_ids.shape[0], batch.prompt_len, group_size
     pos = position_ids_from_mask(batch.attention_mask)
@@ -256,7 +250,11 @@ def score_groups(model, batch: Batch, group_size: int, micro_batch_size: int | N
         hidden = torch.cat([prompt.last_hidden_state[:, -1:].repeat_interleave(repeat, dim=0),
                             tail.last_hidden_state[:, :-1]], dim=1)
         logps.append(head_token_stats(head, hidden, ids[:, P:], temperature, with_entropy=False)[0])
-        if keep_logits:  # filled in place, a chunk of tokens at a time: one [B, T, V] tensor, nothing else
+        if keep_hidden:
+            if kept is None:
+                kept = hidden.new_empty((B, *hidden.shape[1:]))
+            kept[rows] = hidden
+        elif keep_logits:  # filled in place, a chunk of tokens at a time: one [B, T, V] tensor, nothing else
             if kept is None:
                 kept = hidden.new_empty((B, hidden.shape[1], head(hidden[:1, :1]).shape[-1]), dtype=torch.float32)
             flat = hidden.reshape(-1, hidden.shape[-1])

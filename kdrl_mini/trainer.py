@@ -33,7 +33,7 @@ from .runs import checkpoints, folder, metrics
 from .runs.loading import PromptSampler, World, load_world
 from .sampling_copy import RolloutPolicy
 from .schedules import annealed
-from .scoring import completion_logits, logprobs_from_logits, position_stats, score_groups, student_token_stats
+from .scoring import score_groups, student_token_stats
 from .utils import code_version, set_threads
 from .vocab import vocab_size_of
 
@@ -109,11 +109,11 @@ class Trainer:
         rewards = (batch_rewards(batch.texts, answers, cfg.format_weight, self.device, checker=cfg.answer_checker)
                    if cfg.format_weight else correct)
         laps("rollout")
-        teacher_logp, teacher_logits = None, None
+        teacher_logp, teacher_hidden = None, None
         if in_loss or self.log_exact_kl:
             keep = self.log_exact_kl or (in_loss and cfg.kl_kind in ("exact", "topk"))
-            with self._autocast():
-                teacher_logp, teacher_logits = score_groups(w.teacher, batch, G, cfg.micro_batch_size, keep)
+            with self._autocast():  # kept: the teacher's hidden states, its logits rebuilt chunk by chunk
+                teacher_logp, teacher_hidden = score_groups(w.teacher, batch, G, cfg.micro_batch_size, keep_hidden=keep)
         laps("teacher")
         old_logp = None
         if cfg.ppo_epochs > 1 or (phase == "kdrl" and cfg.kl_mode == "reward-seq"):
@@ -131,15 +131,14 @@ class Trainer:
         if cfg.dynamic_sampling and phase == "grpo":  # all-equal groups leave the loss and its normaliser
             kept = kept * informative_groups(rewards, G).unsqueeze(-1).to(kept.dtype)
         weights = token_weights(kept, cfg.loss_agg, cfg.max_new_tokens)
-        return Rollout(batch, rewards, correct, advantages, kd_w, weights, old_logp, teacher_logp, teacher_logits,
+        return Rollout(batch, rewards, correct, advantages, kd_w, weights, old_logp, teacher_logp, teacher_hidden,
                        self.reference_logprobs(batch) if phase == "grpo" and cfg.ref_beta > 0 else None)
 
     def micro_step(self, ro: Rollout, beta: float) -> dict[str, torch.Tensor]:
         """Student forward, loss, backward on one micro-batch; returns summable statistics."""
         cfg = self.cfg
-        teacher_logits = ro.teacher_logits if self.log_exact_kl else None
-        logp, logits, stats = self.student_logprobs(ro.batch, teacher_logits)
-        loss, m = LOSSES[self.phase](ro, logp, logits, cfg, beta)
+        logp, loss_kl, stats = self.student_logprobs(ro.batch, ro.teacher_hidden)
+        loss, m = LOSSES[self.phase](ro, logp, loss_kl, cfg, beta)
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         n = ro.mask.sum()
         out = {k: (v if k in metrics.SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
@@ -159,25 +158,24 @@ class Trainer:
         self.world.student.train()
         return torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
 
-    def student_logprobs(self, batch, teacher_logits=None):
-        """The student's log-probs [B, T] of a batch under the compute-dtype autocast, its logits [B, T, V]
-        only when the loss sums over the vocabulary (exact / top-k KL; else None), and the position sums
-        of :func:`~kdrl_mini.scoring.position_stats`. Else the head runs a chunk of tokens at a time
-        (:func:`~kdrl_mini.scoring.student_token_stats`): no [B, T, V] tensor. Old log-probs and the
-        training forward both come from here, so pi_old equals pi_theta bit for bit on the first epoch."""
-        cfg, student = self.cfg, self.world.student
-        if self.phase in ("kd-rkl", "kdrl") and cfg.kl_kind in ("exact", "topk"):
-            with self._autocast():
-                logits = completion_logits(student, batch)
-            logp = logprobs_from_logits(logits, batch.completion_ids, cfg.temperature)
-            return logp, logits, position_stats(logits.detach(), batch.completion_mask, teacher_logits, cfg.temperature)
+    def student_logprobs(self, batch, teacher_hidden=None):
+        """The student's log-probs [B, T] of a batch under the compute-dtype autocast, through the
+        token-chunked head (:func:`~kdrl_mini.scoring.student_token_stats`): no [B, T, V] tensor. With
+        the teacher's kept hidden states [B, T, H_T], also the exact KL (logged) and, when the loss
+        sums over the vocabulary (exact / top-k KL), that KL per token [B, T], differentiable (else
+        None); and the position sums of entropy and exact KL. Old log-probs and the training forward
+        both come from here, so pi_old equals pi_theta bit for bit on the first epoch."""
+        cfg = self.cfg
+        full = teacher_hidden is not None and self.phase in ("kd-rkl", "kdrl") and cfg.kl_kind in ("exact", "topk")
         with self._autocast():
-            logp, ent, kl = student_token_stats(student, batch, cfg.temperature, teacher_logits)
+            logp, ent, kl, loss_kl = student_token_stats(
+                self.world.student, batch, cfg.temperature, self.world.teacher if teacher_hidden is not None else None,
+                teacher_hidden, kl_kind=cfg.kl_kind if full else None, top_k=cfg.top_k)
         m = batch.completion_mask.bool()
         stats = {"entropy_sum": torch.where(m, ent, torch.zeros_like(ent)).sum(), "tokens": m.sum()}
-        if kl is not None:
+        if kl is not None and self.log_exact_kl:
             stats["exact_kl_sum"] = torch.where(m, kl, torch.zeros_like(kl)).sum()
-        return logp, None, stats
+        return logp, loss_kl, stats
 
     def train_step(self) -> dict:
         cfg, w = self.cfg, self.world

@@ -169,18 +169,17 @@ def test_loss_path_keeps_every_tensor_on_the_model_device():
     from kdrl_mini.config import TrainConfig
     from kdrl_mini.losses import kd_mask, token_weights
     from kdrl_mini.rewards import batch_rewards
-    from kdrl_mini.scoring import position_stats
     from kdrl_mini.loss_table import LOSSES, Rollout
 
-    meta, B, P, T, V, G = torch.device("meta"), 8, 3, 5, 11, 4
+    meta, B, P, T, G = torch.device("meta"), 8, 3, 5, 4
     rewards = batch_rewards(["#### 1"] * B, ["1"] * B, device=meta)
     assert rewards.device == meta
     mask = torch.ones(B, T, device=meta)
     batch = Batch(torch.zeros(B, P + T, dtype=torch.long, device=meta), torch.ones(B, P + T, dtype=torch.long, device=meta),
                   mask, P, [""] * B, torch.zeros(B, dtype=torch.bool, device=meta))
-    logits = torch.empty(B, T, V, device=meta, requires_grad=True)
+    loss_kl = torch.empty(B, T, device=meta, requires_grad=True)  # the token-chunked head's exact KL
     logp = torch.empty(B, T, device=meta, requires_grad=True)
-    teacher_logp, teacher_logits = torch.empty(B, T, device=meta), torch.empty(B, T, V, device=meta)
+    teacher_logp, teacher_hidden = torch.empty(B, T, device=meta), torch.empty(B, T, 16, device=meta)
     for algorithm, extra in [("grpo", {}), ("kd-fkl", {}), ("kd-rkl", {}), ("kdrl", {}), ("kdrl", {"kl_kind": "exact"}),
                              ("kdrl", {"kl_mode": "reward", "kl_kind": "k1"}), ("kdrl", {"kd_strategy": "incorrect"})]:
         cfg = TrainConfig(algorithm=algorithm, group_size=G, **extra)
@@ -188,11 +187,9 @@ def test_loss_path_keeps_every_tensor_on_the_model_device():
         shaped = sequence_kl_rewards(rewards, 0.1, teacher_logp, teacher_logp, mask=mask, kd_weights=kd_w)
         adv = group_advantages(shaped, G)
         ro = Rollout(batch, rewards, rewards, adv, kd_w, token_weights(mask, cfg.loss_agg, T), None, teacher_logp,
-                     teacher_logits)
-        loss, metrics = LOSSES[algorithm](ro, logp, logits, cfg, 0.1)
+                     teacher_hidden)
+        loss, metrics = LOSSES[algorithm](ro, logp, loss_kl, cfg, 0.1)
         assert loss.device == meta and all(v.device == meta for v in metrics.values()), algorithm
-    stats = position_stats(logits.detach(), mask, teacher_logits)
-    assert all(v.device == meta for v in stats.values())
 
 
 def test_merged_copy_never_changes_the_student(data_dir):
@@ -225,15 +222,24 @@ with torch.no_grad():
     hidden = completion_hidden(model, batch.rows(slice(0, 1)))
 head, y = model.get_output_embeddings(), batch.completion_ids[:1]
 
-def train(budget):  # one row's forward and backward through the head (a LoRA student: the head is frozen)
+teacher_head = torch.nn.Linear(64, V, bias=False).requires_grad_(False)  # another model's head
+teacher_hidden = torch.randn(1, T, 64)
+
+def train(budget, kl_kind=None):  # one row's forward and backward through the head (a LoRA student: frozen head)
     h = hidden.detach().requires_grad_()
-    logp = head_token_stats(head, h, y, chunk_tokens=tokens_per_chunk(V, budget))[0]
-    logp.sum().backward()
+    ref = {} if kl_kind is None else {"ref_head": teacher_head, "ref_hidden": teacher_hidden, "kl_kind": kl_kind,
+                                      "top_k": 20}
+    logp, _, _, kl = head_token_stats(head, h, y, chunk_tokens=tokens_per_chunk(V, budget), **ref)
+    (logp.sum() + (0 if kl is None else kl.sum())).backward()
 
 train(CHUNK_ELEMENTS)  # warm-up: one-time allocations
+train(CHUNK_ELEMENTS, "exact")
 out = {"row": T * V * 4 / 2**20, "chunk": CHUNK_ELEMENTS * 4 / 2**20}
 for name, budget in (("train", CHUNK_ELEMENTS), ("train_quarter", CHUNK_ELEMENTS // 4)):
     out[name] = peak_added(lambda: train(budget))
+for kind in ("exact", "topk"):
+    out[f"train_{kind}"] = peak_added(lambda: train(CHUNK_ELEMENTS, kind))
+out["train_exact_quarter"] = peak_added(lambda: train(CHUNK_ELEMENTS // 4, "exact"))
 out["teacher"] = peak_added(lambda: score_groups(model, batch, 2, micro_batch_size=1))
 print(json.dumps(out))
 """
@@ -261,6 +267,11 @@ def test_token_chunked_head_peak_is_set_by_the_chunk_budget():
     # a quarter budget 78 MiB, teacher 129 MiB (2 chunks: no entropy, no backward)
     assert r["train"] <= 6 * r["chunk"] and r["teacher"] <= 3 * r["chunk"]
     assert r["train"] < 0.6 * r["row"] and r["train_quarter"] < 0.4 * r["train"]
+    # the exact / top-k KL against another model's head: the teacher's chunk logits rebuilt next to the
+    # student's, the KL's log-softmaxes and its backward; still set by the chunk budget, not T x V
+    for kind in ("exact", "topk"):
+        assert r[f"train_{kind}"] <= 12 * r["chunk"] and r[f"train_{kind}"] < 1.5 * r["row"]
+    assert r["train_exact_quarter"] < 0.4 * r["train_exact"]
 
 
 def test_teacher_pieces_below_a_group_equal_the_plain_forward(pair):
@@ -293,3 +304,41 @@ def test_token_chunked_logprobs_and_gradients_equal_the_full_head(pair):
     torch.testing.assert_close(logp.detach(), ref, rtol=0, atol=1e-5)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["exact", "topk"])
+def test_token_chunked_kl_and_its_gradient_equal_the_full_logits(pair, kind):
+    """The exact / top-k KL the trainer sums a chunk of tokens at a time, the teacher's logits rebuilt
+    from its kept hidden states, equals token_kl on the full [B, T, V] logits of both models, and so
+    does its gradient (autograd through the checkpointed chunks)."""
+    from kdrl_mini.kl import token_kl
+    from kdrl_mini.scoring import completion_logits, student_token_stats
+
+    _, teacher, batch = pair
+    student = models.load_student(Path(__file__).resolve().parents[1] / "data/models/student", "none",
+                                  models.LoraSpec(r=4, alpha=8))
+    m = batch.completion_mask.bool()
+    _, teacher_logits = score_in_micro_batches(teacher, batch, None, keep_logits=True)
+    _, hidden = score_groups(teacher, batch, 4, keep_hidden=True)
+    results = []
+    for chunked in (False, True):
+        student.zero_grad()
+        if chunked:
+            kl = student_token_stats(student, batch, 0.8, teacher, hidden, chunk_tokens=7, kl_kind=kind, top_k=5)[3]
+        else:
+            kl = token_kl(kind, None, None, completion_logits(student, batch).float() / 0.8, teacher_logits, top_k=5)
+        torch.where(m, kl, torch.zeros_like(kl)).sum().backward()
+        results.append((kl.detach()[m], [p.grad.clone() for p in student.parameters() if p.requires_grad]))
+    (full, g_full), (chunk, g_chunk) = results
+    assert full.abs().sum() > 0  # a test that cannot pass vacuously
+    torch.testing.assert_close(chunk, full, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g_chunk, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_kl_kind_without_the_teacher_is_refused():
+    from kdrl_mini.scoring import head_token_stats
+
+    head = torch.nn.Linear(4, 6, bias=False)
+    with pytest.raises(ValueError, match="needs the teacher's ref_head and ref_hidden"):
+        head_token_stats(head, torch.randn(1, 2, 4), torch.zeros(1, 2, dtype=torch.long), kl_kind="exact")

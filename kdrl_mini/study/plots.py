@@ -198,8 +198,9 @@ def forest_plot(judged: dict, claims, out_path: str | Path | None = None):
         ax.set_xlabel(f"{unit} (claimed direction > 0)", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     levels = sorted({round(100 * judged[c.name]["level"], 2) for c in shown})
-    level = f"{levels[0]:g}%" if len(levels) == 1 else f"{levels[0]:g}-{levels[-1]:g}%"
-    axes[0, 0].set_title(f"The paper's claims on the tiny world: Holm-adjusted intervals at {level} confidence\n"
+    span = f"{levels[0]:g}%" if len(levels) == 1 else f"{levels[0]:g}-{levels[-1]:g}%" if levels else ""
+    what = f"Holm-adjusted intervals at {span} confidence" if levels else "no claim judged yet"
+    axes[0, 0].set_title(f"The paper's claims on the tiny world: {what}\n"
                          "(green: reproduced, red: reversed, grey: inconclusive, equivalent or below the SESOI)",
                          fontsize=10)
     fig.tight_layout()
