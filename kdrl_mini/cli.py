@@ -36,7 +36,10 @@ def _train(args) -> int:
     flags = {"max_steps": args.max_steps, "output_dir": args.output_dir, "seed": args.seed, "threads": args.threads,
              "checkpoint_every": args.checkpoint_every}
     overrides = {**parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}}
-    return _command("commands", "train")(args.config, overrides, args.resume, args.overwrite, args.engine)
+    config = args.config
+    if args.preset:  # a one-GPU preset's TrainConfig (its `config:` block)
+        config = _command("gpu.presets", "load_preset")(args.preset)[0]
+    return _command("commands", "train")(config, overrides, args.resume, args.overwrite, args.engine)
 
 
 def _eval(args) -> int:
@@ -119,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one config (grpo, kd-fkl, kd-rkl, kdrl or a YAML file)")
-    t.add_argument("--config", required=True, help="YAML path or shipped name: grpo, kd-fkl, kd-rkl, kdrl")
+    which = t.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="YAML path or shipped name: grpo, kd-fkl, kd-rkl, kdrl")
+    which.add_argument("--preset", help="a one-GPU preset's config: t4-16gb, 24gb, 80gb-paper (real models, GSM8K)")
     t.add_argument("--max-steps", type=_at_least(1))
     t.add_argument("--output-dir", type=_folder)
     t.add_argument("--checkpoint-every", type=_at_least(0), help="steps between checkpoints (0 = only at the end)")
@@ -128,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUTPUT_DIR")
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override any config field, e.g. --set beta=0.1 kl_kind=k3")
     t.add_argument("--engine", choices=["kit", "trl"], default="kit",
-                   help="kit: the kit's own loop; trl: KDRLTrainer on TRL (needs the [trl] extra, student_quant=none, "
-                        "lora_r=0; scale out with accelerate launch, see docs/scaling.md)")
+                   help="kit: the kit's own loop; trl: KDRLTrainer on TRL (needs the [trl] extra; grpo or kdrl; vLLM "
+                        "colocated when installed on a GPU; scale out with accelerate launch, see docs/scaling.md)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="greedy accuracy of a trained run or a checkpoint folder")

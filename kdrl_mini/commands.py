@@ -11,10 +11,11 @@ from .runs.metrics import is_eval
 from .trainer import Trainer
 
 
-def train(config: str, overrides: dict, resume: bool = False, overwrite: bool = False, engine: str = "kit") -> int:
-    """``kdrl-mini train``: train ``config`` (a shipped name or a YAML file) with ``overrides``; print
-    the last evaluation. ``engine="trl"`` trains the same fields through TRL's GRPOTrainer."""
-    cfg = load_config(config, **overrides)
+def train(config: str | TrainConfig, overrides: dict, resume: bool = False, overwrite: bool = False,
+          engine: str = "kit") -> int:
+    """``kdrl-mini train``: train ``config`` (a shipped name, a YAML file or a preset's TrainConfig) with
+    ``overrides``; print the last evaluation. ``engine="trl"`` trains the same fields through TRL's GRPOTrainer."""
+    cfg = config.replace(**overrides) if isinstance(config, TrainConfig) else load_config(config, **overrides)
     if engine == "trl":
         return train_trl(cfg, resume)
     folder.check(cfg.output_dir, resume, overwrite)  # before any model loads

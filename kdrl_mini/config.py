@@ -36,7 +36,7 @@ KL_KINDS = TOKEN_KL_KINDS
 # before normalisation (a variant: its beta cancels inside all-wrong groups).
 KL_MODES = ("loss", "reward", "reward-seq")
 QUANTS = ("none", "4bit", "8bit")
-COMPUTE_DTYPES = ("auto", "bf16", "fp16")
+COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
 LR_SCHEDULES = ("constant", "cosine")
 CONFIG_DIR = Path(__file__).parent / "configs"
 EVAL_EXTRA_TOKENS = 16  # greedy evaluation decodes max_new_tokens + 16 (Trainer.evaluate)
@@ -118,7 +118,7 @@ class TrainConfig:
     log_exact_kl: bool | None = None        # exact KL(student || teacher) per step; None = when [B, T, V] is small
     output_dir: str = "runs/default"
     device: str | None = None               # None = CUDA if available else CPU
-    compute_dtype: str = "auto"             # CUDA compute dtype: "bf16", "fp16" (T4: no bf16), "auto" = bf16 if supported
+    compute_dtype: str = "auto"             # CUDA compute dtype: "bf16", "fp16" (T4: no bf16), "fp32" (fp16-safe), "auto" = bf16 if supported
     threads: int | None = 1                 # torch CPU threads (tiny models: 1 is fastest)
 
     def __post_init__(self):

@@ -51,10 +51,11 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def compute_dtype(name: str = "auto", device=None) -> torch.dtype:
-    """The dtype models compute in: fp32 on CPU; on CUDA bf16 or fp16 as asked ("auto": bf16 where the
-    card supports it, else fp16, e.g. a T4). bf16 asked for on a card without it is refused."""
+    """The dtype models compute in: fp32 on CPU; on CUDA bf16, fp16 or fp32 as asked ("auto": bf16 where the
+    card supports it, else fp16, e.g. a T4; "fp32": the fp16-safe choice of a card without bf16). bf16
+    asked for on a card without it is refused."""
     dev = pick_device(device) if not isinstance(device, torch.device) else device
-    if dev.type != "cuda":
+    if dev.type != "cuda" or name == "fp32":
         return torch.float32
     has_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     if name == "bf16" and not has_bf16:

@@ -5,6 +5,7 @@ is replaced by one that fails, so the presets' own published numbers are used)."
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -277,3 +278,44 @@ def test_cli_errors_are_one_line(capsys):
     assert err == "kdrl-mini reproduce: error: unknown preset 'a100'; known presets: 24gb, 80gb-paper, t4-16gb"
     assert main(["reproduce", "--preset", "t4-16gb", "--full"]) == 2
     assert "two different studies" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_states_its_engine_and_why(name):
+    cfg, info = load_preset(name)
+    assert info.engine in ("kit", "trl") and len(info.engine_why) > 80
+    est, sources = estimate_preset(cfg, info)
+    from kdrl_mini.gpu.preset_study import describe, plan
+
+    variants, seeds = plan(cfg, info)
+    assert f"engine: {info.engine} (" in describe(cfg, info, est, sources, variants, seeds, Path("out"))
+
+
+def test_train_takes_a_presets_config(monkeypatch):
+    """`kdrl-mini train --preset 80gb-paper --engine trl` trains the preset's own TrainConfig (the path its
+    engine note names for KDRL alone on TRL + vLLM); overrides apply on top."""
+    import kdrl_mini.commands as commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "train", lambda config, overrides, resume, overwrite, engine:
+                        seen.update(config=config, overrides=overrides, engine=engine) or 0)
+    assert main(["train", "--preset", "80gb-paper", "--engine", "trl", "--set", "max_steps=2"]) == 0
+    expected = load_preset("80gb-paper")[0]
+    assert seen["config"] == expected and seen["engine"] == "trl" and seen["overrides"]["max_steps"] == 2
+    assert "--engine trl" in load_preset("80gb-paper")[1].engine_why
+
+
+def test_t4_has_an_fp16_safe_setup_that_the_refusal_names_and_the_estimate_prices(monkeypatch):
+    """On a card without bf16 the refusal offers fp32 compute with an NF4 teacher (LLM.int8 casts its
+    inputs to fp16 again); that setup is accepted, costs more memory and runs at the card's fp32 rate."""
+    from kdrl_mini.gpu.presets import fp16_refusal
+
+    monkeypatch.delenv("KDRL_ALLOW_FP16", raising=False)
+    cfg, info = load_preset("t4-16gb")
+    line = fp16_refusal("t4-16gb", cfg, card_bf16=False)
+    assert "NaN" in line and "--set compute_dtype=fp32 teacher_quant=4bit" in line and "\n" not in line
+    safe, _ = load_preset("t4-16gb", compute_dtype="fp32", teacher_quant="4bit")
+    assert fp16_refusal("t4-16gb", safe, card_bf16=False) is None
+    fp16_est, safe_est = estimate_preset(cfg, info)[0], estimate_preset(safe, info)[0]
+    assert me.needed_bytes(fp16_est) < me.needed_bytes(safe_est) < 0.95 * info.machine.memory_gib * 2**30
+    assert safe_est.step_seconds > 3 * fp16_est.step_seconds  # 8.1 fp32 TFLOPS against 65 fp16

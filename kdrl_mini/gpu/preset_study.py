@@ -76,6 +76,7 @@ def describe(cfg: TrainConfig, info: PresetInfo, est: me.MemoryEstimate, sources
         f"variants: {', '.join(variants)} (seeds {sorted({s for v in seeds.values() for s in v})}); KDRL beta "
         f"{c.beta:g}, annealed {c.anneal_start:g} -> {c.anneal_floor:g} within {c.anneal_steps(cfg.max_steps)} "
         f"steps, then held",
+        f"engine: {info.engine} ({info.engine_why})",
         "departures from the paper: " + "; ".join(info.departures),
         f"model numbers from: student {sources['student']}, teacher {sources['teacher']}",
         me.format_estimate(est),

@@ -34,6 +34,7 @@ class Machine:
     bf16: bool
     tflops: float            # dense 16-bit tensor peak
     bandwidth_gbs: float
+    fp32_tflops: float | None = None  # dense fp32 peak (compute_dtype fp32); None: not stated
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class PresetInfo:
     study: StudyCoefficients
     student: ModelInfo
     teacher: ModelInfo
+    engine: str = "kit"      # which trainer the preset's study runs on ("kit" or "trl")
+    engine_why: str = ""     # and why, stated in the preset file
     measured: dict | None = None
     path: Path = field(default=PRESET_DIR)
 
@@ -106,6 +109,7 @@ def _info(name: str, about: dict, path: Path) -> PresetInfo:
         return PresetInfo(name=name, description=" ".join(about["description"].split()),
                           machine=Machine(**about["machine"]), departures=tuple(about["departures"]),
                           prompt_tokens=int(about["prompt_tokens"]), study=StudyCoefficients(**study),
+                          engine=about["engine"]["name"], engine_why=" ".join(about["engine"]["why"].split()),
                           measured=about.get("measured"), path=path, **models)
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: the `about:` block is incomplete or has an unknown key ({err}); "
@@ -122,7 +126,9 @@ def estimate_preset(cfg: TrainConfig, info: PresetInfo, use_source: bool = True)
                                              cfg.student_path == info.student.name else None, use_source)
     teacher, t_src = resolve_model_config(cfg.teacher_path, info.teacher.config if
                                              cfg.teacher_path == info.teacher.name else None, use_source)
-    est = estimate(cfg, student, teacher, info.prompt_tokens, info.machine.tflops, info.machine.bandwidth_gbs)
+    m = info.machine
+    tflops = m.fp32_tflops if cfg.compute_dtype == "fp32" and m.fp32_tflops else m.tflops
+    est = estimate(cfg, student, teacher, info.prompt_tokens, tflops, m.bandwidth_gbs)
     return est, {"student": s_src, "teacher": t_src}
 
 
@@ -134,7 +140,9 @@ def fp16_refusal(name: str, cfg: TrainConfig, card_bf16: bool) -> str | None:
     fp16 = cfg.compute_dtype == "fp16" or (cfg.compute_dtype == "auto" and not card_bf16)
     if not fp16 or os.environ.get("KDRL_ALLOW_FP16") == "1":
         return None
-    fix = "add --set compute_dtype=bf16" if card_bf16 else "use a bf16 card (Ampere or newer, e.g. preset 24gb)"
+    fix = ("add --set compute_dtype=bf16" if card_bf16 else "use a bf16 card (Ampere or newer, e.g. preset 24gb), or "
+           "the fp16-safe setup --set compute_dtype=fp32 teacher_quant=4bit (fp32 matmuls; LLM.int8 would cast "
+           "to fp16 again; slower: see the estimate)")
     return (f"preset {name} would compute in fp16, where Qwen2.5 models are known to overflow into NaN or garbage "
             f"(NaN teacher log-probs skip steps; three in a row stop the run); {fix}, or set KDRL_ALLOW_FP16=1 "
             f"to run it anyway and watch the skipped column")
