@@ -24,7 +24,7 @@ from .stats import t_interval
 from .v3 import STUDY_DIR, VARIANTS, base_config
 
 BASELINES = ("grpo", "kd-fkl", "kd-rkl", "kdrl")
-STEPS = 60
+STEPS = 45
 SPLITS = ("mix", "blind", "test@64")
 SHORT = {"max_steps": STEPS, "eval_every": 15, "eval_size": 100, "final_eval_size": 200, "checkpoint_every": 15,
          "eval_splits": ",".join(SPLITS)}
@@ -84,8 +84,8 @@ def format_table(table: dict[str, dict]) -> str:
     head = "| variant | seeds | " + " | ".join(c[0] for c in cols) + " |\n|---|---|" + "---|" * len(cols)
     rows = []
     for name, e in table.items():
-        f = lambda k, d: (f"{e[k][0]:.{d}f} ± {e[k][1]:.{d}f}" if len(e["seeds"]) > 1  # noqa: E731
-                          else f"{e[k][0]:.{d}f} ± n/a")
+        f = lambda k, d: ("—" if e[k][0] != e[k][0] else f"{e[k][0]:.{d}f} ± {e[k][1]:.{d}f}"  # noqa: E731
+                          if len(e["seeds"]) > 1 else f"{e[k][0]:.{d}f} ± n/a")  # NaN: kd-fkl has no rollout reward
         rows.append(f"| {name} | {len(e['seeds'])} | " + " | ".join(f(k, d) for _, k, d in cols) + " |")
     return "\n".join([head] + rows)
 
