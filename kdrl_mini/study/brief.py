@@ -24,9 +24,9 @@ from .stats import t_interval
 from .v3 import STUDY_DIR, VARIANTS, base_config
 
 BASELINES = ("grpo", "kd-fkl", "kd-rkl", "kdrl")
-STEPS = 45
+STEPS = 30
 SPLITS = ("mix", "blind", "test@64")
-SHORT = {"max_steps": STEPS, "eval_every": 15, "eval_size": 100, "final_eval_size": 200, "checkpoint_every": 15,
+SHORT = {"max_steps": STEPS, "eval_every": 10, "eval_size": 100, "final_eval_size": 200, "checkpoint_every": 10,
          "eval_splits": ",".join(SPLITS)}
 
 
