@@ -71,7 +71,7 @@ def completion_hidden(model, batch: Batch, start: int | None = None) -> torch.Te
     return out.last_hidden_state[:, (batch.prompt_len - 1 if start is None else start):-1]
 
 
-def _chunk_stats(head, h, y, temperature, ref_head, ref_h, with_entropy, kl_kind, top_k):
+def _chunk_stats(head, h, y, temperature, ref_head, ref_h, with_entropy, kl_kind, top_k, with_kl):
     z = head(h).float()
     if temperature != 1.0:
         z = z / temperature
@@ -85,7 +85,7 @@ def _chunk_stats(head, h, y, temperature, ref_head, ref_h, with_entropy, kl_kind
     with torch.no_grad():
         # The logged entropy counts a position whose logits hold NaN or +inf as 0 (entropy itself is NaN there).
         ent = entropy(z).nan_to_num(0.0) if with_entropy else z.new_zeros(())
-        if ref is None:
+        if ref is None or not with_kl:
             kl = z.new_zeros(())
         else:
             kl = loss_kl.detach() if kl_kind == "exact" else exact_kl(z, ref)
@@ -94,7 +94,8 @@ def _chunk_stats(head, h, y, temperature, ref_head, ref_h, with_entropy, kl_kind
 
 def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                      ref_head=None, ref_hidden: torch.Tensor | None = None, chunk_tokens: int | None = None,
-                     with_entropy: bool = True, kl_kind: str | None = None, top_k: int | None = None):
+                     with_entropy: bool = True, kl_kind: str | None = None, top_k: int | None = None,
+                     with_kl: bool = True):
     r"""Log-probs of ``targets`` through the output layer ``head``, a chunk of tokens at a time.
 
         logp_t = z_{t, y_t} / \tau - logsumexp(z_t / \tau),   z_t = head(h_t)
@@ -109,6 +110,8 @@ def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperat
         chunk_tokens: tokens per chunk (default: :func:`tokens_per_chunk` of the head's rows).
         kl_kind: "exact" or "topk" (with ``top_k``): also return that KL(student || teacher) per token,
             differentiable (KD-RKL / KDRL losses that sum over the vocabulary); None: no loss KL.
+        with_kl: also the logged exact KL (False: a top-k loss does not pay for a full-vocabulary sum
+            nobody reads, in the forward and again in the backward's recompute).
 
     Returns:
         (logp [B, T] fp32, differentiable w.r.t. ``hidden`` and the head; entropy [B, T] (None without
@@ -129,11 +132,11 @@ def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperat
     parts = []
     for i in range(0, B * T, step):
         args = (head, h[i:i + step], y[i:i + step], temperature, ref_head, None if ref is None else ref[i:i + step],
-                with_entropy, kl_kind, top_k)
+                with_entropy, kl_kind, top_k, with_kl)
         parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args))
     if not parts:
         empty = hidden.new_zeros((B, T), dtype=torch.float32)
-        return (empty, (empty if with_entropy else None), (None if ref is None else empty),
+        return (empty, (empty if with_entropy else None), (None if ref is None or not with_kl else empty),
                 (None if kl_kind is None else empty))
     logp, ent, kl, loss_kl = (torch.cat(x).view(B, T) if x[0].dim() else None for x in zip(*parts))
     return logp, ent, kl, loss_kl
@@ -141,12 +144,13 @@ def head_token_stats(head, hidden: torch.Tensor, targets: torch.Tensor, temperat
 
 def student_token_stats(model, batch: Batch, temperature: float = 1.0, teacher=None,
                         teacher_hidden: torch.Tensor | None = None, chunk_tokens: int | None = None,
-                        kl_kind: str | None = None, top_k: int | None = None):
+                        kl_kind: str | None = None, top_k: int | None = None, with_kl: bool = True):
     """``head_token_stats`` of ``model``'s completion positions, against ``teacher``'s output layer on
     its kept hidden states [B, T, H_T] when given: (logp, entropy, exact KL or None, loss KL or None)."""
     ref_head = None if teacher is None else teacher.get_output_embeddings()
     return head_token_stats(model.get_output_embeddings(), completion_hidden(model, batch), batch.completion_ids,
-                            temperature, ref_head, teacher_hidden, chunk_tokens, kl_kind=kl_kind, top_k=top_k)
+                            temperature, ref_head, teacher_hidden, chunk_tokens, kl_kind=kl_kind, top_k=top_k,
+                            with_kl=with_kl)
 
 
 def completion_logits(model, batch: Batch) -> torch.Tensor:

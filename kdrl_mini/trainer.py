@@ -170,10 +170,10 @@ class Trainer:
         with self._autocast():
             logp, ent, kl, loss_kl = student_token_stats(
                 self.world.student, batch, cfg.temperature, self.world.teacher if teacher_hidden is not None else None,
-                teacher_hidden, kl_kind=cfg.kl_kind if full else None, top_k=cfg.top_k)
+                teacher_hidden, kl_kind=cfg.kl_kind if full else None, top_k=cfg.top_k, with_kl=self.log_exact_kl)
         m = batch.completion_mask.bool()
         stats = {"entropy_sum": torch.where(m, ent, torch.zeros_like(ent)).sum(), "tokens": m.sum()}
-        if kl is not None and self.log_exact_kl:
+        if kl is not None:
             stats["exact_kl_sum"] = torch.where(m, kl, torch.zeros_like(kl)).sum()
         return logp, loss_kl, stats
 
