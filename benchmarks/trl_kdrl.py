@@ -43,7 +43,8 @@ def main(argv=None) -> dict:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
-    from kdrl_mini.integrations.trl.trainer import KDRLTrainer, correctness_reward_func, load_prompt_dataset
+    from kdrl_mini.integrations.trl.rewards import correctness_reward_func, load_prompt_dataset
+    from kdrl_mini.integrations.trl.trainer import KDRLTrainer
     from kdrl_mini.integrations.trl.launch import config_from_train_config
 
     tmp = tempfile.mkdtemp(prefix="trl_kdrl_")

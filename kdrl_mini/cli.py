@@ -4,9 +4,10 @@
                     [--checkpoint-every N] [--set key=value ...] [--engine kit|trl]
     kdrl-mini eval --run DIR | --student PATH [--split test|ood|both] [--n N]
     kdrl-mini reproduce [--output-dir DIR] [--steps N] [--full] [--seeds 0 1 2]
-    kdrl-mini reproduce --preset t4-16gb|24gb|80gb-paper|list [--dry-run] [--steps N] [--set key=value ...]
+    kdrl-mini reproduce --preset t4-16gb|24gb|80gb-paper|list [--dry-run] [--steps N] [--engine kit|trl]
+                        [--set key=value ...]
     kdrl-mini presets
-    kdrl-mini smoke --preset t4-16gb|24gb|80gb-paper [--steps N] [--set key=value ...]
+    kdrl-mini smoke --preset t4-16gb|24gb|80gb-paper [--steps N] [--engine kit|trl] [--set key=value ...]
     kdrl-mini build-world [--root data] [--seed 0]
     kdrl-mini real-pair [--steps 3] [--cache-dir .cache/real] [--keep-every 2] [--heal | --no-heal] [--eval-size 4]
                         [--learn [--reward-samples 8]]
@@ -55,7 +56,7 @@ def _reproduce(args) -> int:
         overrides = parse_set(args.set)
         overrides.update({k: v for k, v in {"max_steps": args.steps, "threads": args.threads}.items() if v})
         _command("gpu.preset_study", "reproduce")(args.preset, overrides, args.output_dir, args.seeds, args.only,
-                                                  args.dry_run)
+                                                  args.dry_run, engine=args.engine)
         return 0
     if args.full:
         _command("study.v3", "run_preregistered")(args.output_dir or "data/study_v3", args.seeds, args.threads or 1,
@@ -67,7 +68,7 @@ def _reproduce(args) -> int:
 
 def _smoke(args) -> int:
     overrides = parse_set(args.set)
-    _command("gpu.smoke", "smoke")(args.preset, overrides, args.output_dir, args.steps)
+    _command("gpu.smoke", "smoke")(args.preset, overrides, args.output_dir, args.steps, engine=args.engine)
     return 0
 
 
@@ -129,12 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", type=_folder)
     t.add_argument("--checkpoint-every", type=_at_least(0), help="steps between checkpoints (0 = only at the end)")
     t.add_argument("--seed", type=int)
-    t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt (trl: its latest "
+                   "checkpoint-<step>/)")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in OUTPUT_DIR")
     t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override any config field, e.g. --set beta=0.1 kl_kind=k3")
     t.add_argument("--engine", choices=["kit", "trl"], default="kit",
-                   help="kit: the kit's own loop; trl: KDRLTrainer on TRL (needs the [trl] extra; grpo or kdrl; vLLM "
-                        "colocated when installed on a GPU; scale out with accelerate launch, see docs/scaling.md)")
+                   help="kit: the kit's own loop; trl: KDRLTrainer on TRL (needs the [trl] extra; grpo, kd-rkl or "
+                        "kdrl; the same run folder; vLLM colocated when installed on a GPU; scale out with accelerate "
+                        "launch, see docs/scaling.md)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="greedy accuracy of a trained run or a checkpoint folder")
@@ -157,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="with --preset: print the plan and estimates, load nothing")
     r.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="with --preset: override config fields, "
                    "e.g. --set micro_batch_size=2")
+    r.add_argument("--engine", choices=["kit", "trl"], help="with --preset: the trainer, in place of the preset's "
+                   "own (its about.engine)")
     r.set_defaults(func=_reproduce)
 
     sm = sub.add_parser("smoke", help="a preset's first run on a card: two steps of each algorithm, measured time "
@@ -165,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--steps", type=_at_least(1), default=2)
     sm.add_argument("--output-dir", type=_folder, help="where smoke.json and the runs go (default runs/smoke-NAME)")
     sm.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config fields, e.g. --set micro_batch_size=2")
+    sm.add_argument("--engine", choices=["kit", "trl"], help="the trainer, in place of the preset's own")
     sm.set_defaults(func=_smoke)
 
     lp = sub.add_parser("presets", help="list the one-GPU presets with their memory and time estimates")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import engines
 from .config import TrainConfig, load_config
 from .runs import checkpoints, folder
 from .runs.loading import load_world
@@ -14,32 +15,16 @@ from .trainer import Trainer
 def train(config: str | TrainConfig, overrides: dict, resume: bool = False, overwrite: bool = False,
           engine: str = "kit") -> int:
     """``kdrl-mini train``: train ``config`` (a shipped name, a YAML file or a preset's TrainConfig) with
-    ``overrides``; print the last evaluation. ``engine="trl"`` trains the same fields through TRL's GRPOTrainer."""
+    ``overrides`` on ``engine`` (the kit's trainer, or TRL's: :mod:`kdrl_mini.engines`); print the last
+    evaluation."""
     cfg = config.replace(**overrides) if isinstance(config, TrainConfig) else load_config(config, **overrides)
-    if engine == "trl":
-        return train_trl(cfg, resume)
     folder.check(cfg.output_dir, resume, overwrite)  # before any model loads
-    log = Trainer(cfg).train(resume=resume, overwrite=overwrite)
+    log = engines.train_run(cfg, engine, resume=resume, overwrite=overwrite)
     evals = [row for row in log if is_eval(row)]
     last = evals[-1]["step"] if evals else None
     for e in (row for row in evals if row["step"] == last):
         print(f"{e['split']:>5}: accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}")
-    print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
-    return 0
-
-
-def train_trl(cfg: TrainConfig, resume: bool = False) -> int:
-    """``--engine trl``: the same config fields mapped onto KDRLConfig, trained by TRL
-    (:mod:`kdrl_mini.integrations.trl`)."""
-    if resume:
-        raise ValueError("--resume is not supported with --engine trl (TRL keeps its own checkpoints)")
-    try:  # TRL is an optional dependency (the [trl] extra)
-        from .integrations.trl.launch import train_with_trl
-    except ImportError as err:
-        raise ValueError(f"--engine trl needs TRL: pip install 'kdrl_mini[trl]' ({err})") from err
-    summary = train_with_trl(cfg)
-    print(f"trained {summary['steps']} steps through TRL; last kd/kl "
-          f"{summary['kd_kl'][-1] if summary['kd_kl'] else float('nan'):.4f}; output in {cfg.output_dir}")
+    print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}" + (" (trained through TRL)" if engine == "trl" else ""))
     return 0
 
 

@@ -30,6 +30,8 @@ from .schedules import SCHEDULES, warmup_cosine
 from .tasks.files import KNOWN_SPLITS
 
 ALGORITHMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl", "kd-then-grpo")
+TRL_ALGORITHMS = ("grpo", "kd-rkl", "kdrl")  # what --engine trl runs (kdrl_mini.integrations.trl.kit_run)
+VLLM_MEMORY_SHARE = 0.3  # --engine trl on a GPU: the card's share vLLM (colocated) takes while it generates
 KL_KINDS = TOKEN_KL_KINDS
 # "loss": a differentiable KL term; "reward": per-token log-ratio added to the advantages after
 # group normalisation (the paper's form); "reward-seq": the sequence sum subtracted from the reward

@@ -232,16 +232,9 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: str, n: int | None = None) -> dict:
-        """Greedy accuracy, length and truncation on the first ``n`` rows of a split (an eval row);
-        ``"test@64"`` decodes ``test`` with a budget of 64 new tokens instead of the config's."""
-        name, budget = self.cfg.eval_budget(split)
-        rows = self.world.splits[name][: n or self.cfg.eval_size]
+        """The eval row of ``split`` now (:func:`evaluate_split`) on its first ``n`` rows."""
         with self.sampling_policy(training=False) as policy, self._autocast():
-            r = greedy_eval(policy, self.world.tokenizer, rows, max_new_tokens=budget,
-                            batch_size=self.cfg.eval_batch_size,
-                            chat_template=self.cfg.chat_template, suffix=self.cfg.prompt_suffix,
-                            checker=self.cfg.answer_checker)
-        return metrics.eval_row(self.step, split, r)
+            return evaluate_split(policy, self.world.tokenizer, self.cfg, self.world.splits, split, self.step, n)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
@@ -294,3 +287,14 @@ class Trainer:
         bar.close()
         checkpoints.save_final(self.world.student, self.out)
         return log
+
+
+@torch.no_grad()
+def evaluate_split(model, tokenizer, cfg: TrainConfig, splits: dict, split: str, step: int, n: int | None = None) -> dict:
+    """The eval row of ``split`` after ``step`` steps: greedy accuracy, length and truncation of ``model`` on
+    its first ``n`` rows (None: ``cfg.eval_size``) at its budget (``"test@64"``: ``test`` at 64 new tokens)."""
+    name, budget = cfg.eval_budget(split)
+    r = greedy_eval(model, tokenizer, splits[name][: n or cfg.eval_size], max_new_tokens=budget,
+                    batch_size=cfg.eval_batch_size, chat_template=cfg.chat_template, suffix=cfg.prompt_suffix,
+                    checker=cfg.answer_checker)
+    return metrics.eval_row(step, split, r)

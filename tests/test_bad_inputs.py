@@ -222,7 +222,7 @@ def test_cli_checkpoint_every_reaches_the_config(monkeypatch, capsys):
             seen.append(cfg)
             raise ValueError("recorded")
 
-    monkeypatch.setattr("kdrl_mini.commands.Trainer", Recorder)
+    monkeypatch.setattr("kdrl_mini.engines.Trainer", Recorder)
     assert run_main(["train", "--config", "kdrl", "--checkpoint-every", "3", "--output-dir", "/nonexistent/x"],
                     capsys)[0] == 2
     assert run_main(["train", "--config", "kdrl", "--set", "checkpoint_every=4", "--output-dir", "/nonexistent/y"],

@@ -80,13 +80,16 @@ def test_two_steps_of_the_t4_preset(tmp_path):
     assert peak <= me.needed_bytes(est), "the estimate is too low: update kdrl_mini/gpu/memory.py"
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "kdrl"])
+@pytest.mark.parametrize("algorithm", ["grpo", "kd-rkl", "kdrl"])
 def test_one_step_through_trl_on_cuda(tmp_path, algorithm):
     """--engine trl on the GPU: the tiny world's 4-bit student with LoRA (peft_config), 8-bit teacher, bf16
-    or fp16; vLLM colocate when installed."""
-    from kdrl_mini.integrations.trl.launch import train_with_trl
+    or fp16; vLLM colocate when installed; the kit's run folder with a greedy evaluation."""
+    from kdrl_mini.integrations.trl.kit_run import train_run
 
     cfg = load_config("kdrl", algorithm=algorithm, device="cuda", group_size=4, prompts_per_step=2, max_steps=1,
-                      micro_batch_size=4, lora_r=4, gradient_checkpointing=True, output_dir=str(tmp_path / algorithm))
-    summary = train_with_trl(cfg)
-    assert summary["steps"] == 1 and all(math.isfinite(x) for x in summary["kd_kl"])
+                      micro_batch_size=4, lora_r=4, gradient_checkpointing=True, eval_size=8, eval_splits="test",
+                      output_dir=str(tmp_path / algorithm))
+    rows = train_run(cfg, progress=False)
+    train = [r for r in rows if r["kind"] == "train"]
+    assert len(train) == 1 and math.isfinite(train[0]["loss"]) and any(r["kind"] == "eval" for r in rows)
+    assert algorithm == "grpo" or math.isfinite(train[0]["kl"])

@@ -292,8 +292,8 @@ def test_each_preset_states_its_engine_and_why(name):
 
 
 def test_train_takes_a_presets_config(monkeypatch):
-    """`kdrl-mini train --preset 80gb-paper --engine trl` trains the preset's own TrainConfig (the path its
-    engine note names for KDRL alone on TRL + vLLM); overrides apply on top."""
+    """`kdrl-mini train --preset 80gb-paper --engine trl` trains the preset's own TrainConfig on its engine
+    (TRL + vLLM); overrides apply on top."""
     import kdrl_mini.commands as commands
 
     seen = {}
@@ -302,7 +302,8 @@ def test_train_takes_a_presets_config(monkeypatch):
     assert main(["train", "--preset", "80gb-paper", "--engine", "trl", "--set", "max_steps=2"]) == 0
     expected = load_preset("80gb-paper")[0]
     assert seen["config"] == expected and seen["engine"] == "trl" and seen["overrides"]["max_steps"] == 2
-    assert "--engine trl" in load_preset("80gb-paper")[1].engine_why
+    info = load_preset("80gb-paper")[1]
+    assert info.engine == "trl" and "--engine kit" in info.engine_why
 
 
 def test_t4_has_an_fp16_safe_setup_that_the_refusal_names_and_the_estimate_prices(monkeypatch):
@@ -319,3 +320,19 @@ def test_t4_has_an_fp16_safe_setup_that_the_refusal_names_and_the_estimate_price
     fp16_est, safe_est = estimate_preset(cfg, info)[0], estimate_preset(safe, info)[0]
     assert me.needed_bytes(fp16_est) < me.needed_bytes(safe_est) < 0.95 * info.machine.memory_gib * 2**30
     assert safe_est.step_seconds > 3 * fp16_est.step_seconds  # 8.1 fp32 TFLOPS against 65 fp16
+
+
+def test_the_trl_engines_estimate_counts_vllm_and_trls_logits():
+    """On TRL the rollout is vLLM's share of the card (asleep otherwise) and the student forward makes
+    [mb, T, V] logits; vLLM's CUDA-graph decoding makes the step shorter."""
+    import dataclasses
+
+    cfg, info = load_preset("80gb-paper")
+    trl, _ = estimate_preset(cfg, info)
+    kit, _ = estimate_preset(cfg, dataclasses.replace(info, engine="kit"))
+    assert trl.part("vLLM (colocated)") == int(0.3 * info.machine.memory_gib * 2**30) and kit.part("vLLM (colocated)") == 0
+    assert trl.part("KV cache (rollout)") == 0 < kit.part("KV cache (rollout)")
+    s = trl.detail
+    assert trl.part("student logits") == cfg.micro_batch_size * cfg.max_new_tokens * 151936 * 10
+    assert trl.step_seconds < kit.step_seconds and trl.total < 0.95 * info.machine.memory_gib * 2**30
+    assert s["micro_batch"] == cfg.micro_batch_size

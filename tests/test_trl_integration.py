@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from kdrl_mini.integrations.trl.config import LOSS_TYPE_TO_AGG, KDRLConfig  # noqa: E402
-from kdrl_mini.integrations.trl.trainer import KDRLTrainer, correctness_reward_func, load_prompt_dataset  # noqa: E402
+from kdrl_mini.integrations.trl.rewards import correctness_reward_func, load_prompt_dataset  # noqa: E402
+from kdrl_mini.integrations.trl.trainer import KDRLTrainer  # noqa: E402
 from kdrl_mini.losses import kdrl_loss  # noqa: E402
 from kdrl_mini.batch import Batch  # noqa: E402
 from kdrl_mini.scoring import completion_logits, logprobs_from_logits  # noqa: E402
@@ -263,7 +264,7 @@ def test_cli_engine_trl_trains_a_4bit_lora_student_with_suffix_and_chat(tmp_path
     args = ["train", "--config", "kdrl", "--engine", "trl", "--max-steps", "1", "--output-dir", str(tmp_path / "r"),
             "--set", "group_size=2", "prompts_per_step=2", "max_new_tokens=8", "lora_r=4", "lora_alpha=8",
             "prompt_suffix=\n", "micro_batch_size=1"]
-    assert main(args) == 0 and "trained 1 steps through TRL" in capsys.readouterr().out
+    assert main(args) == 0 and "(trained through TRL)" in capsys.readouterr().out
     assert main(args[:-1] + ["chat_template=true", "--overwrite"]) == 2
     assert "no chat template" in capsys.readouterr().err
 
@@ -274,7 +275,7 @@ def test_cli_engine_trl_trains(tmp_path, capsys):
     rc = main(["train", "--config", "kdrl", "--engine", "trl", "--max-steps", "1", "--output-dir", str(tmp_path / "r"),
                "--set", "student_quant=none", "lora_r=0", "group_size=4", "prompts_per_step=2", "max_new_tokens=16",
                "beta_schedule=linear", "beta_end=0.01", "kd_strategy=incorrect"])
-    assert rc == 0 and "trained 1 steps through TRL" in capsys.readouterr().out
+    assert rc == 0 and "(trained through TRL)" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ GPU-only paths (skipped without CUDA)
@@ -314,7 +315,7 @@ def test_engine_trl_rewards_follow_the_answer_checker(tmp_path):
     assert math[0](texts, gold) == [1.0, 1.0] and len(math) == 2
     assert math[1](texts) == [1.0, 0.0]  # the format term pays for the math checker's \boxed{} format
     cfg = load_config("kdrl", algorithm="kd-fkl", output_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="--engine trl runs 'kdrl' or 'grpo' only"):
+    with pytest.raises(ValueError, match="--engine trl runs grpo, kd-rkl, kdrl only"):
         config_from_train_config(cfg)
 
 

@@ -136,12 +136,16 @@ def _train_activations(shape: ModelShape, rows: int, length: int, checkpointing:
 
 
 def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt_tokens: int = 256,
-             tflops: float | None = None, bandwidth_gbs: float | None = None) -> MemoryEstimate:
+             tflops: float | None = None, bandwidth_gbs: float | None = None, vllm_bytes: int | None = None
+             ) -> MemoryEstimate:
     """Peak GPU memory of one run of ``cfg`` (a TrainConfig) with these model shapes.
 
     ``student``/``teacher``: ``config.json`` dicts or :class:`ModelShape`; ``prompt_tokens``: the
     padded prompt length (chat template + question + instruction). ``tflops`` (dense 16-bit
     tensor peak) and ``bandwidth_gbs`` of the card give a step-time estimate (NaN without them).
+    ``vllm_bytes``: the run is on TRL with vLLM colocated (``--engine trl``), which takes that much while
+    it generates (freed while asleep) in place of HF ``generate``'s KV cache, and whose student forward
+    makes the micro-batch's [mb, T, V] logits (no token-chunked head).
     """
     s = student if isinstance(student, ModelShape) else ModelShape.from_config(student)
     t = teacher if isinstance(teacher, ModelShape) else ModelShape.from_config(teacher)
@@ -182,11 +186,15 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
         Part("KV cache (eval)", eval_rows * (L + cfg.eval_extra_tokens) * s.kv_bytes_per_token(db)
              + layer_tmp(s, eval_rows, P) + 3 * eval_rows * s.vocab * 4, "eval", f"{eval_rows} rows"),
     ]
+    if vllm_bytes is not None:
+        parts = [p for p in parts if p.group != "generate" and p.name != "student logits"] + [
+            Part("vLLM (colocated)", vllm_bytes, "generate", "its weights copy and KV cache, asleep outside generation"),
+            Part("student logits", mb * T * s.vocab * 10, "train", "TRL's forward: [mb, T, V] logits, fp32 copies")]
     est = MemoryEstimate(parts, detail={"student_params": s.parameters, "teacher_params": t.parameters,
                                         "trainable_params": lora, "rollouts": B, "micro_batch": mb,
                                         "sequence_length": L})
     if tflops and bandwidth_gbs:
-        est.step_seconds = step_seconds(cfg, s, t, P, tflops, bandwidth_gbs)
+        est.step_seconds = step_seconds(cfg, s, t, P, tflops, bandwidth_gbs, vllm=vllm_bytes is not None)
         est.detail["eval_seconds"] = eval_seconds(cfg, s, P, bandwidth_gbs)
     return est
 

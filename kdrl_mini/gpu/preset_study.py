@@ -11,6 +11,7 @@ the run, then held (the paper's shape).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
@@ -99,7 +100,7 @@ def run(cfg: TrainConfig, info: PresetInfo, out: str | Path, variants: dict, see
         untrained.write_text(json.dumps(reproduction.untrained_summary(cfg.replace(seed=0)), indent=1))
         _release()
     run_study(out, variants, seeds, cfg, summarize=reproduction.summarize, progress=progress,
-              step_progress=progress)
+              step_progress=progress, engine=info.engine)
     return write_results(out, info)
 
 
@@ -185,11 +186,14 @@ def presets_report() -> str:
 
 
 def reproduce(name: str, overrides: dict, output_dir: str | None = None, seeds: list[int] | None = None,
-              only: list[str] | None = None, dry_run: bool = False, say=print) -> list[dict]:
+              only: list[str] | None = None, dry_run: bool = False, engine: str | None = None, say=print) -> list[dict]:
     """``kdrl-mini reproduce --preset NAME``: print the plan, the memory estimate and the free-memory
-    check before anything loads, then run (or resume) every run and print the tables. Returns the
-    finished runs' records ([] on a dry run)."""
-    cfg, info = load_preset(name, **overrides)
+    check before anything loads, then run (or resume) every run on the preset's engine (or ``engine``)
+    and print the tables. Returns the finished runs' records ([] on a dry run)."""
+    cfg, info = load_preset(name)
+    cfg = cfg.replace(**overrides)  # null unsets a field (e.g. --set dataset=null for local data)
+    if engine and engine != info.engine:
+        info = dataclasses.replace(info, engine=engine, engine_why="chosen with --engine")
     out = Path(output_dir or cfg.output_dir)
     cfg = cfg.replace(output_dir=str(out))
     variants, chosen = plan(cfg, info, seeds, only)

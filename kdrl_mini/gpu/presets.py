@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from ..config import TrainConfig
+from ..config import VLLM_MEMORY_SHARE, TrainConfig
+from ..engines import ENGINES
 from .memory import estimate
 from .shapes import resolve_model_config
 
@@ -102,6 +103,9 @@ def load_preset(name: str, **overrides) -> tuple[TrainConfig, PresetInfo]:
 
 
 def _info(name: str, about: dict, path: Path) -> PresetInfo:
+    engine = (about.get("engine") or {}).get("name") if isinstance(about, dict) else None
+    if engine not in ENGINES:
+        raise ValueError(f"{path}: about.engine.name={engine!r}; choose one of {list(ENGINES)} and say why")
     try:
         models = {role: ModelInfo(**about["models"][role]) for role in ("student", "teacher")}
         study = dict(about["study"])
@@ -128,7 +132,8 @@ def estimate_preset(cfg: TrainConfig, info: PresetInfo, use_source: bool = True)
                                              cfg.teacher_path == info.teacher.name else None, use_source)
     m = info.machine
     tflops = m.fp32_tflops if cfg.compute_dtype == "fp32" and m.fp32_tflops else m.tflops
-    est = estimate(cfg, student, teacher, info.prompt_tokens, tflops, m.bandwidth_gbs)
+    vllm = int(VLLM_MEMORY_SHARE * m.memory_gib * 2**30) if info.engine == "trl" else None  # vLLM on the card
+    est = estimate(cfg, student, teacher, info.prompt_tokens, tflops, m.bandwidth_gbs, vllm)
     return est, {"student": s_src, "teacher": t_src}
 
 

@@ -1,7 +1,8 @@
 """``kdrl-mini smoke --preset NAME``: the first run on a card, in one command.
 
 Two short steps of every algorithm on the preset (its models, data and settings; ``--set`` changes
-any field), then one small greedy evaluation, measuring each phase's time and peak memory (CUDA's
+any field) on the preset's engine (the kit's trainer, or TRL's for GRPO, KD-RKL and KDRL), then one
+small greedy evaluation, measuring each phase's time and peak memory (CUDA's
 allocated peak; on a Linux CPU the process's resident peak) and printing them next to the estimate
 of :mod:`kdrl_mini.gpu.memory`. Writes ``smoke.json`` in the output folder. The estimate's phases
 include what is always held (weights, context), so measured and estimated peaks compare directly.
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import ALGORITHMS
+from .. import engines
+from ..config import ALGORITHMS, TRL_ALGORITHMS
 from ..runs.loading import load_student_for, load_world
 from ..trainer import Trainer
 from . import memory as me
@@ -28,22 +30,56 @@ EVAL_ROWS = 8
 
 
 def smoke(name: str, overrides: dict | None = None, output_dir: str | None = None, steps: int = 2,
-          algorithms: tuple[str, ...] = ALGORITHMS, say=print) -> dict:
-    """Run ``steps`` steps of each algorithm of preset ``name`` and one evaluation of ``EVAL_ROWS`` rows;
-    return (and write to ``<output_dir>/smoke.json``) the measured times and peaks with the estimate."""
+          algorithms: tuple[str, ...] | None = None, engine: str | None = None, say=print) -> dict:
+    """Run ``steps`` steps of each algorithm of preset ``name`` on its engine (or ``engine``) and one
+    evaluation of ``EVAL_ROWS`` rows; return (and write to ``<output_dir>/smoke.json``) the measured times
+    and peaks with the estimate."""
     cfg, info = load_preset(name)
     cfg = cfg.replace(**(overrides or {}))  # null unsets a field here (e.g. dataset=null for local data)
     out = Path(output_dir or f"runs/smoke-{name}")
-    cfg = cfg.replace(max_steps=steps, eval_every=0, checkpoint_every=0, eval_size=min(cfg.eval_size, EVAL_ROWS))
+    cfg = cfg.replace(max_steps=steps, eval_every=0, checkpoint_every=0, eval_size=min(cfg.eval_size, EVAL_ROWS),
+                      final_eval_size=min(cfg.eval_size, EVAL_ROWS))
     est, _ = estimate_preset(cfg, info)
     say(memory_check(name, est, cfg))
+    engine = engine or info.engine
+    report = {"preset": name, "engine": engine, "runs": {},
+              "estimate": {"always": est.always, "phases": est.phases, "total": est.total,
+                           "step_seconds": est.step_seconds}}
+    runs = _trl_runs if engine == "trl" else _kit_runs
+    for algorithm, run in runs(cfg, out, steps, algorithms or (TRL_ALGORITHMS if engine == "trl" else ALGORITHMS)):
+        report["runs"][algorithm] = run
+        say(_lines(algorithm, run, est))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "smoke.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    say(f"measured times and peaks: {out / 'smoke.json'} (put them in the preset's about.measured block)")
+    return report
+
+
+def _trl_runs(cfg, out: Path, steps: int, algorithms):
+    """(algorithm, measurements) of each algorithm trained through TRL (:mod:`kdrl_mini.engines`); the
+    evaluation is the kit's own greedy one inside the run, whose time and peak are not split out here."""
+    train_run = engines.trl_run()
+    for algorithm in algorithms:
+        measured = []
+        rows = train_run(cfg.replace(algorithm=algorithm, output_dir=str(out / algorithm)), overwrite=True,
+                         progress=False, measured=measured)
+        train = [r for r in rows if r["kind"] == "train"]
+        evals = [r for r in rows if r["kind"] == "eval"]
+        yield algorithm, {
+            "steps": [{"step": r["step"], "seconds": m["seconds"], "loss": r["loss"], "skipped": 0.0, "laps": m["laps"],
+                       "peaks": {LAP_PHASE[k]: v for k, v in m["peaks"].items()}} for r, m in zip(train, measured)],
+            "eval": {"split": evals[0]["split"] if evals else None, "seconds": None, "peak": None,
+                     "accuracy": evals[0]["eval_accuracy"] if evals else None}}
+
+
+def _kit_runs(cfg, out: Path, steps: int, algorithms):
+    """(algorithm, measurements) of each algorithm on the kit's trainer; teacher and data loaded once."""
     world = load_world(cfg)
     vocab = getattr(world.student, "kdrl_vocab", None)
-    report = {"preset": name, "estimate": {"always": est.always, "phases": est.phases, "total": est.total,
-                                           "step_seconds": est.step_seconds}, "runs": {}}
+    first = True
     for algorithm in algorithms:
         run_cfg = cfg.replace(algorithm=algorithm, output_dir=str(out / algorithm))
-        if report["runs"]:  # a fresh student per algorithm; the teacher and data are shared
+        if not first:  # a fresh student per algorithm; the teacher and data are shared
             world = dataclasses.replace(world, student=None)
             gc.collect()
             if torch.cuda.is_available():
@@ -57,13 +93,9 @@ def smoke(name: str, overrides: dict | None = None, output_dir: str | None = Non
             rows.append({"step": trainer.step, "seconds": row["step_time"], "loss": row["loss"],
                          "skipped": row["skipped"], "laps": dict(trainer.laps.laps),
                          "peaks": {LAP_PHASE[k]: v for k, v in trainer.laps.peaks.items()}})
-        report["runs"][algorithm] = {"steps": rows, "eval": _measured_eval(trainer)}
-        say(_lines(algorithm, report["runs"][algorithm], est))
+        first = False
+        yield algorithm, {"steps": rows, "eval": _measured_eval(trainer)}
         world = trainer.world
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "smoke.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    say(f"measured times and peaks: {out / 'smoke.json'} (put them in the preset's about.measured block)")
-    return report
 
 
 def _measured_eval(trainer) -> dict:

@@ -12,20 +12,25 @@ EFFICIENCY = {"none": 0.35, "4bit": 0.20, "8bit": 0.10}
 # Bytes read per weight per decoded token (4-bit: dequantise to 16-bit, then a 16-bit matmul).
 DECODE_BYTES = {"none": 2.0, "4bit": 4.5, "8bit": 4.0}
 LAUNCH_S_PER_LAYER = 1e-3            # eager PyTorch + peft + bitsandbytes: launches and Python per layer per token
+VLLM_LAUNCH_S_PER_LAYER = 2e-5       # vLLM replays a CUDA graph per token: launch cost all but gone (assumption)
 
 
-def _decode_seconds(shape: ModelShape, quant: str, rows: int, context: int, steps: int, bandwidth_gbs: float) -> float:
+def _decode_seconds(shape: ModelShape, quant: str, rows: int, context: int, steps: int, bandwidth_gbs: float,
+                    launch: float = LAUNCH_S_PER_LAYER) -> float:
     """Decoding ``steps`` tokens for ``rows`` sequences: weights and KV cache read once per token."""
     weights = shape.layers * shape.linear_params_per_layer * DECODE_BYTES[quant] + shape.vocab * shape.hidden * 2
     kv = rows * context * shape.kv_bytes_per_token()
-    return steps * ((weights + kv) / (bandwidth_gbs * 1e9) + shape.layers * LAUNCH_S_PER_LAYER)
+    return steps * ((weights + kv) / (bandwidth_gbs * 1e9) + shape.layers * launch)
 
 
-def step_seconds(cfg, s: ModelShape, t: ModelShape, prompt_tokens: int, tflops: float, bandwidth_gbs: float) -> float:
-    """One training step (rollout, teacher scoring, student update): a rough estimate."""
+def step_seconds(cfg, s: ModelShape, t: ModelShape, prompt_tokens: int, tflops: float, bandwidth_gbs: float,
+                 vllm: bool = False) -> float:
+    """One training step (rollout, teacher scoring, student update): a rough estimate. With ``vllm`` the
+    rollout decodes the merged student in 16 bits (vLLM's copy) from a CUDA graph."""
     P, T, B = prompt_tokens, cfg.max_new_tokens, cfg.group_size * cfg.prompts_per_step
     peak = tflops * 1e12
-    generate = _decode_seconds(s, cfg.student_quant, B, P + T // 2, T, bandwidth_gbs)
+    generate = (_decode_seconds(s, "none", B, P + T // 2, T, bandwidth_gbs, VLLM_LAUNCH_S_PER_LAYER) if vllm
+                else _decode_seconds(s, cfg.student_quant, B, P + T // 2, T, bandwidth_gbs))
     teacher_tokens = cfg.prompts_per_step * P + B * T  # score_groups encodes each prompt once
     teacher = 2 * t.parameters * teacher_tokens / (peak * EFFICIENCY[cfg.teacher_quant])
     per_token = 2 + 4 + (2 if cfg.gradient_checkpointing else 0)

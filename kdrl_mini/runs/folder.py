@@ -3,7 +3,8 @@ trainers never write to the same folder at once.
 
 ``claim(folder, resume, overwrite)`` is held for the whole run:
 - the folder must not be a file; it is created if missing;
-- a folder that already holds a run (``metrics.jsonl`` or ``checkpoint.pt``) is refused unless
+- a folder that already holds a run (``metrics.jsonl``, ``checkpoint.pt`` or TRL's
+  ``checkpoint-<step>/``, see :func:`latest_checkpoint`) is refused unless
   the run is resumed (``--resume``) or explicitly replaced (``--overwrite``, which deletes that
   run's files first, so a new run never continues an old checkpoint);
 - a lock file (``.lock``, holding the owner's pid) keeps a second trainer out; a lock left by a
@@ -20,6 +21,23 @@ from pathlib import Path
 from .checkpoints import writing
 
 RUN_FILES = ("metrics.jsonl", "checkpoint.pt", "config.yaml", "trainable.pt", "final.json")
+TRL_CHECKPOINT = "checkpoint-"  # TRL's (HF Trainer's) checkpoint folders: checkpoint-<step>
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint a run in ``folder`` resumes from: the kit's ``checkpoint.pt``, or TRL's
+    ``checkpoint-<step>/`` with the largest step; None when there is none."""
+    folder = Path(folder)
+    if (folder / "checkpoint.pt").is_file():
+        return folder / "checkpoint.pt"
+    found = [p for p in folder.glob(TRL_CHECKPOINT + "*") if p.is_dir() and p.name[len(TRL_CHECKPOINT):].isdigit()]
+    return max(found, key=lambda p: int(p.name[len(TRL_CHECKPOINT):]), default=None)
+
+
+def remove_checkpoints(folder: str | Path) -> None:
+    """Delete every checkpoint of the run in ``folder`` (a finished study keeps metrics, not weights)."""
+    while (found := latest_checkpoint(folder)) is not None:
+        shutil.rmtree(found) if found.is_dir() else found.unlink()
 
 
 class RunFolderError(ValueError):
@@ -82,13 +100,13 @@ def check(folder: str | Path, resume: bool = False, overwrite: bool = False) -> 
             if not parent.is_dir():
                 raise RunFolderError(f"--output-dir {folder}: {parent} is a file; pass a folder path")
             break
-    held = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
+    held = (folder / "metrics.jsonl").exists() or latest_checkpoint(folder) is not None
     if held and not resume and not overwrite:
         raise RunFolderError(f"{folder} already holds a run; continue it with --resume, replace it with "
                              f"--overwrite, or choose another --output-dir")
-    if resume and not (folder / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"no checkpoint at {folder / 'checkpoint.pt'}; start without --resume, or point "
-                                f"--output-dir at the folder of the interrupted run")
+    if resume and latest_checkpoint(folder) is None:
+        raise FileNotFoundError(f"no checkpoint at {folder / 'checkpoint.pt'} (or {folder}/checkpoint-<step> of a "
+                                f"TRL run); start without --resume, or point --output-dir at the interrupted run")
     return folder
 
 
@@ -99,7 +117,7 @@ def claim(folder: str | Path, resume: bool = False, overwrite: bool = False):
         folder.mkdir(parents=True, exist_ok=True)
         lock = _lock(folder)
     try:
-        held = (folder / "metrics.jsonl").exists() or (folder / "checkpoint.pt").exists()
+        held = (folder / "metrics.jsonl").exists() or latest_checkpoint(folder) is not None
         if held and not resume and not overwrite:
             raise RunFolderError(f"{folder} already holds a run; continue it with --resume, replace it with "
                                  f"--overwrite, or choose another --output-dir")
@@ -107,6 +125,7 @@ def claim(folder: str | Path, resume: bool = False, overwrite: bool = False):
             for name in RUN_FILES:
                 (folder / name).unlink(missing_ok=True)
             shutil.rmtree(folder / "adapter", ignore_errors=True)
+            remove_checkpoints(folder)
         yield folder
     finally:
         lock.unlink(missing_ok=True)

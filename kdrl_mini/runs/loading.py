@@ -93,6 +93,17 @@ def load_world(cfg: TrainConfig) -> World:
     ``cfg.data_dir`` or, when ``cfg.dataset`` is set, splits through ``datasets``
     (``kdrl_mini.tasks.source``). Data rows are checked (``kdrl_mini.tasks.checks``) before any
     weights load, so a bad row is reported in about a second."""
+    tok, splits, vocab = load_data(cfg)
+    student = load_student_for(cfg, vocab)
+    teacher_dir = model_source.resolve_model(cfg.teacher_path, "teacher")
+    teacher = models.load_teacher(teacher_dir, cfg.teacher_quant, cfg.device, models.compute_dtype(cfg.compute_dtype, cfg.device))
+    check_same_vocab(student, restrict_vocab(teacher, vocab), tok)
+    return World(student, teacher, tok, splits)
+
+
+def load_data(cfg: TrainConfig) -> tuple[object, dict, int | None]:
+    """(tokenizer, split name -> checked rows, shared vocabulary or None) for ``cfg``, before any weights
+    load: the tokenizers of student and teacher must match and every row must fit both models."""
     student_dir = model_source.resolve_model(cfg.student_path, "student")
     teacher_dir = model_source.resolve_model(cfg.teacher_path, "teacher")
     tok = models.load_tokenizer(student_dir)
@@ -106,10 +117,7 @@ def load_world(cfg: TrainConfig) -> World:
     else:
         names = ["train"] + [s for s in KNOWN_SPLITS[1:] if (Path(cfg.data_dir) / f"{s}.jsonl").is_file()]
         splits = {s: load_split_checked(cfg.data_dir, s, tok, context, budget) for s in names}
-    student = load_student_for(cfg, vocab)
-    teacher = models.load_teacher(teacher_dir, cfg.teacher_quant, cfg.device, models.compute_dtype(cfg.compute_dtype, cfg.device))
-    check_same_vocab(student, restrict_vocab(teacher, vocab), tok)
-    return World(student, teacher, tok, splits)
+    return tok, splits, vocab
 
 
 class PromptSampler:

@@ -18,19 +18,21 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from .. import engines
 from ..config import TrainConfig
-from ..runs.folder import take_pid_file
+from ..runs.folder import latest_checkpoint, remove_checkpoints, take_pid_file
 from ..runs.loading import load_student_for
 from ..trainer import Trainer
 
 
 def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dict[str, list[int]], base: TrainConfig,
-              summarize, progress: bool = True, step_progress: bool = False) -> list[dict]:
+              summarize, progress: bool = True, step_progress: bool = False, engine: str = "kit") -> list[dict]:
     """Train every (variant, seed); skip finished runs, resume interrupted ones.
 
     ``seeds`` is one list for every variant or a dict variant -> its seeds; ``summarize(run_dir)``
     gives the numbers written to each finished run's ``final.json``; ``step_progress`` adds each
-    run's own step bar (long GPU runs)."""
+    run's own step bar (long GPU runs); ``engine`` is the trainer (:mod:`kdrl_mini.engines`; the
+    kit's reuses the loaded teacher and data from run to run)."""
     out_dir = Path(out_dir)
     per = seeds if isinstance(seeds, dict) else {name: seeds for name in plan}
     jobs = [(name, seed) for name in plan for seed in per[name]]
@@ -48,12 +50,15 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dic
             continue
         else:
             bar.set_postfix(run=f"{name}/seed{seed}")
-            trainer = Trainer(cfg, world=_fresh_student(world, cfg))
-            world = trainer.world
-            resume = (run / "checkpoint.pt").exists()  # killed before its first checkpoint: start over
-            trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
+            resume = latest_checkpoint(run) is not None  # killed before its first checkpoint: start over
+            if engine == "kit":
+                trainer = Trainer(cfg, world=_fresh_student(world, cfg))
+                world = trainer.world
+                trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
+            else:
+                engines.train_run(cfg, engine, resume=resume, overwrite=not resume, progress=step_progress)
             (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **summarize(run)}, indent=1))
-            (run / "checkpoint.pt").unlink(missing_ok=True)  # the study keeps metrics, not weights
+            remove_checkpoints(run)  # the study keeps metrics, not weights
             (run / "trainable.pt").unlink(missing_ok=True)
             shutil.rmtree(run / "adapter", ignore_errors=True)
             (run / WORKER_FILE).unlink(missing_ok=True)

@@ -55,6 +55,19 @@ class KDRLConfig(GRPOConfig):
         metadata={"help": "Completions per teacher forward (None: one group, num_generations). Below a group the "
                           "group's prompt is encoded once per piece. The head runs a chunk of tokens at a time, so "
                           "no [rows, T, V] logits exist unless kl_kind is 'exact' or 'topk'."})
+    pg_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of TRL's policy-gradient loss. 1: KDRL (GRPO + kd_beta * KL); 0 with kd_beta=1: "
+                          "KD-RKL, on-policy distillation alone (the rewards are still computed and logged)."})
+    adapter_fp32: bool = field(
+        default=True,
+        metadata={"help": "Keep the trainable LoRA weights of a quantised student in fp32, as the kit does, instead "
+                          "of TRL's bf16 cast: in bf16 an Adam step of lr 2e-5 is below half a unit in the last "
+                          "place of a LoRA A entry (~0.02), so A would never change."})
+    log_teacher_kl: bool = field(
+        default=True,
+        metadata={"help": "When kd_beta is 0 throughout (GRPO), still score the teacher each step to log kd/kl (a "
+                          "teacher forward for a metric). False skips the teacher then, as the kit's GRPO does."})
     kd_beta: float = field(
         default=0.05,
         metadata={"help": "Coefficient of KL(student || teacher) (the start value when annealed). The kit's "
@@ -92,8 +105,18 @@ class KDRLConfig(GRPOConfig):
             self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
         self.validate_kd()
 
+    @property
+    def teacher_unused(self) -> bool:
+        """True when the teacher would only feed a metric that is switched off (GRPO without kd/kl)."""
+        return self.kd_beta == 0 and not self.kd_beta_end and self.pg_weight > 0 and not self.log_teacher_kl
+
     def validate_kd(self) -> None:
         """Refuse unsupported combinations with a ValueError naming the field."""
+        if self.pg_weight < 0:
+            _refuse("pg_weight", self.pg_weight, "must be >= 0 (0: distillation alone, KD-RKL)")
+        if self.pg_weight == 0 and (self.kl_mode != "loss" or self.kd_beta <= 0):
+            _refuse("pg_weight", 0.0, "distillation alone (KD-RKL) needs kl_mode='loss' and kd_beta > 0: with the "
+                    "policy-gradient loss off, nothing else would be trained")
         if self.kd_beta < 0:
             _refuse("kd_beta", self.kd_beta, "must be >= 0 (a negative KL weight pushes away from the teacher)")
         if self.kd_beta_schedule not in KD_BETA_SCHEDULES:

@@ -10,33 +10,44 @@ from pathlib import Path
 import torch
 
 from ... import model_source, models
-from ...config import load_config, parse_set
+from ...config import TRL_ALGORITHMS, VLLM_MEMORY_SHARE, load_config, parse_set
 from ...tasks import source
 
 from .config import KDRLConfig
-from .trainer import (KDRLTrainer, boxed_format_reward_func, correctness_reward_func, format_reward_func,
-                      math_correctness_reward_func)
+from .rewards import boxed_format_reward_func, correctness_reward_func, format_reward_func, math_correctness_reward_func
+from .trainer import KDRLTrainer
 
 
 def config_from_train_config(cfg, **overrides) -> KDRLConfig:
     """Map the kit's ``TrainConfig`` (YAML) fields onto a ``KDRLConfig`` for ``kdrl-mini train --engine trl``.
 
-    Refuses kit settings the TRL path does not reproduce (kd-then-grpo, KD-only algorithms, several PPO
-    epochs, the sequence-sum reward). Students (4-bit/8-bit + LoRA through ``peft_config``), data
+    ``kd-rkl`` is KDRLTrainer with TRL's policy-gradient loss off (``pg_weight=0``, ``kd_beta=1``): the
+    reverse KL on the student's own samples, as the kit's ``kd-rkl``. Refuses kit settings the TRL path
+    does not reproduce (kd-fkl, kd-then-grpo, several PPO epochs, the sequence-sum reward). The kit's
+    learning-rate schedule reaches KDRLTrainer as ``lr_at=cfg.lr_at``. Students (4-bit/8-bit + LoRA through ``peft_config``), data
     (``dataset``), chat templates and prompt suffixes are handled by :func:`train_with_trl`. On CUDA
     with vLLM installed, generation uses vLLM colocated in the training process."""
-    if cfg.algorithm not in ("kdrl", "grpo"):
-        raise ValueError(f"config field algorithm={cfg.algorithm!r}: --engine trl runs 'kdrl' or 'grpo' only")
+    if cfg.algorithm not in TRL_ALGORITHMS:
+        raise ValueError(f"config field algorithm={cfg.algorithm!r}: --engine trl runs {', '.join(TRL_ALGORITHMS)} "
+                         f"only; train it with --engine kit")
     if cfg.kl_mode == "reward-seq":
         raise ValueError("config field kl_mode='reward-seq' is only in the kit's own trainer; use loss or reward")
     if cfg.ppo_epochs != 1:
         raise ValueError(f"config field ppo_epochs={cfg.ppo_epochs}: --engine trl maps only 1 (TRL: num_iterations)")
+    kd_only = cfg.algorithm == "kd-rkl"
     agg = {"token-mean": "dapo", "seq-mean": "grpo", "seq-sum-norm": "dr_grpo"}[cfg.loss_agg]
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     dtype = models.compute_dtype(cfg.compute_dtype, torch.device("cuda") if cuda else torch.device("cpu"))
+    rollouts = cfg.group_size * cfg.prompts_per_step
+    mb = cfg.micro_batch_size or rollouts
+    if rollouts % mb:
+        raise ValueError(f"config field micro_batch_size={mb}: --engine trl needs it to divide the "
+                         f"{rollouts} rollouts of a step (group_size x prompts_per_step)")
     kw = dict(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, learning_rate=cfg.lr, seed=cfg.seed,
-        num_generations=cfg.group_size, per_device_train_batch_size=cfg.group_size * cfg.prompts_per_step,
+        # one generation of all rollouts per optimiser step, trained a micro-batch at a time (accumulated)
+        num_generations=cfg.group_size, per_device_train_batch_size=mb, gradient_accumulation_steps=rollouts // mb,
+        steps_per_generation=rollouts // mb,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, epsilon=cfg.clip_eps,
         epsilon_high=cfg.clip_eps_high, loss_type=agg, scale_rewards="group" if cfg.adv_scale == "std" else "none",
         max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=cfg.gradient_checkpointing,
@@ -48,10 +59,11 @@ def config_from_train_config(cfg, **overrides) -> KDRLConfig:
         teacher_model_name_or_path=cfg.teacher_path,
         teacher_load_in_8bit=cfg.teacher_quant == "8bit",
         teacher_model_init_kwargs={"dtype": str(dtype).removeprefix("torch.")},
-        kd_beta=cfg.beta if cfg.algorithm == "kdrl" else 0.0,
+        pg_weight=0.0 if kd_only else 1.0, log_teacher_kl=cfg.algorithm != "grpo" or bool(cfg.log_exact_kl),
+        kd_beta={"kdrl": cfg.beta, "grpo": 0.0, "kd-rkl": 1.0}[cfg.algorithm],
         kd_beta_schedule=cfg.beta_schedule if cfg.algorithm == "kdrl" else "constant",
         kd_beta_end=cfg.beta_end, kd_anneal_steps=cfg.anneal_steps, kl_kind=cfg.kl_kind, kl_top_k=cfg.top_k,
-        kl_mode=cfg.kl_mode, kd_strategy=cfg.kd_strategy if cfg.algorithm == "kdrl" else "all",
+        kl_mode="loss" if kd_only else cfg.kl_mode, kd_strategy=cfg.kd_strategy if cfg.algorithm == "kdrl" else "all",
         kd_threshold=cfg.kd_threshold, teacher_batch_size=cfg.micro_batch_size,
         **vllm_settings(cuda),
     )
@@ -65,7 +77,7 @@ def vllm_settings(cuda: bool, available: bool | None = None) -> dict:
     available = importlib.util.find_spec("vllm") is not None if available is None else available
     if not (cuda and available):
         return {"use_vllm": False}
-    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": VLLM_MEMORY_SHARE,
             "vllm_enable_sleep_mode": True}
 
 
@@ -98,13 +110,17 @@ def prompt_dataset_for(cfg, tokenizer, rows: int | None = None):
     """The training prompts of ``cfg`` as a ``datasets.Dataset`` with ``prompt`` and ``answer`` columns: the
     tiny world's ``data_dir`` or ``cfg.dataset`` (through :mod:`kdrl_mini.tasks.source`), each prompt with
     ``prompt_suffix`` appended and, with ``chat_template``, as one user turn (TRL applies the template)."""
-    from datasets import Dataset
-
     if cfg.dataset:
         found = source.load_splits(cfg)["train"].rows
     else:
         found = [json.loads(line) for line in open(Path(cfg.data_dir) / "train.jsonl") if line.strip()]
-    found = found[:rows] if rows else found
+    return prompt_dataset(cfg, tokenizer, found[:rows] if rows else found)
+
+
+def prompt_dataset(cfg, tokenizer, found: list[dict]):
+    """Rows with ``prompt`` and ``answer`` as the ``datasets.Dataset`` TRL trains on (see :func:`prompt_dataset_for`)."""
+    from datasets import Dataset
+
     if cfg.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat_template=True but this tokenizer has no chat template; set chat_template: false "
                          "for base models")
@@ -157,7 +173,7 @@ def train_with_trl(cfg, kd_overrides: dict | None = None, rows: int | None = Non
     data = prompt_dataset_for(cfg, tok, rows)
     kd_args.teacher_model_name_or_path = str(model_source.resolve_model(cfg.teacher_path, "teacher"))
     trainer = KDRLTrainer(model=model, reward_funcs=reward_funcs_for(cfg), args=kd_args, train_dataset=data,
-                          processing_class=tok, peft_config=peft_config_for(cfg))
+                          processing_class=tok, peft_config=peft_config_for(cfg), lr_at=cfg.lr_at)
     trainer.train()
     rank = trainer.accelerator.process_index
     logs = [h for h in trainer.state.log_history if "kd/kl" in h]

@@ -1,8 +1,6 @@
-"""``KDRLTrainer``: TRL's GRPOTrainer with the teacher's KD term from kdrl_mini's losses; the tiny world's rewards and prompts for TRL."""
+"""``KDRLTrainer``: TRL's GRPOTrainer with the teacher's KD term from kdrl_mini's losses."""
 
 from __future__ import annotations
-
-import json
 
 import torch
 
@@ -10,42 +8,11 @@ from ...advantages import per_token_kl_advantages
 from ...kl import token_kl
 from ...losses import kd_mask, reverse_kl_loss
 from ...batch import Batch
-from ...rewards import boxed_format_reward, correctness, correctness_reward, format_reward
 from ...schedules import annealed
 from ...scoring import logprobs_from_logits, score_groups, score_in_micro_batches
 from ...vocab import check_same_vocab, restrict_vocab, shared_vocab, vocab_size_of
 from ._common import GRPOTrainer
 from .config import KD_LOSS_TYPES, KDRLConfig, _refuse, mix_teacher_logps
-
-
-# ------------------------------------------------------------------ the tiny world, for TRL
-def correctness_reward_func(completions, answer, **kwargs) -> list[float]:
-    """TRL reward function: 1 when the completion's final ``#### n`` line equals the row's answer."""
-    return [correctness_reward(c, a) for c, a in zip(completions, answer)]
-
-
-def math_correctness_reward_func(completions, answer, **kwargs) -> list[float]:
-    """TRL reward function: 1 when math-verify finds the row's answer (``\\boxed{}``, ``####``, LaTeX, units);
-    the kit's ``answer_checker: math``."""
-    return [correctness(c, a, checker="math") for c, a in zip(completions, answer)]
-
-
-def boxed_format_reward_func(completions, **kwargs) -> list[float]:
-    """TRL reward function: 1 for exactly one final ``\\boxed{}`` answer (the math checker's format)."""
-    return [boxed_format_reward(c) for c in completions]
-
-
-def format_reward_func(completions, **kwargs) -> list[float]:
-    """TRL reward function: 1 for a well-formed final line (weight it with GRPOConfig.reward_weights)."""
-    return [format_reward(c) for c in completions]
-
-
-def load_prompt_dataset(path: str = "data/train.jsonl"):
-    """The tiny world's training rows as a ``datasets.Dataset`` with ``prompt`` and ``answer`` columns."""
-    from datasets import Dataset
-
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    return Dataset.from_list([{"prompt": r["prompt"], "answer": str(r["answer"])} for r in rows])
 
 
 # ------------------------------------------------------------------ the trainer
@@ -56,20 +23,27 @@ class KDRLTrainer(GRPOTrainer):
     fourth cannot land in ``teacher_model``):
         args: a :class:`KDRLConfig`.
         teacher_model: a loaded model, a path, or None (``args.teacher_model_name_or_path``).
+        lr_at: the learning rate at each 0-based optimiser step (the kit's ``TrainConfig.lr_at``: warm-up and
+            cosine to a floor); None keeps ``args.lr_scheduler_type``.
 
     Student and teacher are compared on the tokenizer's tokens: a family that pads its embedding
     rows differently (Qwen2.5: 151,936 rows for 1.5B, 152,064 for 7B, 151,665 tokens) has both
     models' logits cut to ``len(processing_class)`` (:func:`kdrl_mini.vocab.restrict_vocab`).
     """
 
-    def __init__(self, model, reward_funcs, args: KDRLConfig, *, teacher_model=None, **kwargs):
+    def __init__(self, model, reward_funcs, args: KDRLConfig, *, teacher_model=None, lr_at=None, **kwargs):
         if not isinstance(args, KDRLConfig):
             raise TypeError(f"KDRLTrainer needs a KDRLConfig, got {type(args).__name__}")
         if teacher_model is None:
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None:
             _refuse("teacher_model_name_or_path", None, "pass a teacher path here or teacher_model= to KDRLTrainer")
+        self._lr_at = lr_at
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        if args.adapter_fp32 and hasattr(self.model, "peft_config"):  # undo TRL's bf16 cast of QLoRA adapters
+            for p in self.model.parameters():
+                if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+                    p.data = p.data.float()
         teachers = list(teacher_model) if isinstance(teacher_model, (list, tuple)) else [teacher_model]
         if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
             _refuse("teacher_weights", args.teacher_weights, f"one weight per teacher ({len(teachers)} teachers)")
@@ -82,6 +56,16 @@ class KDRLTrainer(GRPOTrainer):
         self._kd_beta_at = annealed(args.kd_beta_schedule, args.kd_beta, args.kd_beta_end, steps)
         self._kd_capture: dict | None = None
         self._kd_last_rewards_per_func: torch.Tensor | None = None
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """With ``lr_at``: the kit's schedule, lr(step) = lr_at(step) for the optimiser step about to be taken."""
+        if self._lr_at is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        peak = self.args.learning_rate
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
+                                                              lambda step: self._lr_at(step) / peak)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     # -------------------------------------------------------------- teacher
     def _cut_to_shared_vocab(self) -> None:
@@ -164,6 +148,8 @@ class KDRLTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
         a = self.args
+        if a.teacher_unused:  # GRPO without the kd/kl metric: no teacher forward
+            return out
         mode = "train" if self.model.training else "eval"
         G = self.num_generations if mode == "train" else getattr(self, "num_generations_eval", self.num_generations)
         rpf = self._kd_last_rewards_per_func
@@ -245,7 +231,7 @@ class KDRLTrainer(GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         a = self.args
-        if a.kl_mode != "loss":  # reward mode: the KL is already in inputs["advantages"]
+        if a.kl_mode != "loss" or "teacher_per_token_logps" not in inputs:  # reward mode: the KL is in the advantages
             return super()._compute_loss(model, inputs)
         self._kd_capture = {}
         try:
@@ -256,8 +242,10 @@ class KDRLTrainer(GRPOTrainer):
         mask = self._kd_mask(inputs)
         kd, m = self.kd_term(cap["logps"], inputs, mask, cap.get("logits"))
         beta = self.kd_beta_now()
-        if beta > 0:  # beta = 0 is TRL's GRPO exactly: not even a NaN KL can leak in
-            loss = loss + beta * kd
+        if a.pg_weight == 0:  # KD-RKL: the distillation term alone (TRL's loss only gave the log-probs)
+            loss = beta * kd
+        elif beta > 0:  # beta = 0 is TRL's GRPO exactly: not even a NaN KL can leak in
+            loss = a.pg_weight * loss + beta * kd
         mode = "train" if self.model.training else "eval"
         self._kd_log(mode, m["kl_tokens"], mask, inputs["kd_weights"], beta, kd_loss=m["kd_loss"])
         return loss
