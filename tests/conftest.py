@@ -33,3 +33,12 @@ def tokenizer():
     from kdrl_mini.models import load_tokenizer
 
     return load_tokenizer(DATA / "models" / "student")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, restored after it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -69,7 +69,7 @@ def test_one_kdrl_step_through_kdrl_trainer(qwen_pair, tmp_path):
     from kdrl_mini.integrations.trl.launch import train_with_trl
 
     cfg = _cfg(qwen_pair, tmp_path, chat_template=True, prompt_suffix=" Compute.", micro_batch_size=1)
-    summary = train_with_trl(cfg, {"per_device_train_batch_size": 4}, rows=4, dump_weights=True)
+    summary = train_with_trl(cfg, rows=4, dump_weights=True)  # micro-batches of 1, accumulated over the step
     assert summary["steps"] == 1 and all(math.isfinite(k) for k in summary["kd_kl"])
     state = torch.load(tmp_path / "run" / "rank0.pt", weights_only=True)
     assert len(state) == 28 and all("lora_" in n for n in state)

@@ -27,11 +27,8 @@ STUDENT, TEACHER = str(ROOT / "data/models/student"), str(ROOT / "data/models/te
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test here on one thread (the TRL runs are small; two cores are shared)."""
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,8 @@ TINY = dict(group_size=4, prompts_per_step=2, max_new_tokens=16, eval_size=4, th
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """Every test here on one thread (the TRL runs are small; two cores are shared)."""
 
 
 def _rows(run):
