@@ -180,25 +180,29 @@ def token_logprobs(model, batch: Batch, return_logits: bool = False, temperature
 
 @torch.no_grad()
 def score_in_micro_batches(model, batch: Batch, micro_batch_size: int | None, keep_logits: bool = False,
-                           temperature: float = 1.0):
+                           temperature: float = 1.0, keep_hidden: bool = False):
     """``token_logprobs`` of a frozen model over the batch, ``micro_batch_size`` rows at a time.
 
-    Returns (logp [B, T], logits [B, T, V] or None). Only with ``keep_logits`` is a
-    vocabulary-sized tensor kept (needed for exact / top-k KL).
+    Returns (logp [B, T], kept): kept is the logits [B, T, V] with ``keep_logits`` (the only case with a
+    vocabulary-sized tensor), the final hidden states [B, T, H] with ``keep_hidden`` (as
+    :func:`score_groups`), else None.
     """
     B = batch.input_ids.shape[0]
     step = micro_batch_size or B
-    logps, logits = [], []
+    logps, kept = [], []
     for i in range(0, B, step):
         rows = batch.rows(slice(i, i + step))
         if keep_logits:
             lp, z = token_logprobs(model, rows, return_logits=True, temperature=temperature)
-            logits.append(z.float())
+            kept.append(z.float())
         else:  # through the token-chunked head: no [rows, T, V] tensor
-            lp = head_token_stats(model.get_output_embeddings(), completion_hidden(model, rows), rows.completion_ids,
-                                  temperature, with_entropy=False)[0]
+            h = completion_hidden(model, rows)
+            lp = head_token_stats(model.get_output_embeddings(), h, rows.completion_ids, temperature,
+                                  with_entropy=False)[0]
+            if keep_hidden:
+                kept.append(h)
         logps.append(lp)
-    return torch.cat(logps), (torch.cat(logits) if keep_logits else None)
+    return torch.cat(logps), (torch.cat(kept) if kept else None)
 
 
 def kv_cache(output):

@@ -86,6 +86,7 @@ def test_trainer_refuses_missing_teacher(tmp_path, world):
 # ------------------------------------------------------------------ parity with kdrl_mini.losses.kdrl_loss
 @pytest.mark.parametrize("loss_type, kl_kind, temperature", [
     ("dapo", "k2", 1.0), ("bnpo", "k3", 1.0), ("grpo", "k2", 0.7), ("dr_grpo", "k1", 1.0), ("dapo", "exact", 1.0),
+    ("grpo", "exact", 0.7),
 ])
 def test_loss_and_grads_equal_kdrl_loss(tmp_path, world, loss_type, kl_kind, temperature):
     tok, data, teacher = world
@@ -121,9 +122,12 @@ def test_loss_and_grads_equal_kdrl_loss(tmp_path, world, loss_type, kl_kind, tem
                             clip_eps=args.epsilon, loss_agg=LOSS_TYPE_TO_AGG[loss_type],
                             max_len=args.max_completion_length,
                             logits=logits.float() / temperature if full else None,
-                            teacher_logits=inputs.get("teacher_logits"))
+                            teacher_logits=completion_logits(teacher, batch).float() if full else None)
     loss_kit.backward()
     g_kit = [p.grad.clone() for p in params]
+    # exact / top-k: the teacher's hidden states are kept, never a [B, T, V] tensor
+    assert "teacher_logits" not in inputs
+    assert (inputs["teacher_hidden"].shape[-1] == teacher.config.hidden_size) if full else "teacher_hidden" not in inputs
 
     torch.testing.assert_close(loss_trl.detach(), loss_kit.detach(), rtol=1e-5, atol=1e-6)
     for a, b in zip(g_trl, g_kit):

@@ -229,3 +229,21 @@ def test_the_smoke_of_a_trl_preset_measures_each_phase(data_dir, tmp_path):
         assert len(run["steps"]) == 2 and all(math.isfinite(s["loss"]) and s["seconds"] > 0 for s in run["steps"])
         phases = set(run["steps"][-1]["peaks"])
         assert phases == ({"generate", "train"} if algorithm == "grpo" else {"generate", "teacher", "train"})
+
+
+@pytest.mark.parametrize("bad, why", [({"teacher_model": ["data/models/teacher", "data/models/student"]}, "mixture"),
+                                      ({"entropy_coef": 0.01}, "entropy bonus")])
+def test_exact_kl_on_trl_refuses_what_its_chunked_head_cannot_do(tmp_path, bad, why):
+    """The token-chunked exact KL keeps one teacher's hidden states and returns the entropy detached: a
+    mixture of teachers (a [B, T, V] distribution) and a differentiable entropy bonus are refused by name."""
+    cfg = load_config("kdrl", kl_kind="exact", **TINY)
+    args = config_from_train_config(cfg.replace(output_dir=str(tmp_path)), save_strategy="no",
+                                    **{k: v for k, v in bad.items() if k != "teacher_model"})
+    model, path = load_student_base(cfg, torch.device("cpu"))
+    from kdrl_mini import models
+
+    with pytest.raises(ValueError, match=f"KDRLConfig.kl_kind='exact'.*{why}"):
+        KDRLTrainer(model=model, reward_funcs=[correctness_reward_func], args=args,
+                    train_dataset=load_prompt_dataset("data/train.jsonl").select(range(8)),
+                    processing_class=models.load_tokenizer(path), peft_config=peft_config_for(cfg),
+                    teacher_model=bad.get("teacher_model", "data/models/teacher"))

@@ -144,8 +144,9 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
     padded prompt length (chat template + question + instruction). ``tflops`` (dense 16-bit
     tensor peak) and ``bandwidth_gbs`` of the card give a step-time estimate (NaN without them).
     ``vllm_bytes``: the run is on TRL with vLLM colocated (``--engine trl``), which takes that much while
-    it generates (freed while asleep) in place of HF ``generate``'s KV cache, and whose student forward
-    makes the micro-batch's [mb, T, V] logits (no token-chunked head).
+    it generates (freed while asleep) in place of HF ``generate``'s KV cache. TRL's student forward scores
+    through its fused LM head in tiles (k1/k2/k3) or through the kit's token-chunked head (exact / top-k),
+    so the other parts are the kit's.
     """
     s = student if isinstance(student, ModelShape) else ModelShape.from_config(student)
     t = teacher if isinstance(teacher, ModelShape) else ModelShape.from_config(teacher)
@@ -187,9 +188,8 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
              + layer_tmp(s, eval_rows, P) + 3 * eval_rows * s.vocab * 4, "eval", f"{eval_rows} rows"),
     ]
     if vllm_bytes is not None:
-        parts = [p for p in parts if p.group != "generate" and p.name != "student logits"] + [
-            Part("vLLM (colocated)", vllm_bytes, "generate", "its weights copy and KV cache, asleep outside generation"),
-            Part("student logits", mb * T * s.vocab * 10, "train", "TRL's forward: [mb, T, V] logits, fp32 copies")]
+        parts = [p for p in parts if p.group != "generate"] + [
+            Part("vLLM (colocated)", vllm_bytes, "generate", "its weights copy and KV cache, asleep outside generation")]
     est = MemoryEstimate(parts, detail={"student_params": s.parameters, "teacher_params": t.parameters,
                                         "trainable_params": lora, "rollouts": B, "micro_batch": mb,
                                         "sequence_length": L})

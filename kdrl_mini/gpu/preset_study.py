@@ -166,14 +166,14 @@ def memory_check(name: str, est: me.MemoryEstimate, cfg: TrainConfig, free_bytes
 
 def presets_table(use_source: bool = False) -> str:
     """Markdown: every preset with its pair, card and estimates (labelled as such)."""
-    rows = ["| preset | student (4-bit + LoRA) / teacher (8-bit) | card | new tokens | micro-batch, checkpointing | "
-            "est. peak GiB | est. s/step | est. study h (4 runs) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| preset | student (4-bit + LoRA) / teacher (8-bit) | card | engine | new tokens | micro-batch, "
+            "checkpointing | est. peak GiB | est. s/step | est. study h (4 runs) |", "|---|---|---|---|---|---|---|---|---|"]
     for name in preset_names():
         cfg, info = load_preset(name)
         est, _ = estimate_preset(cfg, info, use_source)
         variants, seeds = plan(cfg, info)
         rows.append(f"| {name} | {cfg.student_path} / {cfg.teacher_path} | {info.machine.name}, "
-                    f"{info.machine.memory_gib:g} GiB | {cfg.max_new_tokens} | {cfg.micro_batch_size}, "
+                    f"{info.machine.memory_gib:g} GiB | {info.engine} | {cfg.max_new_tokens} | {cfg.micro_batch_size}, "
                     f"{'on' if cfg.gradient_checkpointing else 'off'} | {est.total / me.GiB:.1f} | "
                     f"{est.step_seconds:.0f} | {wall_seconds(cfg, est, variants, seeds) / 3600:.1f} |")
     return "\n".join(rows)

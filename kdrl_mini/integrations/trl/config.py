@@ -54,7 +54,7 @@ class KDRLConfig(GRPOConfig):
         default=None,
         metadata={"help": "Completions per teacher forward (None: one group, num_generations). Below a group the "
                           "group's prompt is encoded once per piece. The head runs a chunk of tokens at a time, so "
-                          "no [rows, T, V] logits exist unless kl_kind is 'exact' or 'topk'."})
+                          "no [rows, T, V] logits exist."})
     pg_weight: float = field(
         default=1.0,
         metadata={"help": "Weight of TRL's policy-gradient loss. 1: KDRL (GRPO + kd_beta * KL); 0 with kd_beta=1: "
@@ -85,7 +85,8 @@ class KDRLConfig(GRPOConfig):
         default="k2",
         metadata={"help": "Per-token KL estimate: 'k1', 'k2' (the paper's choice in the loss: its gradient is the "
                           "reverse KL's), 'k3', 'exact' (full vocabulary sum) or 'topk' (student's top kl_top_k "
-                          "tokens). 'exact'/'topk' keep [B, T, V] teacher logits."})
+                          "tokens). 'exact'/'topk' keep the teacher's final hidden states [B, T, H] and rebuild both models' logits a "
+                          "chunk of tokens at a time (one teacher; a mixture needs k1/k2/k3)."})
     kl_top_k: int | None = field(default=None, metadata={"help": "k for kl_kind='topk'."})
     kl_mode: str = field(
         default="loss",

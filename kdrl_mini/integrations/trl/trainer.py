@@ -9,7 +9,7 @@ from ...kl import token_kl
 from ...losses import kd_mask, reverse_kl_loss
 from ...batch import Batch
 from ...schedules import annealed
-from ...scoring import logprobs_from_logits, score_groups, score_in_micro_batches
+from ...scoring import head_token_stats, score_groups, score_in_micro_batches
 from ...vocab import check_same_vocab, restrict_vocab, shared_vocab, vocab_size_of
 from ._common import GRPOTrainer
 from .config import KD_LOSS_TYPES, KDRLConfig, _refuse, mix_teacher_logps
@@ -50,8 +50,12 @@ class KDRLTrainer(GRPOTrainer):
         self.teacher_models = [self._load_teacher(t) for t in teachers]
         self.teacher_model = self.teacher_models[0]
         self._cut_to_shared_vocab()
-        if args.kl_kind in ("exact", "topk") and self.aux_loss_enabled:
-            _refuse("kl_kind", args.kl_kind, "full-vocabulary KL with a MoE router aux loss is not supported")
+        if args.kl_kind in ("exact", "topk") and len(teachers) > 1:
+            _refuse("kl_kind", args.kl_kind, "a mixture of teachers needs k1, k2 or k3 (its full distribution would "
+                    "be a [B, T, V] tensor)")
+        if args.kl_kind in ("exact", "topk") and (self.aux_loss_enabled or args.entropy_coef):
+            _refuse("kl_kind", args.kl_kind, "full-vocabulary KL with a MoE router aux loss or an entropy bonus "
+                    "(entropy_coef) is not supported: its token-chunked head returns the entropy detached")
         steps = args.kd_anneal_steps or max(args.max_steps, 1)
         self._kd_beta_at = annealed(args.kd_beta_schedule, args.kd_beta, args.kd_beta_end, steps)
         self._kd_capture: dict | None = None
@@ -115,7 +119,8 @@ class KDRLTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def score_teacher(self, prompt_ids, prompt_mask, completion_ids, completion_mask, group_size: int):
-        """Teacher log-probs [B, T] of the completions (and [B, T, V] logits for exact / top-k KL).
+        """(teacher log-probs [B, T] of the completions, its final hidden states [B, T, H_T] for exact / top-k KL
+        (the loss rebuilds its logits a chunk of tokens at a time) or None).
 
         Uses ``score_groups`` (each prompt encoded once) when this process holds whole, contiguous groups
         of identical prompts; else plain micro-batched scoring. Both are the kit's own functions. Several
@@ -123,21 +128,17 @@ class KDRLTrainer(GRPOTrainer):
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attn = torch.cat([prompt_mask, completion_mask], dim=1)
         batch = Batch(ids, attn, completion_mask.float(), prompt_ids.shape[1], [])
-        keep = self.args.kl_kind in ("exact", "topk")
+        full = self.args.kl_kind in ("exact", "topk")
         B, G = prompt_ids.shape[0], group_size
         whole = G > 1 and B % G == 0 and bool(
             (prompt_ids.view(B // G, G, -1) == prompt_ids[::G].unsqueeze(1)).all()
             and (prompt_mask.view(B // G, G, -1) == prompt_mask[::G].unsqueeze(1)).all())
         mb = self.args.teacher_batch_size or G  # one group per teacher forward unless told otherwise
-        scored = [score_groups(t, batch, G, mb, keep) if whole else score_in_micro_batches(t, batch, mb, keep)
-                  for t in self.teacher_models]
+        scored = [score_groups(t, batch, G, mb, keep_hidden=full) if whole
+                  else score_in_micro_batches(t, batch, mb, keep_hidden=full) for t in self.teacher_models]
         if len(scored) == 1:
             return scored[0]
-        w = self.args.teacher_weights
-        logp = mix_teacher_logps([lp for lp, _ in scored], w)
-        # full distributions: mix the normalised log-probs (valid logits of the mixture)
-        logits = mix_teacher_logps([torch.log_softmax(z, dim=-1) for _, z in scored], w) if keep else None
-        return logp, logits
+        return mix_teacher_logps([lp for lp, _ in scored], self.args.teacher_weights), None
 
     # -------------------------------------------------------------- rollout
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -158,11 +159,11 @@ class KDRLTrainer(GRPOTrainer):
         i = self.accelerator.process_index
         kd_w = kd_mask(rewards, G, a.kd_strategy, a.kd_threshold)[i * n:(i + 1) * n].to(out["advantages"].device)
         mask = self._kd_mask(out)
-        t_logp, t_logits = self.score_teacher(out["prompt_ids"], out["prompt_mask"], out["completion_ids"],
-                                              out["completion_mask"], G)
+        t_logp, kept = self.score_teacher(out["prompt_ids"], out["prompt_mask"], out["completion_ids"],
+                                          out["completion_mask"], G)
         out["teacher_per_token_logps"], out["kd_weights"] = t_logp, kd_w
-        if t_logits is not None:
-            out["teacher_logits"] = t_logits
+        if kept is not None:
+            out["teacher_hidden"] = kept
         if a.kl_mode == "reward":
             old = out.get("old_per_token_logps")
             if old is None:  # on-policy: pi_old is the model that just sampled
@@ -195,18 +196,29 @@ class KDRLTrainer(GRPOTrainer):
                      ("batch_size", "compute_entropy", "compute_aux_loss", "num_images", "num_tiles")]
             if args or extra:
                 _refuse("kl_kind", self.args.kl_kind, f"full-vocabulary KL supports text-only inputs (got {extra})")
-            with self.accelerator.autocast():
-                z = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep + 1,
-                          use_cache=False).logits[:, :-1].float() / self.temperature
-            logps = logprobs_from_logits(z, input_ids[:, -logits_to_keep:])
-            lsm = torch.log_softmax(z, dim=-1)  # differentiable: TRL's entropy bonus may use it
-            entropies = -(lsm.exp() * lsm).sum(-1)
-            cap["logps"], cap["logits"] = logps, z
-            return logps, entropies, None
+            return self._token_chunked_kl(model, input_ids, attention_mask, logits_to_keep, cap)
         logps, entropies, aux = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
         cap["logps"] = logps
         return logps, entropies, aux
+
+    def _token_chunked_kl(self, model, input_ids, attention_mask, logits_to_keep, cap):
+        """Exact / top-k KL against one teacher without [B, T, V] logits of either model: the student's final
+        hidden states (the forward runs through the wrapped model, so DDP sees it) go through
+        ``head_token_stats`` a chunk of tokens at a time, beside the teacher's logits rebuilt from its kept
+        hidden states; the per-token KL is differentiable (``cap["kl_values"]``)."""
+        a = self.args
+        with self.accelerator.autocast():
+            out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
+                        output_hidden_states=True, use_cache=False)
+            hidden = out.hidden_states[-1][:, -(logits_to_keep + 1):-1]  # the positions predicting the completion
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            logps, entropies, _, kl = head_token_stats(
+                head, hidden, input_ids[:, -logits_to_keep:], self.temperature,
+                ref_head=self.teacher_model.get_output_embeddings(), ref_hidden=cap["teacher_hidden"],
+                kl_kind=a.kl_kind, top_k=a.kl_top_k, with_kl=False)
+        cap["logps"], cap["kl_values"] = logps, kl
+        return logps, entropies, None
 
     def kd_token_weights(self, inputs, mask: torch.Tensor) -> torch.Tensor:
         """Per-token weights whose weighted sum reproduces TRL's normaliser for ``loss_type`` (incl. gradient
@@ -233,14 +245,14 @@ class KDRLTrainer(GRPOTrainer):
         a = self.args
         if a.kl_mode != "loss" or "teacher_per_token_logps" not in inputs:  # reward mode: the KL is in the advantages
             return super()._compute_loss(model, inputs)
-        self._kd_capture = {}
+        self._kd_capture = {"teacher_hidden": inputs.get("teacher_hidden")}
         try:
             loss = super()._compute_loss(model, inputs)
             cap = self._kd_capture
         finally:
             self._kd_capture = None
         mask = self._kd_mask(inputs)
-        kd, m = self.kd_term(cap["logps"], inputs, mask, cap.get("logits"))
+        kd, m = self.kd_term(cap["logps"], inputs, mask, cap.get("kl_values"))
         beta = self.kd_beta_now()
         if a.pg_weight == 0:  # KD-RKL: the distillation term alone (TRL's loss only gave the log-probs)
             loss = beta * kd
@@ -250,19 +262,17 @@ class KDRLTrainer(GRPOTrainer):
         self._kd_log(mode, m["kl_tokens"], mask, inputs["kd_weights"], beta, kd_loss=m["kd_loss"])
         return loss
 
-    def kd_term(self, logps, inputs, mask, logits=None):
-        """``reverse_kl_loss`` on TRL's per-token log-probs, aggregated like TRL's policy loss.
-        Returns (kd_loss, metrics) with metrics["kl_tokens"] the per-token KL (detached) for logging."""
+    def kd_term(self, logps, inputs, mask, kl_values=None):
+        """``reverse_kl_loss`` on TRL's per-token log-probs, aggregated like TRL's policy loss (``kl_values``:
+        the token-chunked exact / top-k KL per token). Returns (kd_loss, metrics) with metrics["kl_tokens"]
+        the per-token KL (detached) for logging."""
         a = self.args
-        kd, m = reverse_kl_loss(logps, inputs["teacher_per_token_logps"], mask, a.kl_kind, logits=logits,
-                                teacher_logits=inputs.get("teacher_logits"), top_k=a.kl_top_k,
-                                kd_weights=inputs["kd_weights"], weights=self.kd_token_weights(inputs, mask))
+        kd, m = reverse_kl_loss(logps, inputs["teacher_per_token_logps"], mask, a.kl_kind, top_k=a.kl_top_k,
+                                kd_weights=inputs["kd_weights"], weights=self.kd_token_weights(inputs, mask),
+                                kl_values=kl_values)
         with torch.no_grad():
-            t_logits = inputs.get("teacher_logits")
-            lp = None if logps is None else logps.detach()
-            m["kl_tokens"] = token_kl(a.kl_kind, lp, inputs["teacher_per_token_logps"],
-                                      None if logits is None else logits.detach(), ref_logits=t_logits,
-                                      top_k=a.kl_top_k)
+            m["kl_tokens"] = (kl_values.detach() if kl_values is not None
+                              else token_kl(a.kl_kind, logps.detach(), inputs["teacher_per_token_logps"]))
         return kd, m
 
     def _kd_log(self, mode, kl_tokens, mask, kd_w, beta, kd_loss=None):
