@@ -25,6 +25,7 @@ from ..trainer import Trainer
 from . import stats
 from .plots import forest_plot
 from .runner import collect, run_study
+from .tables import variant_table
 
 LAST_EVALS = 5
 THRESHOLD = 0.5
@@ -219,27 +220,7 @@ TABLE_METRICS = ("test_accuracy", "blind_accuracy", "ood_accuracy", "ood_control
 def table(records: list[dict], baseline: dict | None = None) -> str:
     """Markdown: mean ± 95% t-interval half-width over seeds per variant ("n/a" for one seed),
     with the untrained student's row first when ``baseline`` (its summary numbers) is given."""
-    head = "| variant | seeds | " + " | ".join(m.replace("_", " ") for m in TABLE_METRICS) + " |"
-    rows = [head, "|" + "---|" * (len(TABLE_METRICS) + 2)]
-    if baseline:
-        rows.append("| untrained student | - | " + " | ".join(
-            f"{baseline[m]:.3f}" if m in baseline else "—" for m in TABLE_METRICS) + " |")
-    names = [v for v in VARIANT_ORDER if any(r["variant"] == v for r in records)]
-    names += sorted({r["variant"] for r in records} - set(names))
-    for name in names:
-        rs = [r for r in records if r["variant"] == name]
-        cells = []
-        for m in TABLE_METRICS:
-            values = [r[m] for r in rs if m in r and r[m] == r[m]]
-            if not values:
-                cells.append("—")
-            elif len(values) < 2:
-                cells.append(f"{values[0]:.3f} ± n/a")
-            else:
-                mean, lo, hi = stats.t_interval(values, 0.95)
-                cells.append(f"{mean:.3f} ± {hi - mean:.3f}")
-        rows.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    return variant_table(records, TABLE_METRICS, VARIANT_ORDER, [("untrained student", baseline)] if baseline else [])
 
 
 def write_outputs(out: str | Path, records: list[dict], baseline: dict | None = None, claims=CLAIMS) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import stats
 from .plots import forest_plot
 from .reproduction import Claim, paired
+from .tables import variant_table
 
 SESOI, MARGIN = 0.05, 0.03               # accuracy (absolute)
 LENGTH_SESOI, LENGTH_MARGIN = 0.10, 0.06  # length (relative to the worse arm's mean)
@@ -106,24 +107,7 @@ VARIANT_ORDER = ("grpo", "kd-fkl", "kd-rkl", "kd-then-grpo", "kdrl", "kdrl-mask"
 def table(records: list[dict], untrained: dict, teacher: dict) -> str:
     """Markdown: mean ± 95% t-interval half-width over seeds per variant, the untrained student and
     the teacher first (one deterministic evaluation each)."""
-    rows = ["| variant | seeds | " + " | ".join(m.replace("_", " ") for m in TABLE_METRICS) + " |",
-            "|" + "---|" * (len(TABLE_METRICS) + 2)]
-    for name, fixed in (("untrained student", untrained), ("teacher", teacher)):
-        rows.append(f"| {name} | - | " + " | ".join(f"{fixed[m]:.3f}" if m in fixed else "—" for m in TABLE_METRICS)
-                    + " |")
-    names = [v for v in VARIANT_ORDER if any(r["variant"] == v for r in records)]
-    for name in names + sorted({r["variant"] for r in records} - set(names)):
-        rs = [r for r in records if r["variant"] == name]
-        cells = []
-        for m in TABLE_METRICS:
-            values = [r[m] for r in rs if m in r and r[m] == r[m]]
-            if len(values) < 2:
-                cells.append(f"{values[0]:.3f} ± n/a" if values else "—")
-            else:
-                mean, _, hi = stats.t_interval(values, 0.95)
-                cells.append(f"{mean:.3f} ± {hi - mean:.3f}")
-        rows.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    return variant_table(records, TABLE_METRICS, VARIANT_ORDER, [("untrained student", untrained), ("teacher", teacher)])
 
 
 def write_outputs(out: str | Path, records: list[dict], untrained: dict, teacher: dict) -> tuple[str, str]:
