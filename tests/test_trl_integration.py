@@ -193,7 +193,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_run(tmp_path):
+@pytest.mark.parametrize("kl_kind", ["k2", "exact"])  # exact: the token-chunked head beside DDP's forward
+def test_two_process_ddp_run(tmp_path, kl_kind):
     """accelerate launch, 2 processes, gloo DDP on CPU. In accelerate 1.15 `--cpu` always takes the single-process
     launcher (several CPU processes need mpirun); `--multi_gpu` on a machine without GPUs spawns the processes through
     torch.distributed.run and they pick gloo on CPU (the trainer sets use_cpu=True)."""
@@ -207,7 +208,7 @@ def test_two_process_ddp_run(tmp_path):
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            "-m", "kdrl_mini.integrations.trl",
-           "--max-steps", "2", "--output-dir", str(out), "--set", "group_size=4", "prompts_per_step=2",
+           "--max-steps", "2", "--output-dir", str(out), "--set", "group_size=4", "prompts_per_step=2", f"kl_kind={kl_kind}",
            "--rows", "64", "--dump-weights"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
