@@ -95,16 +95,18 @@ def test_micro_batches_accumulate_to_the_whole_batch_step(tmp_path):
     """micro_batch_size=2 trains the 8 rollouts of one generation in 4 accumulated pieces: the same update
     as one forward over all 8 (the KD term's normaliser follows TRL's through the accumulation)."""
     cfg = load_config("kdrl", max_steps=1, eval_every=0, checkpoint_every=0, eval_splits="test", **TINY)
-    weights = {}
+    weights, logged = {}, {}
     for mb in (None, 2):
         run = tmp_path / f"mb{mb}"
-        kit_run.train_run(cfg.replace(output_dir=str(run), micro_batch_size=mb), progress=False)
+        row = kit_run.train_run(cfg.replace(output_dir=str(run), micro_batch_size=mb), progress=False)[0]
+        logged[mb] = [row[k] for k in ("loss", "kd_loss", "kl", "entropy", "grad_norm")]
         from safetensors.torch import load_file
 
         weights[mb] = load_file(run / "adapter" / "adapter_model.safetensors")
     assert config_from_train_config(cfg.replace(micro_batch_size=2)).gradient_accumulation_steps == 4
     for k in weights[None]:
         torch.testing.assert_close(weights[2][k], weights[None][k], rtol=1e-4, atol=1e-6)
+    assert logged[2] == pytest.approx(logged[None], rel=1e-4)  # the step's numbers, not a micro-batch's
     with pytest.raises(ValueError, match="micro_batch_size=3"):
         config_from_train_config(cfg.replace(micro_batch_size=3))
 

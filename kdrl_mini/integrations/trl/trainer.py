@@ -285,5 +285,6 @@ class KDRLTrainer(GRPOTrainer):
         self._metrics[mode]["kd/kl"].append((totals[0] / count).item())
         self._metrics[mode]["kd/frac"].append((totals[1] / count).item())
         self._metrics[mode]["kd/beta"].append(float(beta))
-        if kd_loss is not None:
-            self._metrics[mode]["kd/loss"].append(self.accelerator.reduce(kd_loss.detach(), reduction="mean").item())
+        if kd_loss is not None:  # a micro-batch's share of the step's KD loss; TRL averages what a step appends
+            share = kd_loss.detach() * (self.current_gradient_accumulation_steps if mode == "train" else 1)
+            self._metrics[mode]["kd/loss"].append(self.accelerator.reduce(share, reduction="mean").item())
