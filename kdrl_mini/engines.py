@@ -12,11 +12,10 @@ ENGINES = ("kit", "trl")
 
 
 def train_run(cfg: TrainConfig, engine: str = "kit", resume: bool = False, overwrite: bool = False,
-              progress: bool = True, world=None) -> list[dict]:
-    """Train ``cfg`` into ``cfg.output_dir`` on ``engine``; returns the metric rows written. ``world`` (the
-    kit only) reuses loaded models and data."""
+              progress: bool = True) -> list[dict]:
+    """Train ``cfg`` into ``cfg.output_dir`` on ``engine``; returns the metric rows written."""
     if engine == "kit":
-        return Trainer(cfg, world).train(resume=resume, overwrite=overwrite, progress=progress)
+        return Trainer(cfg).train(resume=resume, overwrite=overwrite, progress=progress)
     if engine != "trl":
         raise ValueError(f"engine {engine!r}: choose one of {list(ENGINES)}")
     return trl_run()(cfg, resume=resume, overwrite=overwrite, progress=progress)

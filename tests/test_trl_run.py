@@ -86,6 +86,8 @@ def test_a_trl_run_writes_the_kits_run_folder_and_resumes_bit_for_bit(tmp_path, 
     assert latest_checkpoint(crashed).name == "checkpoint-2" and _rows(crashed)[-1]["step"] == 3
     with pytest.raises(ValueError, match="already holds a run"):
         kit_run.train_run(cfg.replace(output_dir=str(crashed)), progress=False)
+    with pytest.raises(ValueError, match=r"other settings for \['beta'\]"):
+        kit_run.train_run(cfg.replace(output_dir=str(crashed), beta=0.5), resume=True, progress=False)
     kit_run.train_run(cfg.replace(output_dir=str(crashed)), resume=True, progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "step_time"} for r in rs]  # noqa: E731
     assert json.dumps(strip(_rows(crashed))) == json.dumps(strip(rows))

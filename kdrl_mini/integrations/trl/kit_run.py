@@ -124,6 +124,17 @@ class MeasuredTrainer(KDRLTrainer):
         return scored
 
 
+def check_resumable(saved: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run whose ``config.yaml`` holds other settings than ``cfg`` (beyond
+    ``RESUMABLE_CHANGES``, as the kit's trainer does)."""
+    before = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
+    changed = sorted(k for k, v in cfg.to_dict().items()
+                     if k in before and k not in checkpoints.RESUMABLE_CHANGES and before[k] != v)
+    if changed:
+        raise ValueError(f"--resume: {saved} was written with other settings for {changed}; resume with the run's "
+                         f"own config or start a new --output-dir")
+
+
 def checkpoint_step(path: Path | None) -> int:
     """The step of TRL's ``checkpoint-<step>`` folder (0 for none)."""
     return 0 if path is None else int(path.name[len(folder.TRL_CHECKPOINT):])
@@ -145,6 +156,8 @@ def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, p
         ckpt = folder.latest_checkpoint(out) if resume else None
         if ckpt is not None and ckpt.is_file():
             raise ValueError(f"{ckpt} is a checkpoint of the kit's trainer; resume this run with --engine kit")
+        if ckpt is not None:
+            check_resumable(out / "config.yaml", cfg)
         metrics.truncate_metrics(out / "metrics.jsonl", checkpoint_step(ckpt))
         with checkpoints.writing(out / "config.yaml"):
             (out / "config.yaml").write_text(f"# code: {code_version()}\n# engine: trl\n"
