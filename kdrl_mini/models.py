@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def pick_device(device: str | None = None) -> torch.device:
     elif dev.type not in ("cpu", "mps"):
         raise ValueError(f"device {device!r} is not supported by the kit; set device: cpu, cuda or cuda:N")
     return dev
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """The context every forward runs in: ``torch.autocast`` to ``dtype`` (bf16 / fp16), or nothing for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
 
 def compute_dtype(name: str = "auto", device=None) -> torch.dtype:

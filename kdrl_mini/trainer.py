@@ -15,7 +15,7 @@ tensors between the models and those functions. Run folder: ``config.yaml``, ``m
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -227,7 +227,7 @@ class Trainer:
         """Every forward (sampling, teacher scoring, old log-probs, training, evaluation) in the compute
         dtype: bf16, or fp16 with loss scaling, on CUDA; none on CPU (fp32), where a test may set
         ``trainer.dtype = torch.bfloat16`` to stand in for CUDA."""
-        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        return models.autocast(self.device, self.dtype)
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()

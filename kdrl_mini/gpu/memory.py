@@ -170,10 +170,11 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
         Part("rollout tensors", B * L * 8 * 4, "always", "ids, masks, log-probs [B, L]"),
         Part("teacher hidden kept", B * T * t.hidden * db if keep_teacher_hidden else 0, "always",
              "exact/top-k KL: [B, T, H], its logits rebuilt a chunk of tokens at a time"),
-        # generate: G x prompts_per_step sequences at once
-        Part("KV cache (rollout)", B * L * s.kv_bytes_per_token(db), "generate", f"{B} x {L} tokens"),
-        Part("prefill + sampling", layer_tmp(s, B, P) + 3 * B * s.vocab * 4, "generate",
-             "one block's temporaries over the prompts; last-token logits"),
+        # generate: G x prompts_per_step sequences at once (HF generate), or vLLM's share of the card
+        *([Part("KV cache (rollout)", B * L * s.kv_bytes_per_token(db), "generate", f"{B} x {L} tokens"),
+           Part("prefill + sampling", layer_tmp(s, B, P) + 3 * B * s.vocab * 4, "generate",
+                "one block's temporaries over the prompts; last-token logits")] if vllm_bytes is None else
+          [Part("vLLM (colocated)", vllm_bytes, "generate", "its weights copy and KV cache, asleep outside generation")]),
         # teacher: one micro-batch (whole groups), no gradients
         Part("teacher KV + temporaries", teacher_rows * L * t.kv_bytes_per_token(db) + layer_tmp(t, teacher_rows, L),
              "teacher", f"{teacher_rows} rows"),
@@ -187,9 +188,6 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
         Part("KV cache (eval)", eval_rows * (L + cfg.eval_extra_tokens) * s.kv_bytes_per_token(db)
              + layer_tmp(s, eval_rows, P) + 3 * eval_rows * s.vocab * 4, "eval", f"{eval_rows} rows"),
     ]
-    if vllm_bytes is not None:
-        parts = [p for p in parts if p.group != "generate"] + [
-            Part("vLLM (colocated)", vllm_bytes, "generate", "its weights copy and KV cache, asleep outside generation")]
     est = MemoryEstimate(parts, detail={"student_params": s.parameters, "teacher_params": t.parameters,
                                         "trainable_params": lora, "rollouts": B, "micro_batch": mb,
                                         "sequence_length": L})

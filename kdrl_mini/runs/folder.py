@@ -31,7 +31,12 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     if (folder / "checkpoint.pt").is_file():
         return folder / "checkpoint.pt"
     found = [p for p in folder.glob(TRL_CHECKPOINT + "*") if p.is_dir() and p.name[len(TRL_CHECKPOINT):].isdigit()]
-    return max(found, key=lambda p: int(p.name[len(TRL_CHECKPOINT):]), default=None)
+    return max(found, key=checkpoint_step, default=None)
+
+
+def checkpoint_step(path: Path | None) -> int:
+    """The step of TRL's ``checkpoint-<step>`` folder (0 for none)."""
+    return 0 if path is None else int(path.name[len(TRL_CHECKPOINT):])
 
 
 def remove_checkpoints(folder: str | Path) -> None:

@@ -109,7 +109,7 @@ class KDRLConfig(GRPOConfig):
     @property
     def teacher_unused(self) -> bool:
         """True when the teacher would only feed a metric that is switched off (GRPO without kd/kl)."""
-        return self.kd_beta == 0 and not self.kd_beta_end and self.pg_weight > 0 and not self.log_teacher_kl
+        return self.kd_beta == 0 and not self.kd_beta_end and not self.log_teacher_kl  # pg_weight 0 needs kd_beta > 0
 
     def validate_kd(self) -> None:
         """Refuse unsupported combinations with a ValueError naming the field."""

@@ -15,8 +15,6 @@ runner, its summaries and the plots read it as they read a run of the kit's own 
 
 from __future__ import annotations
 
-import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -31,7 +29,8 @@ from ...runs.loading import load_data
 from ...tasks.files import EVAL_SPLITS
 from ...trainer import evaluate_split
 from ...utils import code_version
-from .launch import config_from_train_config, load_student_base, peft_config_for, prompt_dataset, reward_funcs_for
+from .launch import (config_from_train_config, load_student_base, peft_config_for, process_device, prompt_dataset,
+                     reward_funcs_for)
 from .trainer import KDRLTrainer
 
 FROM_TRL = {  # the kit's training metric <- TRL's log key
@@ -74,9 +73,7 @@ class KitMetrics(TrainerCallback):
         last = step == cfg.max_steps
         if (cfg.eval_every and step % cfg.eval_every == 0) or last:
             training = model.training
-            device = next(model.parameters()).device
-            cast = torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
-            with cast:
+            with models.autocast(next(model.parameters()).device, self.dtype):
                 for split in self.eval_splits:
                     n = cfg.final_eval_size if last else None
                     self.write(evaluate_split(model, self.tokenizer, cfg, self.splits, split, step, n))
@@ -135,11 +132,6 @@ def check_resumable(saved: Path, cfg: TrainConfig) -> None:
                          f"own config or start a new --output-dir")
 
 
-def checkpoint_step(path: Path | None) -> int:
-    """The step of TRL's ``checkpoint-<step>`` folder (0 for none)."""
-    return 0 if path is None else int(path.name[len(folder.TRL_CHECKPOINT):])
-
-
 def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
               measured: list | None = None) -> list[dict]:
     """Train ``cfg`` (grpo, kd-rkl or kdrl) through :class:`KDRLTrainer` into ``cfg.output_dir`` as the kit's
@@ -158,11 +150,11 @@ def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, p
             raise ValueError(f"{ckpt} is a checkpoint of the kit's trainer; resume this run with --engine kit")
         if ckpt is not None:
             check_resumable(out / "config.yaml", cfg)
-        metrics.truncate_metrics(out / "metrics.jsonl", checkpoint_step(ckpt))
+        metrics.truncate_metrics(out / "metrics.jsonl", folder.checkpoint_step(ckpt))
         with checkpoints.writing(out / "config.yaml"):
             (out / "config.yaml").write_text(f"# code: {code_version()}\n# engine: trl\n"
                                              + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        device = torch.device("cpu") if kd_args.use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = process_device(kd_args)
         torch.manual_seed(cfg.seed)  # the LoRA initialisation, as the kit seeds it
         model, _ = load_student_base(cfg, device)
         kd_args.teacher_model_name_or_path = str(model_source.resolve_model(cfg.teacher_path, "teacher"))

@@ -71,6 +71,11 @@ def config_from_train_config(cfg, **overrides) -> KDRLConfig:
     return KDRLConfig(**kw)
 
 
+def process_device(kd_args: KDRLConfig) -> torch.device:
+    """This process's device: the CPU, or the CUDA card of its local rank (``accelerate launch``)."""
+    return torch.device("cpu") if kd_args.use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def vllm_settings(cuda: bool, available: bool | None = None) -> dict:
     """vLLM colocated in the training process when it is installed and a GPU is there (rollouts and
     evaluation at vLLM's speed, weights synced each step by TRL); HF ``generate`` otherwise."""
@@ -167,7 +172,7 @@ def train_with_trl(cfg, kd_overrides: dict | None = None, rows: int | None = Non
     Returns this rank's summary (rank, world_size, steps, per-step kd/kl, kd/beta, reward, loss). With
     ``dump_weights`` each rank also writes ``rank<i>.pt`` (trainable weights) and ``rank<i>.json``."""
     kd_args = config_from_train_config(cfg, **(kd_overrides or {}))
-    device = torch.device("cpu") if kd_args.use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    device = process_device(kd_args)
     model, path = load_student_base(cfg, device)
     tok = models.load_tokenizer(path)
     data = prompt_dataset_for(cfg, tok, rows)
