@@ -76,10 +76,9 @@ def _kit_runs(cfg, out: Path, steps: int, algorithms):
     """(algorithm, measurements) of each algorithm on the kit's trainer; teacher and data loaded once."""
     world = load_world(cfg)
     vocab = getattr(world.student, "kdrl_vocab", None)
-    first = True
-    for algorithm in algorithms:
+    for i, algorithm in enumerate(algorithms):
         run_cfg = cfg.replace(algorithm=algorithm, output_dir=str(out / algorithm))
-        if not first:  # a fresh student per algorithm; the teacher and data are shared
+        if i:  # a fresh student per algorithm; the teacher and data are shared
             world = dataclasses.replace(world, student=None)
             gc.collect()
             if torch.cuda.is_available():
@@ -93,7 +92,6 @@ def _kit_runs(cfg, out: Path, steps: int, algorithms):
             rows.append({"step": trainer.step, "seconds": row["step_time"], "loss": row["loss"],
                          "skipped": row["skipped"], "laps": dict(trainer.laps.laps),
                          "peaks": {LAP_PHASE[k]: v for k, v in trainer.laps.peaks.items()}})
-        first = False
         yield algorithm, {"steps": rows, "eval": _measured_eval(trainer)}
         world = trainer.world
 
