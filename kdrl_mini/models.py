@@ -229,8 +229,18 @@ def prepare_kbit_student(model, gradient_checkpointing: bool = False):
     for p in model.parameters():
         p.requires_grad_(False)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     return model
+
+
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing, through the name transformers supports: 5.25 renamed
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old name warns);
+    older releases only have the old name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def load_student(path: str | Path, quantization: str = "4bit", lora: LoraSpec | None = LoraSpec(),
@@ -253,7 +263,7 @@ def load_student(path: str | Path, quantization: str = "4bit", lora: LoraSpec | 
         if pick_device(device).type == "cpu":
             disable_cpu_4bit_repacking(model)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.enable_input_require_grads()
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules, task_type="CAUSAL_LM",

@@ -58,15 +58,29 @@ def seed_everything(seed: int = 0, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+# Libraries whose notices are about their own next release (deprecations, renamed arguments) or their
+# optional hub kernels, never about the kit's results. `quiet` hides those notices and their loggers'
+# chatter below ERROR; a UserWarning, an error or an exception still shows (and fails a checked cell).
+LIBRARIES = ("transformers", "peft", "trl", "accelerate", "datasets", "huggingface_hub", "bitsandbytes",
+             "kernels", "tokenizers")
+_LIBRARY_MODULES = r"(%s)(\..*)?$" % "|".join(LIBRARIES)
+
+
 def quiet() -> None:
-    """Hide library chatter that is not a real problem (progress bars of weight loading,
-    bitsandbytes' per-call dtype notices, a deprecation inside peft); real errors still show."""
+    """Hide library chatter that is not a real problem, in one place for the CLI, notebooks and tests:
+    deprecation and future-release notices raised inside the libraries above (e.g. transformers 5.25's
+    ``is_gradient_checkpointing`` notice that peft triggers), their INFO/WARNING log lines (weight-loading
+    progress bars, bitsandbytes' per-call dtype notices and its offline "Failed to load ... from
+    kernels-community" line) and tqdm's "IProgress not found". Real errors still show."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=_LIBRARY_MODULES)
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 
 
 def set_threads(threads: int | None, device=None) -> None:
