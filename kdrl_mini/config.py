@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .advantages import ADV_SCALES
+from .algorithms import ALGORITHMS as STAGES
 from .config_types import check_types
 from .kl import TOKEN_KL_KINDS
 from .losses import KD_STRATEGIES, LOSS_AGGS
@@ -29,8 +30,8 @@ from .rewards import CHECKERS
 from .schedules import SCHEDULES, warmup_cosine
 from .tasks.files import KNOWN_SPLITS
 
-ALGORITHMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl", "kd-then-grpo")
-TRL_ALGORITHMS = ("grpo", "kd-rkl", "kdrl")  # what --engine trl runs (kdrl_mini.integrations.trl.kit_run)
+ALGORITHMS = (*STAGES, "kd-then-grpo")  # one record each (kdrl_mini.algorithms); kd-then-grpo chains two
+TRL_ALGORITHMS = tuple(name for name, a in STAGES.items() if a.on_trl)  # what --engine trl runs
 VLLM_MEMORY_SHARE = 0.3  # --engine trl on a GPU: the card's share vLLM (colocated) takes while it generates
 KL_KINDS = TOKEN_KL_KINDS
 # "loss": a differentiable KL term; "reward": per-token log-ratio added to the advantages after
@@ -96,6 +97,7 @@ class TrainConfig:
     ref_beta: float = 0.0                   # GRPO's k3 KL to the reference (the initial student: LoRA disabled)
     dynamic_sampling: bool = False          # GRPO: drop groups whose rewards are all equal from the loss
     overlong_cache: int = 0                 # DAPO's soft overlong ramp over the last N tokens; 0 = off
+    mask_truncated_completions: bool = False  # DAPO's overlong filtering: cut-off responses leave the RL loss
     # KD / KDRL
     beta: float = 0.05                      # KL coefficient (start value when annealed)
     beta_end: float | None = None           # floor of an annealing schedule
@@ -210,8 +212,8 @@ class TrainConfig:
         return self.sequential_kd if step < self.switch() else "grpo"
 
     def sampling_at(self, step: int) -> tuple[int, int]:
-        """(prompts per step, responses per prompt) at 0-based ``step``: KD-FKL's own when set."""
-        if self.algorithm_at(step) == "kd-fkl":
+        """(prompts per step, responses per prompt) at 0-based ``step``: KD-FKL's own (teacher samples) when set."""
+        if STAGES[self.algorithm_at(step)].teacher_samples:
             return (self.kd_fkl_prompts_per_step or self.prompts_per_step, self.kd_fkl_group_size or self.group_size)
         return self.prompts_per_step, self.group_size
 

@@ -13,8 +13,9 @@ import math
 
 import torch
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-TOKEN_KL_KINDS = KL_ESTIMATORS + ("exact", "topk")
+KL_ESTIMATORS = ("k1", "k2", "k3")          # need only the sampled tokens' log-probs
+FULL_VOCAB_KINDS = ("exact", "topk")         # sum over the vocabulary: need both models' logits
+TOKEN_KL_KINDS = KL_ESTIMATORS + FULL_VOCAB_KINDS
 # Below this log-ratio k3 continues along its tangent line (see kl_estimate): e^{-d} would
 # overflow float32 at d <= -88.7, and its square (in a gradient norm) already at d <= -44.
 K3_LINEAR_BELOW = -30.0
@@ -181,7 +182,7 @@ def token_kl(
     """
     if kind in KL_ESTIMATORS:
         return kl_estimate(logp, ref_logp, kind)
-    if kind not in ("exact", "topk"):
+    if kind not in FULL_VOCAB_KINDS:
         raise ValueError(f"unknown KL kind {kind!r}: choose one of {', '.join(TOKEN_KL_KINDS)}")
     if logits is None or ref_logits is None:
         raise ValueError(

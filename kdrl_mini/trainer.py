@@ -4,12 +4,14 @@ One step, for every algorithm::
 
     rollout = collect(prompts)        # sample, reward, teacher log-probs, advantages: once
     for each PPO epoch:
-        for each micro-batch:         # student forward, LOSSES[algorithm], backward
+        for each micro-batch:         # student forward, the algorithm's loss, backward
         clip gradients, optimiser step (skipped if anything is non-finite)
     one metrics row (kdrl_mini.runs.metrics schema)
 
-The math lives in :mod:`kdrl_mini.losses` and :mod:`kdrl_mini.advantages`; this file moves
-tensors between the models and those functions. Run folder: ``config.yaml``, ``metrics.jsonl``,
+The math lives in :mod:`kdrl_mini.losses` and :mod:`kdrl_mini.advantages`; what each algorithm does
+(who samples, whether the teacher scores, which loss) is its record in :mod:`kdrl_mini.algorithms`,
+whose fields this file reads: it never names an algorithm. It moves tensors between the models and
+those functions. Run folder: ``config.yaml``, ``metrics.jsonl``,
 ``checkpoint.pt`` (latest state) and ``adapter/`` (final trainable weights).
 """
 
@@ -19,22 +21,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from . import models
 from .advantages import group_advantages, informative_groups, sequence_kl_rewards
+from .algorithms import ALGORITHMS, Algorithm, LossInputs, Rollout
 from .config import TrainConfig
-from .loss_table import LOSSES, Rollout
+from .kl import FULL_VOCAB_KINDS
 from .losses import kd_mask, token_weights
 from .rewards import batch_rewards, overlong_penalty
-from .rollout import format_prompts, greedy_eval, sample
+from .evaluation import evaluate_split
+from .rollout import format_prompts, sample
 from .runs import checkpoints, folder, metrics
 from .runs.loading import PromptSampler, World, load_world
 from .sampling_copy import RolloutPolicy
 from .schedules import annealed
 from .scoring import score_groups, student_token_stats
-from .utils import code_version, set_threads
+from .utils import set_threads
 from .vocab import vocab_size_of
 
 
@@ -66,6 +69,7 @@ class Trainer:
         self.step, self.bad_steps = 0, 0
         self.track_memory = False  # peak memory per phase in self.laps.peaks (kdrl_mini.gpu.smoke)
         self.exact_kl_wanted = self._resolve_log_exact_kl()
+        self.loss_inputs = LossInputs.of(cfg)
         self.eval_splits = cfg.eval_split_names() or self.world.eval_splits
         use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
         self.rollout_policy = RolloutPolicy(self.world.student, self.world.teacher, use_copy and cfg.lora_r > 0)
@@ -76,21 +80,25 @@ class Trainer:
         return self.cfg.algorithm_at(self.step)
 
     @property
-    def log_exact_kl(self) -> bool:  # on the student's own samples only
-        return self.phase != "kd-fkl" and self.exact_kl_wanted
+    def algo(self) -> Algorithm:
+        """The current step's algorithm record (:data:`kdrl_mini.algorithms.ALGORITHMS`)."""
+        return ALGORITHMS[self.phase]
 
-    def _resolve_log_exact_kl(self) -> bool:
-        if self.cfg.log_exact_kl is not None:
-            return self.cfg.log_exact_kl
+    @property
+    def log_exact_kl(self) -> bool:  # on the student's own samples only
+        return not self.algo.teacher_samples and self.exact_kl_wanted
+
+    def _resolve_log_exact_kl(self) -> bool:  # None: when one step's [B, T, V] would be small
         c = self.cfg
-        return c.prompts_per_step * c.group_size * c.max_new_tokens * vocab_size_of(self.world.teacher) <= 2**24
+        small = c.prompts_per_step * c.group_size * c.max_new_tokens * vocab_size_of(self.world.teacher) <= 2**24
+        return small if c.log_exact_kl is None else c.log_exact_kl
 
     # ---------------------------------------------------------------- one step
     @contextmanager
     def sampling_policy(self, training: bool = True):
         """The model to sample from: the teacher for KD-FKL's rollouts, else the student
         (:class:`~kdrl_mini.sampling_copy.RolloutPolicy`)."""
-        if training and self.phase == "kd-fkl":
+        if training and self.algo.teacher_samples:
             yield self.rollout_policy.teacher_policy()
         else:
             with self.rollout_policy.student_policy() as policy:
@@ -98,9 +106,9 @@ class Trainer:
 
     def collect(self, rows: list[dict], beta: float, laps: metrics.Laps) -> Rollout:
         """Sample G responses per prompt, score rewards and (if needed) teacher log-probs, form advantages."""
-        cfg, w, phase = self.cfg, self.world, self.phase
+        cfg, w, algo = self.cfg, self.world, self.algo
         G = cfg.sampling_at(self.step)[1]
-        in_loss = phase in ("kd-rkl", "kdrl")
+        in_loss = algo.teacher_scores
         prompts = format_prompts(w.tokenizer, [r["prompt"] for r in rows], cfg.chat_template, cfg.prompt_suffix)
         answers = [r["answer"] for r in rows for _ in range(G)]
         with self.sampling_policy() as policy, self._autocast():
@@ -111,34 +119,38 @@ class Trainer:
         laps("rollout")
         teacher_logp, teacher_hidden = None, None
         if in_loss or self.log_exact_kl:
-            keep = self.log_exact_kl or (in_loss and cfg.kl_kind in ("exact", "topk"))
+            keep = self.log_exact_kl or (in_loss and cfg.kl_kind in FULL_VOCAB_KINDS)
             with self._autocast():  # kept: the teacher's hidden states, its logits rebuilt chunk by chunk
                 teacher_logp, teacher_hidden = score_groups(w.teacher, batch, G, cfg.micro_batch_size, keep_hidden=keep)
         laps("teacher")
+        seq_kl = algo.kl_in_reward and cfg.kl_mode == "reward-seq"
         old_logp = None
-        if cfg.ppo_epochs > 1 or (phase == "kdrl" and cfg.kl_mode == "reward-seq"):
+        if cfg.ppo_epochs > 1 or seq_kl:
             old_logp = self.frozen_logprobs(batch)  # the training forward itself: the first epoch's ratio is exactly 1
-        kd_w = kd_mask(rewards, G, cfg.kd_strategy if phase == "kdrl" else "all", cfg.kd_threshold)
-        if cfg.overlong_cache and phase in ("grpo", "kdrl"):  # DAPO's length ramp; KD masks keep raw rewards
+        kd_w = kd_mask(rewards, G, cfg.kd_strategy if algo.kd_mask else "all", cfg.kd_threshold)
+        if cfg.overlong_cache and algo.rewarded:  # DAPO's length ramp; KD masks keep raw rewards
             rewards = rewards + overlong_penalty(batch.completion_mask.sum(1), batch.truncated,
                                                  cfg.max_new_tokens, cfg.overlong_cache)
         shaped = rewards
-        if phase == "kdrl" and cfg.kl_mode == "reward-seq":
+        if seq_kl:
             shaped = sequence_kl_rewards(rewards, beta=beta, teacher_logp=teacher_logp, old_logp=old_logp,
                                          mask=batch.completion_mask, kd_weights=kd_w)
         advantages = group_advantages(shaped, G, cfg.adv_scale)
         kept = batch.completion_mask
-        if cfg.dynamic_sampling and phase == "grpo":  # all-equal groups leave the loss and its normaliser
+        if cfg.dynamic_sampling and algo.drops_flat_groups:  # all-equal groups leave the loss and its normaliser
             kept = kept * informative_groups(rewards, G).unsqueeze(-1).to(kept.dtype)
+        if cfg.mask_truncated_completions and algo.rewarded:  # DAPO's overlong filtering: cut-off answers leave
+            kept = kept * (~batch.truncated).unsqueeze(-1).to(kept.dtype)  # the loss (still in their group's mean)
         weights = token_weights(kept, cfg.loss_agg, cfg.max_new_tokens)
-        return Rollout(batch, rewards, correct, advantages, kd_w, weights, old_logp, teacher_logp, teacher_hidden,
-                       self.reference_logprobs(batch) if phase == "grpo" and cfg.ref_beta > 0 else None)
+        ref_logp = self.reference_logprobs(batch) if algo.reference_kl and cfg.ref_beta > 0 else None
+        return Rollout(batch=batch, rewards=rewards, correct=correct, advantages=advantages, kd_weights=kd_w,
+                       weights=weights, old_logp=old_logp, teacher_logp=teacher_logp, teacher_hidden=teacher_hidden,
+                       ref_logp=ref_logp)
 
     def micro_step(self, ro: Rollout, beta: float) -> dict[str, torch.Tensor]:
         """Student forward, loss, backward on one micro-batch; returns summable statistics."""
-        cfg = self.cfg
         logp, loss_kl, stats = self.student_logprobs(ro.batch, ro.teacher_hidden)
-        loss, m = LOSSES[self.phase](ro, logp, loss_kl, cfg, beta)
+        loss, m = self.algo.loss(ro, logp, self.loss_inputs.at(beta, loss_kl))
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         n = ro.mask.sum()
         out = {k: (v if k in metrics.SUMMED else v * n) for k, v in m.items() if k in metrics.TRAIN_KEYS}
@@ -166,7 +178,7 @@ class Trainer:
         None); and the position sums of entropy and exact KL. Old log-probs and the training forward
         both come from here, so pi_old equals pi_theta bit for bit on the first epoch."""
         cfg = self.cfg
-        full = teacher_hidden is not None and self.phase in ("kd-rkl", "kdrl") and cfg.kl_kind in ("exact", "topk")
+        full = teacher_hidden is not None and self.algo.teacher_scores and cfg.kl_kind in FULL_VOCAB_KINDS
         with self._autocast():
             logp, ent, kl, loss_kl = student_token_stats(
                 self.world.student, batch, cfg.temperature, self.world.teacher if teacher_hidden is not None else None,
@@ -199,7 +211,7 @@ class Trainer:
             skipped = self._guarded_update(sums["loss"], grad_norm)
         laps("train")
         self.step += 1
-        return metrics.step_row(ro, sums, self.cfg.algorithm_at(self.step - 1), self.step, self.cfg.ppo_epochs,
+        return metrics.step_row(ro, sums, ALGORITHMS[cfg.algorithm_at(self.step - 1)], self.step, cfg.ppo_epochs,
                                 beta=beta, grad_norm=grad_norm, skipped=skipped, laps=laps)
 
     def _guarded_update(self, loss, grad_norm) -> bool:
@@ -259,42 +271,25 @@ class Trainer:
             self.load_checkpoint()
         else:
             torch.manual_seed(cfg.seed)
-        with checkpoints.writing(self.out / "config.yaml"):
-            header = f"# code: {code_version()}\n"  # the commit this run's code came from
-            (self.out / "config.yaml").write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        folder.write_config(self.out, cfg)
         log = []
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.algorithm, disable=not progress)
-        with checkpoints.writing(self.out / "metrics.jsonl"):
-            f = open(self.out / "metrics.jsonl", "a")
-        with f:
-            def write(row):  # a full disk: one line naming metrics.jsonl (checkpoint.pt stays the last good one)
-                log.append(row)
-                with checkpoints.writing(self.out / "metrics.jsonl"):
-                    f.write(metrics.json_line(row))
-                    f.flush()
 
-            while self.step < cfg.max_steps:
-                row = self.train_step()
-                write(row)
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", reward=f"{row['reward']:.2f}")
-                last = self.step == cfg.max_steps
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
-                    for split in self.eval_splits:
-                        write(self.evaluate(split, cfg.final_eval_size if last else None))
-                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
-                    self.save_checkpoint()
+        def write(row):
+            log.append(row)
+            metrics.append_row(self.out / "metrics.jsonl", row)
+
+        while self.step < cfg.max_steps:
+            row = self.train_step()
+            write(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", reward=f"{row['reward']:.2f}")
+            last = self.step == cfg.max_steps
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                for split in self.eval_splits:
+                    write(self.evaluate(split, cfg.final_eval_size if last else None))
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
+                self.save_checkpoint()
         bar.close()
         checkpoints.save_final(self.world.student, self.out)
         return log
-
-
-@torch.no_grad()
-def evaluate_split(model, tokenizer, cfg: TrainConfig, splits: dict, split: str, step: int, n: int | None = None) -> dict:
-    """The eval row of ``split`` after ``step`` steps: greedy accuracy, length and truncation of ``model`` on
-    its first ``n`` rows (None: ``cfg.eval_size``) at its budget (``"test@64"``: ``test`` at 64 new tokens)."""
-    name, budget = cfg.eval_budget(split)
-    r = greedy_eval(model, tokenizer, splits[name][: n or cfg.eval_size], max_new_tokens=budget,
-                    batch_size=cfg.eval_batch_size, chat_template=cfg.chat_template, suffix=cfg.prompt_suffix,
-                    checker=cfg.answer_checker)
-    return metrics.eval_row(step, split, r)

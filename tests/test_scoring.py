@@ -169,7 +169,7 @@ def test_loss_path_keeps_every_tensor_on_the_model_device():
     from kdrl_mini.config import TrainConfig
     from kdrl_mini.losses import kd_mask, token_weights
     from kdrl_mini.rewards import batch_rewards
-    from kdrl_mini.loss_table import LOSSES, Rollout
+    from kdrl_mini.algorithms import ALGORITHMS, LossInputs, Rollout
 
     meta, B, P, T, G = torch.device("meta"), 8, 3, 5, 4
     rewards = batch_rewards(["#### 1"] * B, ["1"] * B, device=meta)
@@ -186,9 +186,9 @@ def test_loss_path_keeps_every_tensor_on_the_model_device():
         kd_w = kd_mask(rewards, G, cfg.kd_strategy)
         shaped = sequence_kl_rewards(rewards, 0.1, teacher_logp, teacher_logp, mask=mask, kd_weights=kd_w)
         adv = group_advantages(shaped, G)
-        ro = Rollout(batch, rewards, rewards, adv, kd_w, token_weights(mask, cfg.loss_agg, T), None, teacher_logp,
-                     teacher_hidden)
-        loss, metrics = LOSSES[algorithm](ro, logp, loss_kl, cfg, 0.1)
+        ro = Rollout(batch=batch, rewards=rewards, correct=rewards, advantages=adv, kd_weights=kd_w,
+                     weights=token_weights(mask, cfg.loss_agg, T), teacher_logp=teacher_logp, teacher_hidden=teacher_hidden)
+        loss, metrics = ALGORITHMS[algorithm].loss(ro, logp, LossInputs.of(cfg).at(0.1, loss_kl))
         assert loss.device == meta and all(v.device == meta for v in metrics.values()), algorithm
 
 

@@ -1,5 +1,6 @@
 """Short real runs of every algorithm on the shipped world (CPU, a few steps each)."""
 
+import dataclasses
 import json
 import math
 import re
@@ -302,7 +303,7 @@ def test_grpo_2025_options_change_only_what_they_name(tmp_path):
 def test_reference_kl_adds_ref_beta_times_k3_to_the_grpo_loss():
     from kdrl_mini.batch import Batch
     from kdrl_mini.kl import kl_estimate
-    from kdrl_mini.loss_table import Rollout, grpo_step_loss
+    from kdrl_mini.algorithms import LossInputs, Rollout, grpo_step_loss
     from kdrl_mini.losses import token_weights
 
     gen = torch.Generator().manual_seed(0)
@@ -311,12 +312,13 @@ def test_reference_kl_adds_ref_beta_times_k3_to_the_grpo_loss():
     batch = Batch(torch.zeros(4, 7, dtype=torch.long), torch.ones(4, 7), mask, 2, [""] * 4)
     adv, ref_logp = torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.randn(4, 5, generator=gen) - 2
     w = token_weights(mask, "token-mean")
-    ro = Rollout(batch, adv, adv, adv, torch.ones(4), w, ref_logp=ref_logp)
-    cfg = load_config("grpo", ref_beta=0.3)
+    ro = Rollout(batch=batch, rewards=adv, correct=adv, advantages=adv, kd_weights=torch.ones(4), weights=w,
+                 ref_logp=ref_logp)
+    inputs = LossInputs.of(load_config("grpo", ref_beta=0.3))
     logp = (torch.randn(4, 5, generator=gen) - 2).requires_grad_(True)
-    grpo_step_loss(ro, logp, None, cfg, 0.0)[0].backward()
+    grpo_step_loss(ro, logp, inputs)[0].backward()
     plain = logp.detach().clone().requires_grad_(True)
-    loss = grpo_step_loss(Rollout(**{**vars(ro), "ref_logp": None}), plain, None, cfg, 0.0)[0]
+    loss = grpo_step_loss(dataclasses.replace(ro, ref_logp=None), plain, inputs)[0]
     (loss + 0.3 * (kl_estimate(plain, ref_logp, "k3") * w).sum()).backward()
     torch.testing.assert_close(logp.grad, plain.grad)
 
@@ -368,3 +370,37 @@ def test_final_evaluation_on_the_named_splits_at_its_own_size(tmp_path):
     assert max(e["eval_length"] for e in evals if e["split"] == "test") > 6  # the rollout budget (40)
     with pytest.raises(ValueError, match="eval_splits"):
         load_config("kdrl", eval_splits="test,nope")
+
+
+def test_overlong_filtering_takes_cut_off_answers_out_of_the_rl_loss_only(tmp_path):
+    """mask_truncated_completions (DAPO's overlong filtering, TRL's option of the same name): a truncated
+    response gets zero aggregation weight, the rest renormalise, rewards and advantages are unchanged;
+    KD-RKL (no reward) ignores it."""
+    from kdrl_mini.runs.metrics import Laps
+
+    def rollout(name, **kw):
+        tr = Trainer(small(tmp_path, name, max_new_tokens=48, prompts_per_step=4, **kw))  # about half cut off
+        torch.manual_seed(0)
+        return tr.collect([tr.world.train[i] for i in range(4)], 0.0, Laps())
+
+    ro = rollout("filtered", algorithm="grpo", mask_truncated_completions=True)
+    cut = ro.batch.truncated
+    assert cut.any() and (~cut).any()
+    assert ro.weights[cut].abs().sum() == 0 and float(ro.weights.sum()) == pytest.approx(1.0)
+    plain = rollout("plain", algorithm="grpo")
+    torch.testing.assert_close(ro.advantages, plain.advantages)
+    assert plain.weights[cut].sum() > 0
+    kd = rollout("kd", algorithm="kd-rkl", mask_truncated_completions=True)
+    assert kd.weights[kd.batch.truncated].sum() > 0
+
+
+def test_trainer_and_metrics_never_name_an_algorithm():
+    """What an algorithm does lives in its record (kdrl_mini.algorithms); the step and the metrics row
+    read its fields. A name literal in either file would be a second place that knows an algorithm."""
+    from kdrl_mini import algorithms, trainer
+    from kdrl_mini.runs import metrics
+
+    for module in (trainer, metrics):
+        source = Path(module.__file__).read_text()
+        named = [a for a in (*algorithms.ALGORITHMS, "kd-then-grpo") if f'"{a}"' in source or f"'{a}'" in source]
+        assert not named, (module.__name__, named)

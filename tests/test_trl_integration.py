@@ -331,3 +331,13 @@ def test_vllm_colocate_only_with_cuda_and_vllm_and_keyword_only_teacher():
     assert vllm_settings(cuda=False, available=True) == vllm_settings(cuda=True, available=False) == {"use_vllm": False}
     params = inspect.signature(KDRLTrainer.__init__).parameters
     assert params["teacher_model"].kind is inspect.Parameter.KEYWORD_ONLY  # a 4th positional argument is refused
+
+
+def test_the_package_names_its_public_api():
+    """As ``from trl import GRPOConfig`` is TRL's API, the bridge's classes import from the package."""
+    import kdrl_mini.integrations.trl as bridge
+    from kdrl_mini.integrations.trl.config import KDRLConfig
+    from kdrl_mini.integrations.trl.trainer import KDRLTrainer
+
+    assert (bridge.KDRLConfig, bridge.KDRLTrainer) == (KDRLConfig, KDRLTrainer)
+    assert bridge.__all__ == ["KDRLConfig", "KDRLTrainer"]

@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..kl import FULL_VOCAB_KINDS
 from ..scoring import CHUNK_ELEMENTS
 from .shapes import ModelShape
 from .timing import eval_seconds, step_seconds
@@ -155,10 +156,10 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
     B, L = G * N, prompt_tokens + cfg.max_new_tokens
     mb = min(cfg.micro_batch_size or B, B)
     teacher_rows = min(B, mb if mb < G else (mb // G) * G)  # scoring.score_groups: whole groups, or pieces of one
-    full_vocab = cfg.kl_kind in ("exact", "topk")
+    full_vocab = cfg.kl_kind in FULL_VOCAB_KINDS
     eval_rows = min(cfg.eval_size, cfg.eval_batch_size)
     lora = lora_parameters(s, cfg.lora_r) if cfg.lora_r > 0 else s.parameters
-    keep_teacher_hidden = cfg.kl_kind in ("exact", "topk") or bool(cfg.log_exact_kl)
+    keep_teacher_hidden = cfg.kl_kind in FULL_VOCAB_KINDS or bool(cfg.log_exact_kl)
     layer_tmp = lambda shape, rows, n: rows * n * (4 * shape.hidden + 3 * shape.intermediate) * db  # noqa: E731
 
     parts = [

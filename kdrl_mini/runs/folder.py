@@ -18,6 +18,9 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
+from ..utils import code_version
 from .checkpoints import writing
 
 RUN_FILES = ("metrics.jsonl", "checkpoint.pt", "config.yaml", "trainable.pt", "final.json")
@@ -134,3 +137,13 @@ def claim(folder: str | Path, resume: bool = False, overwrite: bool = False):
         yield folder
     finally:
         lock.unlink(missing_ok=True)
+
+
+def write_config(folder: str | Path, cfg, engine: str | None = None) -> None:
+    """The run's ``config.yaml``: every field of ``cfg``, under a header naming the commit its code came
+    from (``# code: <sha>``) and, for another engine than the kit's trainer, ``# engine: <name>``."""
+    path = Path(folder) / "config.yaml"
+    header = f"# code: {code_version()}\n" + (f"# engine: {engine}\n" if engine else "")
+    with writing(path):
+        path.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..losses import masked_mean
-from .checkpoints import write_error
+from .checkpoints import write_error, writing
 
 SUMMED = ("loss", "policy_loss", "kd_loss")  # shares of the whole-rollout loss: micro-batches add up
 TRAIN_KEYS = {
@@ -78,25 +78,27 @@ def train_row(values: dict) -> dict:
     return row
 
 
-def step_row(ro, sums: dict, phase: str, step: int, ppo_epochs: int, beta: float, grad_norm, skipped: bool,
+def step_row(ro, sums: dict, algo, step: int, ppo_epochs: int, beta: float, grad_norm, skipped: bool,
              laps: "Laps") -> dict:
     """The metrics row of one training step: ``sums`` (the micro-batches' summed statistics, with
     ``tokens``) divided by the token count, the rollout ``ro``'s sample statistics (the teacher's,
-    marked ``teacher_``, for KD-FKL), the coefficient, gradient norm and the timings of ``laps``."""
+    marked ``teacher_``, when the algorithm record ``algo`` samples from the teacher), the coefficient,
+    gradient norm and the timings of ``laps``. ``algo`` (:class:`kdrl_mini.algorithms.Algorithm`) says
+    which keys apply."""
     mask = ro.mask
     n_tok = sums.pop("tokens").clamp(min=1)
     values = {k: (v if k in SUMMED else v / n_tok) for k, v in sums.items() if k in TRAIN_KEYS}
     sampled = {"reward": ro.rewards.mean(), "accuracy": ro.correct.mean(), "response_length": mask.sum(1).mean(),
                "truncated_frac": ro.batch.truncated.float().mean()}
-    if phase == "kd-fkl":  # the samples are the teacher's: say so, and keep student-sample keys NaN
+    if algo.teacher_samples:  # the samples are the teacher's: say so, and keep student-sample keys NaN
         sampled = {"teacher_" + k: v for k, v in sampled.items() if k != "truncated_frac"}
         values.pop("kl", None)
     values.update(sampled, entropy=sums["entropy_sum"] / n_tok, grad_norm=grad_norm, skipped=float(skipped))
     if "exact_kl_sum" in sums:
         values["exact_kl"] = sums["exact_kl_sum"] / n_tok
-    if phase in ("grpo", "kdrl"):
+    if algo.rewarded:
         values["adv_std"] = ro.advantages.std()
-    if phase == "kdrl":
+    if algo.logs_beta:
         values.update(beta=beta, kd_frac=masked_mean(ro.kd_weights.unsqueeze(-1).expand_as(mask), mask.bool()))
     t = laps.laps
     values.update(step=step, step_time=laps.total(), rollout_time=t["rollout"], teacher_time=t["teacher"],
@@ -167,6 +169,13 @@ def truncate_metrics(path: Path, step: int) -> None:
 def json_line(row: dict) -> str:
     """One JSONL line; NaN is written as ``NaN`` (Python's json reads it back)."""
     return json.dumps(row) + "\n"
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row to a metrics file, flushed (a kill loses at most the line being written); a full
+    disk raises one line naming the file (the last checkpoint stays the last good state)."""
+    with writing(path), open(path, "a") as f:
+        f.write(json_line(row))
 
 
 class Laps:

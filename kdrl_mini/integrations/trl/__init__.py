@@ -22,8 +22,14 @@ The maths lives in :mod:`kdrl_mini.losses` / :mod:`kdrl_mini.advantages`; this f
 ``pg_weight=0`` (with ``kd_beta=1``) switches TRL's policy-gradient loss off: KD-RKL, the reverse KL
 on the student's own samples alone (on-policy distillation), so the paper's three arms run on TRL.
 
-Import each name from its module: :mod:`.config` (``KDRLConfig``), :mod:`.trainer` (``KDRLTrainer``),
-:mod:`.rewards` (the reward functions, ``load_prompt_dataset``), :mod:`.launch` (``train_with_trl``;
-``python -m kdrl_mini.integrations.trl``), :mod:`.kit_run` (one run in the kit's run folder:
-``metrics.jsonl``, evaluations, checkpoints and resume; ``kdrl-mini train --engine trl``).
+Its public API, as ``from trl import GRPOConfig`` is TRL's: ``from kdrl_mini.integrations.trl import
+KDRLConfig, KDRLTrainer``. The other modules: :mod:`.rewards` (the reward functions,
+``load_prompt_dataset``), :mod:`.launch` (``train_with_trl``; ``python -m kdrl_mini.integrations.trl``),
+:mod:`.kit_run` (one run in the kit's run folder: ``metrics.jsonl``, evaluations, checkpoints and resume;
+``kdrl-mini train --engine trl``).
 """
+
+from .config import KDRLConfig
+from .trainer import KDRLTrainer
+
+__all__ = ["KDRLConfig", "KDRLTrainer"]

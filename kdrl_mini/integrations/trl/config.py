@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from ._common import GRPOConfig
+from ...kl import TOKEN_KL_KINDS
 from ...losses import KD_STRATEGIES
 
 KD_BETA_SCHEDULES = ("constant", "linear", "cosine")
-KD_KL_KINDS = ("k1", "k2", "k3", "exact", "topk")
 KD_KL_MODES = ("loss", "reward")
 # TRL loss types whose normaliser the KD term reproduces (kl_mode="loss").
 KD_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -132,8 +132,8 @@ class KDRLConfig(GRPOConfig):
             _refuse("kd_beta_end", self.kd_beta_end, "must be >= 0")
         if self.kd_anneal_steps is not None and self.kd_anneal_steps < 1:
             _refuse("kd_anneal_steps", self.kd_anneal_steps, "must be >= 1 (or None)")
-        if self.kl_kind not in KD_KL_KINDS:
-            _refuse("kl_kind", self.kl_kind, f"choose one of {list(KD_KL_KINDS)}")
+        if self.kl_kind not in TOKEN_KL_KINDS:
+            _refuse("kl_kind", self.kl_kind, f"choose one of {list(TOKEN_KL_KINDS)}")
         if self.kl_kind == "topk" and not (self.kl_top_k and self.kl_top_k >= 1):
             _refuse("kl_top_k", self.kl_top_k, "a positive integer is needed when kl_kind='topk'")
         if self.kl_mode == "reward-seq":

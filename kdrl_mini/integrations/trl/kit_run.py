@@ -5,7 +5,7 @@ runner, its summaries and the plots read it as they read a run of the kit's own 
 - ``config.yaml``: the config, headed by the code commit and ``# engine: trl``;
 - ``metrics.jsonl`` in the kit's schema (:mod:`kdrl_mini.runs.metrics`): a training row per step
   mapped from TRL's log (:data:`FROM_TRL`; what TRL does not log is NaN), then the kit's own greedy
-  evaluations (:func:`kdrl_mini.trainer.evaluate_split`) every ``eval_every`` steps and after the
+  evaluations (:func:`kdrl_mini.evaluation.evaluate_split`) every ``eval_every`` steps and after the
   last, on ``final_eval_size`` rows; written by the main process;
 - ``checkpoint-<step>/``: TRL's checkpoint (weights, optimiser, schedule, RNG) every
   ``checkpoint_every`` steps, the latest kept; ``resume`` continues from it, dropping the metric
@@ -27,8 +27,7 @@ from ...config import TrainConfig
 from ...runs import checkpoints, folder, metrics
 from ...runs.loading import load_data
 from ...tasks.files import EVAL_SPLITS
-from ...trainer import evaluate_split
-from ...utils import code_version
+from ...evaluation import evaluate_split
 from .launch import (config_from_train_config, load_student_base, peft_config_for, process_device, prompt_dataset,
                      reward_funcs_for)
 from .trainer import KDRLTrainer
@@ -62,8 +61,7 @@ class KitMetrics(TrainerCallback):
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
-        with checkpoints.writing(self.path), open(self.path, "a") as f:
-            f.write(metrics.json_line(row))
+        metrics.append_row(self.path, row)
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if not state.is_world_process_zero or not logs or "reward" not in logs:  # the end-of-training summary
@@ -151,9 +149,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, p
         if ckpt is not None:
             check_resumable(out / "config.yaml", cfg)
         metrics.truncate_metrics(out / "metrics.jsonl", folder.checkpoint_step(ckpt))
-        with checkpoints.writing(out / "config.yaml"):
-            (out / "config.yaml").write_text(f"# code: {code_version()}\n# engine: trl\n"
-                                             + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        folder.write_config(out, cfg, engine="trl")
         device = process_device(kd_args)
         torch.manual_seed(cfg.seed)  # the LoRA initialisation, as the kit seeds it
         model, _ = load_student_base(cfg, device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...advantages import per_token_kl_advantages
-from ...kl import token_kl
+from ...kl import FULL_VOCAB_KINDS, token_kl
 from ...losses import kd_mask, reverse_kl_loss
 from ...batch import Batch
 from ...schedules import annealed
@@ -50,10 +50,10 @@ class KDRLTrainer(GRPOTrainer):
         self.teacher_models = [self._load_teacher(t) for t in teachers]
         self.teacher_model = self.teacher_models[0]
         self._cut_to_shared_vocab()
-        if args.kl_kind in ("exact", "topk") and len(teachers) > 1:
+        if args.kl_kind in FULL_VOCAB_KINDS and len(teachers) > 1:
             _refuse("kl_kind", args.kl_kind, "a mixture of teachers needs k1, k2 or k3 (its full distribution would "
                     "be a [B, T, V] tensor)")
-        if args.kl_kind in ("exact", "topk") and (self.aux_loss_enabled or args.entropy_coef):
+        if args.kl_kind in FULL_VOCAB_KINDS and (self.aux_loss_enabled or args.entropy_coef):
             _refuse("kl_kind", args.kl_kind, "full-vocabulary KL with a MoE router aux loss or an entropy bonus "
                     "(entropy_coef) is not supported: its token-chunked head returns the entropy detached")
         steps = args.kd_anneal_steps or max(args.max_steps, 1)
@@ -128,7 +128,7 @@ class KDRLTrainer(GRPOTrainer):
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attn = torch.cat([prompt_mask, completion_mask], dim=1)
         batch = Batch(ids, attn, completion_mask.float(), prompt_ids.shape[1], [])
-        full = self.args.kl_kind in ("exact", "topk")
+        full = self.args.kl_kind in FULL_VOCAB_KINDS
         B, G = prompt_ids.shape[0], group_size
         whole = G > 1 and B % G == 0 and bool(
             (prompt_ids.view(B // G, G, -1) == prompt_ids[::G].unsqueeze(1)).all()
@@ -191,7 +191,7 @@ class KDRLTrainer(GRPOTrainer):
         if cap is None or not kwargs.get("compute_entropy", False):
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                               *args, **kwargs)
-        if self.args.kl_kind in ("exact", "topk"):  # the KL needs the student's full distribution
+        if self.args.kl_kind in FULL_VOCAB_KINDS:  # the KL needs the student's full distribution
             extra = [k for k, v in kwargs.items() if v is not None and k not in
                      ("batch_size", "compute_entropy", "compute_aux_loss", "num_images", "num_tiles")]
             if args or extra:
