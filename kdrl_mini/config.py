@@ -120,6 +120,8 @@ class TrainConfig:
     eval_batch_size: int = 100              # prompts per greedy generate call (larger is faster on CPU)
     checkpoint_every: int = 10              # 0 = only at the end
     log_exact_kl: bool | None = None        # exact KL(student || teacher) per step; None = when [B, T, V] is small
+    probe_size: int = 0                     # rows of the fixed probe set (the teacher's greedy answers); 0 = off
+    probe_split: str = "mix@64"             # its split and budget; probe_kl is logged at every evaluation
     output_dir: str = "runs/default"
     device: str | None = None               # None = CUDA if available else CPU
     compute_dtype: str = "auto"             # CUDA compute dtype: "bf16", "fp16" (T4: no bf16), "fp32" (fp16-safe), "auto" = bf16 if supported
@@ -158,6 +160,10 @@ class TrainConfig:
             if unknown or not self.eval_split_names():
                 raise ValueError(f"config field eval_splits={self.eval_splits!r}: name splits from "
                                  f"{list(KNOWN_SPLITS[1:])}, comma-separated (test@64: test at a 64-token budget)")
+        if self.probe_size < 0 or not re.fullmatch(r"[a-z_]+(@[1-9]\d*)?", self.probe_split) \
+                or self.probe_split.split("@")[0] not in KNOWN_SPLITS[1:]:
+            raise ValueError(f"config fields probe_size={self.probe_size} must be >= 0 and probe_split="
+                             f"{self.probe_split!r} a split from {list(KNOWN_SPLITS[1:])} (mix@64: at 64 tokens)")
         if self.group_size < 2:
             raise ValueError(f"config field group_size={self.group_size}: GRPO needs at least 2 responses per prompt")
         for name in ("beta", "lr", "clip_eps", "temperature", "ref_beta"):

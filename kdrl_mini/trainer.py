@@ -8,11 +8,9 @@ One step, for every algorithm::
         clip gradients, optimiser step (skipped if anything is non-finite)
     one metrics row (kdrl_mini.runs.metrics schema)
 
-The math lives in :mod:`kdrl_mini.losses` and :mod:`kdrl_mini.advantages`; what each algorithm does
-(who samples, whether the teacher scores, which loss) is its record in :mod:`kdrl_mini.algorithms`,
-whose fields this file reads: it never names an algorithm. It moves tensors between the models and
-those functions. Run folder: ``config.yaml``, ``metrics.jsonl``,
-``checkpoint.pt`` (latest state) and ``adapter/`` (final trainable weights).
+The math lives in :mod:`kdrl_mini.losses` and :mod:`kdrl_mini.advantages`; what each algorithm does is
+its record in :mod:`kdrl_mini.algorithms`, whose fields this file reads (it never names an algorithm).
+Run folder: ``config.yaml``, ``metrics.jsonl``, ``checkpoint.pt`` (latest state), ``adapter/`` (final weights).
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from .config import TrainConfig
 from .kl import FULL_VOCAB_KINDS
 from .losses import kd_mask, token_weights
 from .rewards import batch_rewards, overlong_penalty
-from .evaluation import evaluate_split
+from .evaluation import evaluate_split, probe_batch, probe_kl
 from .rollout import format_prompts, sample
 from .runs import checkpoints, folder, metrics
 from .runs.loading import PromptSampler, World, load_world
@@ -73,6 +71,7 @@ class Trainer:
         self.eval_splits = cfg.eval_split_names() or self.world.eval_splits
         use_copy = cfg.rollout_copy if cfg.rollout_copy is not None else self.device.type == "cpu"
         self.rollout_policy = RolloutPolicy(self.world.student, self.world.teacher, use_copy and cfg.lora_r > 0)
+        self.probe = None  # the fixed probe set (evaluation.probe_batch), built at the first evaluation
 
     @property
     def phase(self) -> str:
@@ -171,12 +170,10 @@ class Trainer:
         return torch.cat([self.student_logprobs(batch.rows(slice(i, i + mb)))[0] for i in range(0, B, mb)])
 
     def student_logprobs(self, batch, teacher_hidden=None):
-        """The student's log-probs [B, T] of a batch under the compute-dtype autocast, through the
-        token-chunked head (:func:`~kdrl_mini.scoring.student_token_stats`): no [B, T, V] tensor. With
-        the teacher's kept hidden states [B, T, H_T], also the exact KL (logged) and, when the loss
-        sums over the vocabulary (exact / top-k KL), that KL per token [B, T], differentiable (else
-        None); and the position sums of entropy and exact KL. Old log-probs and the training forward
-        both come from here, so pi_old equals pi_theta bit for bit on the first epoch."""
+        """The student's log-probs [B, T] through the token-chunked head (no [B, T, V] tensor); with the
+        teacher's hidden states [B, T, H_T] also the logged exact KL and, for an exact / top-k loss, that KL
+        per token [B, T], differentiable (else None); and the position sums of entropy and exact KL. Old
+        log-probs and the training forward both come from here: pi_old equals pi_theta on the first epoch."""
         cfg = self.cfg
         full = teacher_hidden is not None and self.algo.teacher_scores and cfg.kl_kind in FULL_VOCAB_KINDS
         with self._autocast():
@@ -215,10 +212,8 @@ class Trainer:
                                 beta=beta, grad_norm=grad_norm, skipped=skipped, laps=laps)
 
     def _guarded_update(self, loss, grad_norm) -> bool:
-        """Optimiser step unless the loss or gradient is non-finite (then skipped and counted).
-
-        With fp16 loss scaling an overflowing gradient is the scaler's business (it skips the step
-        and lowers the scale); only a non-finite loss counts as bad."""
+        """Optimiser step unless the loss or gradient is non-finite (then skipped and counted). With fp16
+        loss scaling an overflowing gradient is the scaler's business; only a non-finite loss counts as bad."""
         if self.scaler is not None and bool(torch.isfinite(loss)):
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -236,9 +231,7 @@ class Trainer:
         return True
 
     def _autocast(self):
-        """Every forward (sampling, teacher scoring, old log-probs, training, evaluation) in the compute
-        dtype: bf16, or fp16 with loss scaling, on CUDA; none on CPU (fp32), where a test may set
-        ``trainer.dtype = torch.bfloat16`` to stand in for CUDA."""
+        """Every forward in the compute dtype: bf16 or fp16 on CUDA; none on CPU (a test may set ``trainer.dtype``)."""
         return models.autocast(self.device, self.dtype)
 
     # ---------------------------------------------------------------- evaluation
@@ -247,6 +240,14 @@ class Trainer:
         """The eval row of ``split`` now (:func:`evaluate_split`) on its first ``n`` rows."""
         with self.sampling_policy(training=False) as policy, self._autocast():
             return evaluate_split(policy, self.world.tokenizer, self.cfg, self.world.splits, split, self.step, n)
+
+    @torch.no_grad()
+    def probe_kl(self) -> torch.Tensor:
+        """Exact KL(student || teacher) per token on the fixed probe set (``cfg.probe_size`` rows)."""
+        w = self.world
+        with self._autocast():
+            self.probe = self.probe or probe_batch(w.teacher, w.tokenizer, self.cfg, w.splits)
+            return probe_kl(w.student, w.teacher, self.probe, self.cfg.eval_batch_size)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
@@ -281,11 +282,14 @@ class Trainer:
 
         while self.step < cfg.max_steps:
             row = self.train_step()
+            last = self.step == cfg.max_steps
+            evaluating = (cfg.eval_every and self.step % cfg.eval_every == 0) or last
+            if evaluating and cfg.probe_size:
+                row["probe_kl"] = float(self.probe_kl())
             write(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", reward=f"{row['reward']:.2f}")
-            last = self.step == cfg.max_steps
-            if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+            if evaluating:
                 for split in self.eval_splits:
                     write(self.evaluate(split, cfg.final_eval_size if last else None))
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:

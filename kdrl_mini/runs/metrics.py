@@ -34,6 +34,7 @@ TRAIN_KEYS = {
     "beta": "KL coefficient used this step (KDRL only)",
     "kl": "the configured per-token KL estimate on the student's samples",
     "exact_kl": "exact per-token KL(student || teacher) on the student's samples",
+    "probe_kl": "exact per-token KL(student || teacher) on the fixed probe set after this step (evaluation steps)",
     "entropy": "student entropy per response token (nats), on the sampled prefixes",
     "clip_frac": "share of tokens where the clipped surrogate branch is active",
     "ratio_mean": "mean pi_theta / pi_old over response tokens",
