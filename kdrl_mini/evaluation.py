@@ -1,7 +1,7 @@
 """Evaluation: greedy accuracy, length and truncation of a split at its token budget; the exact KL to
 the teacher on a fixed probe set.
 
-The kit's trainer and the TRL engine both write their eval rows with :func:`evaluate_split`. The probe
+The kit's trainer and the TRL engine both write their eval rows with :func:`evaluate_splits`. The probe
 set (:func:`probe_batch`) is the teacher's greedy answers to the first ``probe_size`` rows of
 ``probe_split``: the same token positions for every run and step, so :func:`probe_kl` measures how far
 any algorithm (GRPO included) has moved the student toward or away from the teacher.
@@ -13,20 +13,28 @@ import torch
 
 from .batch import Batch
 from .config import TrainConfig
-from .rollout import format_prompts, greedy_eval, sample
+from .rollout import format_prompts, greedy_eval_budgets, sample
 from .runs import metrics
 from .scoring import completion_hidden, student_token_stats
 
 
 @torch.no_grad()
-def evaluate_split(model, tokenizer, cfg: TrainConfig, splits: dict, split: str, step: int, n: int | None = None) -> dict:
-    """The eval row of ``split`` after ``step`` steps: greedy accuracy, length and truncation of ``model`` on
-    its first ``n`` rows (None: ``cfg.eval_size``) at its budget (``"test@64"``: ``test`` at 64 new tokens)."""
-    name, budget = cfg.eval_budget(split)
-    r = greedy_eval(model, tokenizer, splits[name][: n or cfg.eval_size], max_new_tokens=budget,
-                    batch_size=cfg.eval_batch_size, chat_template=cfg.chat_template, suffix=cfg.prompt_suffix,
-                    checker=cfg.answer_checker)
-    return metrics.eval_row(step, split, r)
+def evaluate_splits(model, tokenizer, cfg: TrainConfig, splits: dict, names: list[str], step: int,
+                    n: int | None = None) -> list[dict]:
+    """The eval rows of ``names`` (in that order): each split is decoded once, at the largest budget any
+    name asks of it; smaller budgets are read off that decode (``rollout.greedy_eval_budgets``), so
+    ``mix@64,mix@48`` costs one 64-token decode."""
+    wanted = {}
+    for split in names:
+        name, budget = cfg.eval_budget(split)
+        wanted.setdefault(name, {})[budget] = split
+    rows = {}
+    for name, by_budget in wanted.items():
+        results = greedy_eval_budgets(model, tokenizer, splits[name][: n or cfg.eval_size], tuple(by_budget),
+                                      batch_size=cfg.eval_batch_size, chat_template=cfg.chat_template,
+                                      suffix=cfg.prompt_suffix, checker=cfg.answer_checker)
+        rows.update({split: metrics.eval_row(step, split, results[b]) for b, split in by_budget.items()})
+    return [rows[split] for split in names]
 
 
 @torch.no_grad()

@@ -114,19 +114,36 @@ def greedy_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 64, ba
     """Greedy-decoding accuracy, mean completion length (tokens, EOS included) and the share of
     answers cut off by the budget, on ``rows`` (prompts get ``suffix``; answers are checked by
     ``checker``, see :func:`kdrl_mini.rewards.correctness`)."""
+    return greedy_eval_budgets(model, tokenizer, rows, (max_new_tokens,), batch_size, chat_template, suffix,
+                               checker)[max_new_tokens]
+
+
+@torch.no_grad()
+def greedy_eval_budgets(model, tokenizer, rows: list[dict], budgets, batch_size: int = EVAL_BATCH,
+                        chat_template: bool = False, suffix: str = "", checker: str = "strict") -> dict[int, dict]:
+    """:func:`greedy_eval` at several budgets from one decode at the largest: a greedy answer does not
+    depend on the budget until it is cut, so the answer at budget b is the longest decode's first b
+    tokens (ended where an EOS came within them, else cut off). Returns {budget: result}."""
     model.eval()
-    correct, lengths, cut, texts = [], [], [], []
+    eos, top = eos_token_ids(model, tokenizer), max(budgets)
+    acc = {b: {"correct": [], "lengths": [], "cut": [], "texts": []} for b in budgets}
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         prompts = format_prompts(tokenizer, [r["prompt"] for r in chunk], chat_template, suffix)
-        b = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=True)
-        correct += batch_rewards(b.texts, [r["answer"] for r in chunk], checker=checker).tolist()
-        lengths += b.completion_mask.sum(1).tolist()
-        cut += b.truncated.float().tolist()
-        texts += b.texts
+        full = sample(model, tokenizer, prompts, max_new_tokens=top, greedy=True)
+        for b in budgets:
+            ids, mask = full.completion_ids[:, :b], full.completion_mask[:, :b]
+            texts = full.texts if b == top else tokenizer.batch_decode(
+                ids.masked_fill(mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
+            ended = torch.isin(ids, torch.as_tensor(eos, device=ids.device)).any(dim=1)
+            a = acc[b]
+            a["correct"] += batch_rewards(texts, [r["answer"] for r in chunk], checker=checker).tolist()
+            a["lengths"] += mask.sum(1).tolist()
+            a["cut"] += (~ended).float().tolist()
+            a["texts"] += texts
     n = max(len(rows), 1)
-    return {"accuracy": sum(correct) / n, "mean_length": sum(lengths) / n, "truncated": sum(cut) / n,
-            "n": len(rows), "samples": texts[:3]}
+    return {b: {"accuracy": sum(a["correct"]) / n, "mean_length": sum(a["lengths"]) / n, "truncated": sum(a["cut"]) / n,
+                "n": len(rows), "samples": a["texts"][:3]} for b, a in acc.items()}
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .kl import FULL_VOCAB_KINDS
 from .losses import kd_mask, token_weights
 from .rewards import batch_rewards, overlong_penalty
-from .evaluation import evaluate_split, probe_batch, probe_kl
+from .evaluation import evaluate_splits, probe_batch, probe_kl
 from .rollout import format_prompts, sample
 from .runs import checkpoints, folder, metrics
 from .runs.loading import PromptSampler, World, load_world
@@ -234,22 +234,23 @@ class Trainer:
         """Every forward in the compute dtype: bf16 or fp16 on CUDA; none on CPU (a test may set ``trainer.dtype``)."""
         return models.autocast(self.device, self.dtype)
 
-    # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, split: str, n: int | None = None) -> dict:
-        """The eval row of ``split`` now (:func:`evaluate_split`) on its first ``n`` rows."""
-        with self.sampling_policy(training=False) as policy, self._autocast():
-            return evaluate_split(policy, self.world.tokenizer, self.cfg, self.world.splits, split, self.step, n)
+    def evaluate(self, split: str, n: int | None = None) -> dict:  # the eval row of ``split`` now, ``n`` rows
+        return self.evaluate_all([split], n)[0]
 
     @torch.no_grad()
-    def probe_kl(self) -> torch.Tensor:
-        """Exact KL(student || teacher) per token on the fixed probe set (``cfg.probe_size`` rows)."""
+    def evaluate_all(self, names: list[str], n: int | None = None) -> list[dict]:
+        """The eval rows of ``names`` now (:func:`~kdrl_mini.evaluation.evaluate_splits`: one decode per split)."""
+        with self.sampling_policy(training=False) as policy, self._autocast():
+            return evaluate_splits(policy, self.world.tokenizer, self.cfg, self.world.splits, names, self.step, n)
+
+    @torch.no_grad()
+    def probe_kl(self) -> torch.Tensor:  # exact KL(student || teacher) per token on the fixed probe set
         w = self.world
         with self._autocast():
             self.probe = self.probe or probe_batch(w.teacher, w.tokenizer, self.cfg, w.splits)
             return probe_kl(w.student, w.teacher, self.probe, self.cfg.eval_batch_size)
 
-    # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
         checkpoints.save(checkpoints.run_state(self), self.out / "checkpoint.pt")
 
@@ -290,8 +291,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", reward=f"{row['reward']:.2f}")
             if evaluating:
-                for split in self.eval_splits:
-                    write(self.evaluate(split, cfg.final_eval_size if last else None))
+                for row in self.evaluate_all(self.eval_splits, cfg.final_eval_size if last else None):
+                    write(row)
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last:
                 self.save_checkpoint()
         bar.close()

@@ -54,3 +54,16 @@ def test_every_algorithm_logs_probe_kl_at_its_evaluations(tmp_path):
 def test_a_probe_split_that_is_not_a_split_is_refused():
     with pytest.raises(ValueError, match="probe_split"):
         load_config("kdrl", probe_size=4, probe_split="nosuch@64")
+
+
+def test_shorter_budgets_read_off_one_decode_equal_their_own_decode(world):
+    """Greedy answers do not depend on the budget until cut: mix@48 read off the 64-token decode is
+    the 48-token decode (accuracy, length, truncation)."""
+    from kdrl_mini.evaluation import evaluate_splits
+
+    cfg, w = world
+    for model in (w.student, w.teacher):
+        shared = evaluate_splits(model, w.tokenizer, cfg, w.splits, ["mix@64", "mix@40", "mix@24"], 0, 40)
+        alone = [evaluate_splits(model, w.tokenizer, cfg, w.splits, [s], 0, 40)[0] for s in ("mix@64", "mix@40", "mix@24")]
+        assert shared == alone
+        assert shared[2]["eval_truncated"] > shared[0]["eval_truncated"]  # the cut budget cuts answers

@@ -5,7 +5,7 @@ runner, its summaries and the plots read it as they read a run of the kit's own 
 - ``config.yaml``: the config, headed by the code commit and ``# engine: trl``;
 - ``metrics.jsonl`` in the kit's schema (:mod:`kdrl_mini.runs.metrics`): a training row per step
   mapped from TRL's log (:data:`FROM_TRL`; what TRL does not log is NaN), then the kit's own greedy
-  evaluations (:func:`kdrl_mini.evaluation.evaluate_split`) every ``eval_every`` steps and after the
+  evaluations (:func:`kdrl_mini.evaluation.evaluate_splits`) every ``eval_every`` steps and after the
   last, on ``final_eval_size`` rows; written by the main process;
 - ``checkpoint-<step>/``: TRL's checkpoint (weights, optimiser, schedule, RNG) every
   ``checkpoint_every`` steps, the latest kept; ``resume`` continues from it, dropping the metric
@@ -27,7 +27,7 @@ from ...config import TrainConfig
 from ...runs import checkpoints, folder, metrics
 from ...runs.loading import load_data
 from ...tasks.files import EVAL_SPLITS
-from ...evaluation import evaluate_split
+from ...evaluation import evaluate_splits
 from .launch import (config_from_train_config, load_student_base, peft_config_for, process_device, prompt_dataset,
                      reward_funcs_for)
 from .trainer import KDRLTrainer
@@ -72,9 +72,9 @@ class KitMetrics(TrainerCallback):
         if (cfg.eval_every and step % cfg.eval_every == 0) or last:
             training = model.training
             with models.autocast(next(model.parameters()).device, self.dtype):
-                for split in self.eval_splits:
-                    n = cfg.final_eval_size if last else None
-                    self.write(evaluate_split(model, self.tokenizer, cfg, self.splits, split, step, n))
+                n = cfg.final_eval_size if last else None
+                for row in evaluate_splits(model, self.tokenizer, cfg, self.splits, self.eval_splits, step, n):
+                    self.write(row)
             model.train(training)
 
 

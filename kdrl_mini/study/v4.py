@@ -1,0 +1,160 @@
+"""Study v4's plan (issue 30): the beta curve at an honest budget, run as science.
+
+The world and optimiser are study v3's (``models/student-w60`` in full fp32 weights, an fp32 teacher,
+temperature 0.7, 150 steps, 10 warm-up steps then a cosine learning rate, each method at the learning
+rate under which it learns alone). What changes:
+
+- **The budget.** Rollouts and every decision are at 64 new tokens, where neither the untrained student
+  nor the teacher is cut off; accuracy at 48 tokens is read off the same greedy decode (``mix@48``:
+  ``evaluation.evaluate_splits``), so the length confound of v3 is measured, not asserted.
+- **The distance to the teacher.** Every run, GRPO included, logs ``probe_kl``: the exact per-token
+  KL(student || teacher) on a fixed probe set (the teacher's greedy answers to 200 ``mix`` rows at 64
+  tokens), at every evaluation.
+- **The KD term.** The pilot's phase A puts KD-RKL with k2 (the paper's form), the exact
+  full-vocabulary reverse KL and top-k side by side, with KD-FKL (SFT on teacher samples) as the
+  off-policy reference; phase B draws the beta curve of KDRL with the form phase A chose.
+
+Pilot seeds are development seeds (1001, 1002); the study's seeds are set by the pre-registration.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from ..config import load_config
+from ..evaluation import evaluate_splits, probe_batch, probe_kl
+from ..runs.loading import load_world
+from ..runs.metrics import read_metrics
+from .runner import collect, run_study
+
+STUDY_DIR = "data/study_v4"  # becomes data/study when the notebooks read v4 (issue 30, item 6)
+BUDGET, SHORT = 64, 48
+DECIDED = ("mix", "test", "blind")
+SPLITS = ",".join([f"{s}@{BUDGET}" for s in DECIDED] + [f"{s}@{SHORT}" for s in DECIDED])
+GRPO_LR, FKL_LR, RKL_LR = 5e-5, 1e-3, 3e-4  # study v3's pilot: the rate at which each learns alone
+
+BASE = {
+    "student_path": "data/models/student-w60", "student_quant": "none", "lora_r": 0, "teacher_quant": "none",
+    "temperature": 0.7, "max_new_tokens": BUDGET, "max_steps": 150, "lr_schedule": "cosine",
+    "lr_warmup_steps": 10, "lr_floor": 0.0, "log_exact_kl": False, "eval_every": 50, "eval_size": 200,
+    "final_eval_size": 1000, "eval_extra_tokens": 0, "eval_splits": SPLITS, "eval_batch_size": 500,
+    "checkpoint_every": 25, "probe_size": 200, "probe_split": f"mix@{BUDGET}",
+}
+FKL_SAMPLING = {"kd_fkl_group_size": 2, "kd_fkl_prompts_per_step": 32}  # 64 teacher samples of 32 prompts
+
+PILOT_SEEDS = [1001, 1002]
+# Phase A: which KD term transfers the teacher's knowledge when trained alone (gate: >= 40% of the
+# untrained-to-teacher gap on test@64); GRPO at the new budget beside them.
+PHASE_A = {
+    "grpo": {"algorithm": "grpo", "lr": GRPO_LR},
+    "kd-fkl": {"algorithm": "kd-fkl", "lr": FKL_LR, **FKL_SAMPLING},
+    "kd-rkl-k2": {"algorithm": "kd-rkl", "lr": RKL_LR, "kl_kind": "k2"},
+    "kd-rkl-topk8": {"algorithm": "kd-rkl", "lr": RKL_LR, "kl_kind": "topk", "top_k": 8},
+    "kd-rkl-exact": {"algorithm": "kd-rkl", "lr": RKL_LR, "kl_kind": "exact"},
+    "kd-rkl-exact-lr1e-3": {"algorithm": "kd-rkl", "lr": 1e-3, "kl_kind": "exact"},
+    "kd-rkl-exact-lr5e-5": {"algorithm": "kd-rkl", "lr": GRPO_LR, "kl_kind": "exact"},  # KDRL's rate
+}
+
+
+def base_config(**overrides):
+    """The study's TrainConfig of one variant (its overrides on top of ``BASE``)."""
+    return load_config("kdrl", **{**BASE, **overrides})
+
+
+def summarize(run_dir: str | Path) -> dict:
+    """One finished run's numbers (``final.json``): per split the final greedy accuracy (1,000 rows), length
+    and truncation; the last ``probe_kl``; the training reward of the first and last 20% of steps."""
+    steps, evals = read_metrics(run_dir)
+    out = {"steps": len(steps), "train_seconds": sum(s["step_time"] for s in steps)}
+    for split in dict.fromkeys(e["split"] for e in evals):
+        final = [e for e in evals if e["split"] == split][-1]
+        out.update({f"{split}_accuracy": final["eval_accuracy"], f"{split}_length": final["eval_length"],
+                    f"{split}_truncated": final["eval_truncated"], f"{split}_n": final["eval_n"]})
+    probes = [s["probe_kl"] for s in steps if s["probe_kl"] == s["probe_kl"]]
+    out["probe_kl"] = probes[-1] if probes else float("nan")
+    key = "teacher_reward" if all(s["reward"] != s["reward"] for s in steps) else "reward"
+    fifth = max(1, len(steps) // 5)
+    for name, part in (("train_reward_first", steps[:fifth]), ("train_reward", steps[-fifth:])):
+        values = [s[key] for s in part if s[key] == s[key]]
+        out[name] = statistics.fmean(values) if values else float("nan")
+    return out
+
+
+@torch.no_grad()
+def baseline(role: str = "student") -> dict:
+    """The untrained student's (or the teacher's) numbers on every study split, decoded exactly as the runs'
+    final evaluation (greedy, one decode per split, 1,000 rows), and the student's probe KL."""
+    cfg = base_config()
+    world = load_world(cfg)
+    model = world.student if role == "student" else world.teacher
+    out = {}
+    for row in evaluate_splits(model, world.tokenizer, cfg, world.splits, cfg.eval_split_names(), 0,
+                               cfg.final_eval_size):
+        s = row["split"]
+        out.update({f"{s}_accuracy": row["eval_accuracy"], f"{s}_length": row["eval_length"],
+                    f"{s}_truncated": row["eval_truncated"], f"{s}_n": row["eval_n"]})
+    probe = probe_batch(world.teacher, world.tokenizer, cfg, world.splits)
+    out["probe_kl"] = float(probe_kl(model, world.teacher, probe, cfg.eval_batch_size))
+    return out
+
+
+def write_baselines(out: str | Path = STUDY_DIR) -> dict[str, dict]:
+    """``untrained.json`` and ``teacher.json`` in ``out`` (computed once, then read back)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for role, name in (("student", "untrained"), ("teacher", "teacher")):
+        path = out / f"{name}.json"
+        if not path.exists():
+            path.write_text(json.dumps(baseline(role), indent=1) + "\n")
+        found[name] = json.loads(path.read_text())
+    return found
+
+
+def gap_closed(value: float, untrained: float, teacher: float) -> float:
+    """The share of the untrained-to-teacher gap a run closes: (value - untrained) / (teacher - untrained)."""
+    return (value - untrained) / (teacher - untrained)
+
+
+def run_pilot(phase: str, out: str | Path = f"{STUDY_DIR}/pilot", seeds: list[int] | None = None) -> list[dict]:
+    """One phase of the pilot on development seeds (resumable; run it from two processes to use two cores)."""
+    plans = {"A": PHASE_A}
+    out = Path(out)
+    write_baselines(out.parent)
+    return run_study(out, plans[phase], seeds or PILOT_SEEDS, base_config(), summarize=summarize)
+
+
+def pilot_table(out: str | Path = f"{STUDY_DIR}/pilot") -> str:
+    """Markdown: each pilot arm's mean over seeds at the decision budget and at 48 tokens, its probe KL and
+    the share of the gap to the teacher it closes on test@64, with the two baselines first."""
+    out = Path(out)
+    base = write_baselines(out.parent)
+    u, t = base["untrained"], base["teacher"]
+    cols = [f"{s}@{BUDGET}_accuracy" for s in DECIDED] + [f"{s}@{SHORT}_accuracy" for s in DECIDED] + [
+        f"mix@{BUDGET}_length", f"mix@{BUDGET}_truncated", "probe_kl"]
+    head = "| arm | seeds | " + " | ".join(c.replace("_accuracy", "").replace("_", " ") for c in cols) + " | gap closed (test@64) |"
+    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    for name, numbers in (("untrained", u), ("teacher", t)):
+        lines.append(f"| {name} | - | " + " | ".join(f"{numbers[c]:.3f}" for c in cols) + " | - |")
+    records = collect(out)
+    for arm in dict.fromkeys(r["variant"] for r in records):
+        rs = [r for r in records if r["variant"] == arm]
+        mean = {c: statistics.fmean(r[c] for r in rs) for c in cols}
+        closed = gap_closed(mean[f"test@{BUDGET}_accuracy"], u[f"test@{BUDGET}_accuracy"], t[f"test@{BUDGET}_accuracy"])
+        lines.append(f"| {arm} | {len(rs)} | " + " | ".join(f"{mean[c]:.3f}" for c in cols) + f" | {closed:.0%} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m kdrl_mini.study.v4 pilot A|B|C  |  table
+    import sys
+
+    from ..utils import setup
+
+    setup(threads=1)
+    if sys.argv[1] == "pilot":
+        run_pilot(sys.argv[2])
+    print(pilot_table())
