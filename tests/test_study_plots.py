@@ -11,7 +11,7 @@ import pytest
 from kdrl_mini.study import reproduction
 from kdrl_mini.study import plots as study_plots
 from kdrl_mini.study import status as study_status
-from kdrl_mini.study.reproduction import Claim
+from kdrl_mini.study.claims import Claim
 
 NAN = float("nan")
 
@@ -215,7 +215,7 @@ def test_forest_plot_gives_length_claims_their_own_axis():
     """Accuracy and length claims in separate panels, intervals drawn whole (a length CI of tens of
     tokens was once clipped to [-1, 1] on the accuracy axis)."""
     from kdrl_mini.study.plots import forest_plot
-    from kdrl_mini.study.reproduction import Claim
+    from kdrl_mini.study.claims import Claim
 
     claims = [Claim("A", "acc", "s", "x", "y"), Claim("L", "len", "s", "x", "y", metric="test_length", higher=False)]
     judged = {"A": {"mean": 0.05, "low": 0.01, "high": 0.09, "verdict": "reproduced", "level": 0.975},

@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from kdrl_mini.study import stats, v3_claims
-from kdrl_mini.study.reproduction import Claim
+from kdrl_mini.study.claims import Claim
 
 UNTRAINED = {"mix_accuracy": 0.30, "blind_accuracy": 0.10, "mix_length": 40.0}
 

@@ -23,6 +23,7 @@ import torch
 from ..config import TrainConfig
 from ..runs.plots import comparison_figure
 from ..study import reproduction
+from ..study.claims import Claim
 from ..study.runner import collect, run_study
 from . import memory as me
 from .presets import PresetInfo, estimate_preset, fp16_refusal, load_preset, preset_names
@@ -30,12 +31,12 @@ from .timing import run_seconds
 
 VARIANTS = ("grpo", "kd-rkl", "kdrl", "kdrl-anneal")
 CLAIMS = (
-    reproduction.Claim("P1", "KDRL annealed beats GRPO", "paper: +2.6 avg. over GRPO (annealed) [2nd]",
+    Claim("P1", "KDRL annealed beats GRPO", "paper: +2.6 avg. over GRPO (annealed) [2nd]",
                        "kdrl-anneal", "grpo"),
-    reproduction.Claim("P2", "KDRL annealed beats KD-RKL", "paper: +1.1 avg. over KD-RKL (annealed) [2nd]",
+    Claim("P2", "KDRL annealed beats KD-RKL", "paper: +1.1 avg. over KD-RKL (annealed) [2nd]",
                        "kdrl-anneal", "kd-rkl"),
-    reproduction.Claim("P3", "KDRL (constant beta) beats GRPO", "paper: KDRL 56.8 vs GRPO 54.6 [2nd]", "kdrl", "grpo"),
-    reproduction.Claim("P4", "KDRL (constant beta) beats KD-RKL", "paper: KDRL 56.8 vs KD-RKL 56.1 [2nd]",
+    Claim("P3", "KDRL (constant beta) beats GRPO", "paper: KDRL 56.8 vs GRPO 54.6 [2nd]", "kdrl", "grpo"),
+    Claim("P4", "KDRL (constant beta) beats KD-RKL", "paper: KDRL 56.8 vs KD-RKL 56.1 [2nd]",
                        "kdrl", "kd-rkl"),
 )
 

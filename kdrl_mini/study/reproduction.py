@@ -23,6 +23,7 @@ from ..runs.metrics import read_metrics
 from ..schedules import annealed
 from ..trainer import Trainer
 from . import stats
+from .claims import Claim, paired
 from .plots import forest_plot
 from .runner import collect, run_study
 from .tables import variant_table
@@ -93,20 +94,6 @@ def summarize(run_dir: str | Path) -> dict:
     return out
 
 
-@dataclass(frozen=True)
-class Claim:
-    """``better`` beats ``worse`` on ``metric`` (lower is better when ``higher`` is False)."""
-
-    name: str
-    text: str
-    source: str
-    better: str
-    worse: str
-    metric: str = "test_accuracy"
-    higher: bool = True
-    family: str = "core"   # Holm's correction runs within a family; "exploratory" claims are labelled so
-
-
 CLAIMS = (
     Claim("C1", "KDRL beats GRPO in-domain", "paper: KDRL > GRPO (+2.6 avg., annealed variant) [2nd]", "kdrl", "grpo"),
     Claim("C2", "KDRL beats KD-RKL in-domain", "paper: KDRL > KD-RKL (+1.1 avg., annealed) [2nd]", "kdrl", "kd-rkl"),
@@ -130,14 +117,6 @@ CLAIMS = (
     Claim("E3", "KL in the loss beats KL in the reward (per token)", "not in the paper", "kdrl", "kdrl-reward",
           family="exploratory"),
 )
-
-
-def paired(claim: Claim, records: list[dict]) -> list[float]:
-    """Per-seed differences better - worse, signed so that > 0 supports the claim."""
-    by = {(r["variant"], r["seed"]): r.get(claim.metric, float("nan")) for r in records}
-    seeds = sorted({s for v, s in by if v == claim.better} & {s for v, s in by if v == claim.worse})
-    sign = 1 if claim.higher else -1
-    return [sign * (by[(claim.better, s)] - by[(claim.worse, s)]) for s in seeds]
 
 
 def judge_all(records: list[dict], claims=CLAIMS, alpha: float = 0.05) -> dict[str, dict]:

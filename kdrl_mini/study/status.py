@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 
 from . import reproduction, stats
+from .claims import paired
 from ..runs.metrics import read_metrics
 
 FINISHED, STARTED, NOT_STARTED = "finished", "started", "not started"
@@ -116,7 +117,7 @@ def _margin(claim, records: list[dict]) -> float:
 def verdict_bounds(claim, records: list[dict], family_size: int, alpha: float = 0.05) -> dict:
     """The claim's verdict at the strictest Holm level (1 - alpha/family_size) and at the
     unadjusted level (1 - alpha); ``settled`` when they agree (see the module docstring)."""
-    diffs = reproduction.paired(claim, records)
+    diffs = paired(claim, records)
     if len(diffs) < 2:
         return {"strict": "not run", "loose": "not run", "settled": False}
     margin = _margin(claim, records)
@@ -189,7 +190,7 @@ def claim_power(records: list[dict], claims=reproduction.CLAIMS, effect: float =
     family_size = {f: sum(c.family == f for c in claims) for f in {c.family for c in claims}}
     out = {}
     for c in claims:
-        diffs = reproduction.paired(c, records)
+        diffs = paired(c, records)
         if len(diffs) < 2:
             out[c.name] = {"seeds": len(diffs)}
             continue

@@ -22,13 +22,14 @@ from pathlib import Path
 
 from . import stats
 from .plots import forest_plot
-from .reproduction import Claim, paired
+from .claims import UNTRAINED, Claim, Thresholds
+from .claims import claims_table as claims_markdown
+from .claims import judge_all as claims_judge_all
 from .tables import variant_table
 
 SESOI, MARGIN = 0.05, 0.03               # accuracy (absolute)
 LENGTH_SESOI, LENGTH_MARGIN = 0.10, 0.06  # length (relative to the worse arm's mean)
 ALPHA = 0.05
-UNTRAINED = "untrained"
 
 CLAIMS = (
     Claim("C1", "KDRL beats GRPO in-domain", "paper: KDRL > GRPO (Table 2)", "kdrl", "grpo", "mix_accuracy"),
@@ -46,57 +47,18 @@ CLAIMS = (
 )
 
 
-def with_untrained(records: list[dict], untrained: dict) -> list[dict]:
-    """``records`` plus one "untrained" record per seed present (its numbers from ``untrained.json``)."""
-    seeds = sorted({r["seed"] for r in records})
-    return records + [{"variant": UNTRAINED, "seed": s, **untrained} for s in seeds]
-
-
-def thresholds(claim: Claim, records: list[dict]) -> tuple[float, float]:
-    """(smallest effect of interest, equivalence margin) of ``claim`` in its metric's units."""
-    if claim.metric.endswith("accuracy"):
-        return SESOI, MARGIN
-    worse = statistics.fmean(r[claim.metric] for r in records if r["variant"] == claim.worse)
-    return LENGTH_SESOI * worse, LENGTH_MARGIN * worse
+THRESHOLDS = Thresholds(SESOI, MARGIN, LENGTH_SESOI, LENGTH_MARGIN)
 
 
 def judge_all(records: list[dict], untrained: dict, claims=CLAIMS, alpha: float = ALPHA) -> dict[str, dict]:
-    """Every claim's paired mean, Holm-adjusted interval, verdict, power at the SESOI at its level,
-    and (accuracy claims) ``better`` minus the untrained student at the same level."""
-    records = with_untrained(records, untrained)
-    diffs = {c.name: paired(c, records) for c in claims}
-    judged = [c for c in claims if len(diffs[c.name]) >= 2]
-    levels = stats.holm_levels({c.name: stats.p_value(diffs[c.name]) for c in judged}, alpha)
-    out = {c.name: {"verdict": "not run", "seeds": len(diffs[c.name])} for c in claims}
-    for c in judged:
-        d, level = diffs[c.name], levels[c.name]
-        m, lo, hi = stats.t_interval(d, level)
-        sesoi, margin = thresholds(c, records)
-        out[c.name] = {"mean": m, "low": lo, "high": hi, "level": level, "seeds": len(d), "p": stats.p_value(d),
-                       "sesoi": sesoi, "margin": margin, "verdict": stats.verdict(lo, hi, margin, sesoi, m),
-                       "power": stats.power(statistics.stdev(d), len(d), sesoi, level)}
-        if c.metric.endswith("accuracy") and c.worse != UNTRAINED:
-            vs = paired(Claim("", "", "", c.better, UNTRAINED, c.metric), records)
-            out[c.name]["vs_untrained"] = stats.t_interval(vs, level)
-    return out
+    """Every claim judged by the pre-registered rule (:func:`kdrl_mini.study.claims.judge_all`)."""
+    return claims_judge_all(records, untrained, claims, THRESHOLDS, alpha)
 
 
 def claims_table(records: list[dict], untrained: dict, claims=CLAIMS) -> str:
-    """Markdown: each claim, our paired difference [Holm interval, its level], the better arm against
-    the untrained student, the SESOI, the power at it, and the verdict."""
-    j = judge_all(records, untrained, claims)
-    rows = ["| | claim | source | difference [Holm CI] (level, seeds) | better arm vs untrained | SESOI | power "
-            "at SESOI | verdict |", "|---|---|---|---|---|---|---|---|"]
-    for c in claims:
-        r = j[c.name]
-        if "mean" not in r:
-            rows.append(f"| {c.name} | {c.text} | {c.source} | — | — | — | — | {r['verdict']} |")
-            continue
-        ours = f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] ({100 * r['level']:.2f}%, {r['seeds']})"
-        vs = "—" if "vs_untrained" not in r else "{:+.3f} [{:+.3f}, {:+.3f}]".format(*r["vs_untrained"])
-        rows.append(f"| {c.name} | {c.text} | {c.source} | {ours} | {vs} | {r['sesoi']:.3g} | {r['power']:.2f} | "
-                    f"{r['verdict']} |")
-    return "\n".join(rows)
+    """Markdown: each claim's difference, Holm interval, the better arm against the untrained student, the
+    SESOI, the power at it and the verdict (:func:`kdrl_mini.study.claims.claims_table`)."""
+    return claims_markdown(judge_all(records, untrained, claims), claims)
 
 
 TABLE_METRICS = ("mix_accuracy", "test_accuracy", "blind_accuracy", "ood_accuracy", "test@64_accuracy",
