@@ -24,6 +24,7 @@ import statistics
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..config import load_config
 from ..evaluation import evaluate_splits, probe_batch, probe_kl
@@ -59,6 +60,13 @@ PHASE_A = {
     "kd-rkl-exact-lr5e-5": {"algorithm": "kd-rkl", "lr": GRPO_LR, "kl_kind": "exact"},  # KDRL's rate
 }
 
+# GRPO at 64 tokens on the pilot's first two runs: no length pressure, and blind rose only +0.04 at 5e-5
+# (v3 trained at 48 tokens, where RL learns to stop). Probes: a higher rate, and training at 48 tokens.
+GRPO_PROBES = {
+    "grpo-lr1e-4": {"algorithm": "grpo", "lr": 1e-4},
+    "grpo-lr2e-4": {"algorithm": "grpo", "lr": 2e-4},
+    "grpo-train48": {"algorithm": "grpo", "lr": GRPO_LR, "max_new_tokens": SHORT},
+}
 
 def base_config(**overrides):
     """The study's TrainConfig of one variant (its overrides on top of ``BASE``)."""
@@ -67,13 +75,19 @@ def base_config(**overrides):
 
 def summarize(run_dir: str | Path) -> dict:
     """One finished run's numbers (``final.json``): per split the final greedy accuracy (1,000 rows), length
-    and truncation; the last ``probe_kl``; the training reward of the first and last 20% of steps."""
+    and truncation; the last ``probe_kl``; the training reward of the first and last 20% of steps; for the
+    sequential arm, ``mix@64`` at its switch (200 rows)."""
     steps, evals = read_metrics(run_dir)
     out = {"steps": len(steps), "train_seconds": sum(s["step_time"] for s in steps)}
     for split in dict.fromkeys(e["split"] for e in evals):
         final = [e for e in evals if e["split"] == split][-1]
         out.update({f"{split}_accuracy": final["eval_accuracy"], f"{split}_length": final["eval_length"],
                     f"{split}_truncated": final["eval_truncated"], f"{split}_n": final["eval_n"]})
+    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    if cfg["algorithm"] == "kd-then-grpo":  # the sequential gate: mix where its GRPO stage takes over
+        switch = cfg["switch_step"] or cfg["max_steps"] // 2
+        out[f"mix@{BUDGET}_at_switch"] = next(e["eval_accuracy"] for e in evals
+                                              if e["step"] == switch and e["split"] == f"mix@{BUDGET}")
     probes = [s["probe_kl"] for s in steps if s["probe_kl"] == s["probe_kl"]]
     out["probe_kl"] = probes[-1] if probes else float("nan")
     key = "teacher_reward" if all(s["reward"] != s["reward"] for s in steps) else "reward"
@@ -122,7 +136,7 @@ def gap_closed(value: float, untrained: float, teacher: float) -> float:
 
 def run_pilot(phase: str, out: str | Path = f"{STUDY_DIR}/pilot", seeds: list[int] | None = None) -> list[dict]:
     """One phase of the pilot on development seeds (resumable; run it from two processes to use two cores)."""
-    plans = {"A": PHASE_A}
+    plans = {"A": {**GRPO_PROBES, **PHASE_A}}
     out = Path(out)
     write_baselines(out.parent)
     return run_study(out, plans[phase], seeds or PILOT_SEEDS, base_config(), summarize=summarize)
