@@ -508,7 +508,7 @@ def test_trainer_writes_on_a_full_disk(tmp_path, world, good_ckpt, monkeypatch, 
         monkeypatch.setattr(metrics, "json_line", _fail_with(errno.ENOSPC))
         name = "metrics.jsonl"
     elif target == "config":
-        monkeypatch.setattr("kdrl_mini.trainer.yaml.safe_dump", _fail_with(errno.ENOSPC))
+        monkeypatch.setattr("kdrl_mini.runs.folder.yaml.safe_dump", _fail_with(errno.ENOSPC))
         name = "config.yaml"
     else:
         monkeypatch.setattr(torch, "save", _fail_with(errno.ENOSPC))
