@@ -75,6 +75,18 @@ KD_AT_48 = {
     "kd-rkl-exact-train48": {**PHASE_A["kd-rkl-exact"], **TRAIN48},
     "kd-rkl-exact-lr5e-5-train48": {**PHASE_A["kd-rkl-exact-lr5e-5"], **TRAIN48},
 }
+# Phase B, from phase A: no on-policy form reaches the 40% gate at any rate tried (exact: 27% at 3e-4,
+# 21% at 5e-5, -8% at 1e-3; top-k 8: 25%; k2: 0%), KD-FKL closes 66%. KDRL uses the best on-policy form,
+# the exact reverse KL, at GRPO's rate; every arm trains at TRAIN_BUDGET and is decided at 64.
+TRAIN_BUDGET = SHORT
+KD_FORM = {"kl_kind": "exact"}
+CURVE_BETAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+PHASE_B = {
+    **{f"kdrl-beta{b:g}": {"algorithm": "kdrl", "lr": GRPO_LR, "beta": b, **KD_FORM,
+                           "max_new_tokens": TRAIN_BUDGET} for b in CURVE_BETAS},
+    "kd-then-grpo": {"algorithm": "kd-then-grpo", "lr": FKL_LR, "grpo_stage_lr": GRPO_LR, **FKL_SAMPLING,
+                     "max_new_tokens": TRAIN_BUDGET, "eval_every": 25},
+}
 
 def base_config(**overrides):
     """The study's TrainConfig of one variant (its overrides on top of ``BASE``)."""
@@ -144,7 +156,7 @@ def gap_closed(value: float, untrained: float, teacher: float) -> float:
 
 def run_pilot(phase: str, out: str | Path = f"{STUDY_DIR}/pilot", seeds: list[int] | None = None) -> list[dict]:
     """One phase of the pilot on development seeds (resumable; run it from two processes to use two cores)."""
-    plans = {"A": {**GRPO_PROBES, **PHASE_A, **KD_AT_48}}
+    plans = {"A": {**GRPO_PROBES, **PHASE_A, **KD_AT_48}, "B": PHASE_B}
     out = Path(out)
     write_baselines(out.parent)
     return run_study(out, plans[phase], seeds or PILOT_SEEDS, base_config(), summarize=summarize)
