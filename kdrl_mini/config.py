@@ -15,6 +15,7 @@ can also be set from the command line with ``--set key=value``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,14 +250,31 @@ class TrainConfig:
         return [s.strip() for s in (self.eval_splits or "").split(",") if s.strip()]
 
 
+def check_fields(names, where: str) -> None:
+    """Refuse names that are not :class:`TrainConfig` fields, each with the closest real ones (difflib)."""
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        close = {n: difflib.get_close_matches(n, known, n=3, cutoff=0.5) for n in unknown}
+        named = "; ".join(f"{n!r} (closest: {', '.join(c)})" if c else f"{n!r} (no field is close)"
+                          for n, c in close.items())
+        raise ValueError(f"{where}: unknown config field {named}; TrainConfig in kdrl_mini/config.py lists them all")
+
+
 def parse_set(items: list[str] | None) -> dict:
-    """``["beta=0.1", "kl_kind=k3"]`` -> ``{"beta": 0.1, "kl_kind": "k3"}`` (values parsed as YAML)."""
+    """``["beta=0.1", "kl_kind=k3"]`` -> ``{"beta": 0.1, "kl_kind": "k3"}``: values read as YAML with the
+    safe loader (no tags run), keys checked against :class:`TrainConfig` at once, each failure one line."""
     out = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key:
             raise ValueError(f"--set {item!r}: write key=value, e.g. --set beta=0.1")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            out[key] = yaml.safe_load(value) if value else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item}: {value!r} is not a plain YAML value ({getattr(err, 'problem', err)}); "
+                             f"write a number, true/false, null or text (quote text starting with [, {{ or !)") from None
+    check_fields(out, "--set")
     return out
 
 
@@ -285,8 +303,5 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
         kind = "empty" if values is None else f"a {type(values).__name__}, not `field: value` lines"
         raise ValueError(f"{path} is {kind}; a config names fields, e.g. `algorithm: kdrl`")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown config field(s) {unknown}; known fields: {sorted(known)}")
+    check_fields(values, str(path))
     return TrainConfig(**values)
