@@ -17,34 +17,36 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
 from .config import TrainConfig, load_config, parse_set
+from .gpu.presets import load_preset
 from .runs.checkpoints import FULL, READ_ONLY, write_error
 from .utils import hub_names, setup
 
-
-def _command(module: str, name: str):
-    """The function behind a command, imported only after :func:`main` has set the environment
-    (offline hub, threads): ``transformers`` and ``datasets`` read it when they are imported."""
-    return getattr(importlib.import_module(f"kdrl_mini.{module}"), name)
+# Each handler imports what it runs when it runs: after :func:`main` has set the environment (offline
+# hub, threads), which ``huggingface_hub`` and ``datasets`` read when they are imported, and so that
+# ``kdrl-mini --help`` and a bad flag answer without loading torch's model libraries.
 
 
 def _train(args) -> int:
+    from .commands import train
+
     flags = {"max_steps": args.max_steps, "output_dir": args.output_dir, "seed": args.seed, "threads": args.threads,
              "checkpoint_every": args.checkpoint_every}
     overrides = {**parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}}
     config = args.config
     if args.preset:  # a one-GPU preset's TrainConfig (its `config:` block)
-        config = _command("gpu.presets", "load_preset")(args.preset)[0]
-    return _command("commands", "train")(config, overrides, args.resume, args.overwrite, args.engine)
+        config = load_preset(args.preset)[0]
+    return train(config, overrides, args.resume, args.overwrite, args.engine)
 
 
 def _eval(args) -> int:
-    return _command("commands", "evaluate")(args.run, args.student, args.teacher, args.split, args.n)
+    from .commands import evaluate
+
+    return evaluate(args.run, args.student, args.teacher, args.split, args.n)
 
 
 def _reproduce(args) -> int:
@@ -53,41 +55,58 @@ def _reproduce(args) -> int:
     if args.preset:
         if args.full:
             raise ValueError("--preset and --full are two different studies; pass one of them")
+        from .gpu.preset_study import reproduce
+
         overrides = parse_set(args.set)
         overrides.update({k: v for k, v in {"max_steps": args.steps, "threads": args.threads}.items() if v})
-        _command("gpu.preset_study", "reproduce")(args.preset, overrides, args.output_dir, args.seeds, args.only,
-                                                  args.dry_run, engine=args.engine)
+        reproduce(args.preset, overrides, args.output_dir, args.seeds, args.only, args.dry_run, engine=args.engine)
         return 0
+    given = [flag for flag, value in (("--dry-run", args.dry_run), ("--set", args.set), ("--engine", args.engine))
+             if value]  # flags only the preset study reads: refused, never silently dropped
+    if given:
+        raise ValueError(f"{', '.join(given)} only work with --preset NAME; drop them, or add --preset "
+                         f"t4-16gb|24gb|80gb-paper (kdrl-mini presets lists them)")
     if args.full:
-        _command("study.v3", "run_preregistered")(args.output_dir or "data/study_v3", args.seeds, args.threads or 1,
-                                                  args.only)
+        from .study import v3
+
+        if args.steps:
+            raise ValueError(f"--steps {args.steps}: --full runs the pre-registered plan as written "
+                             f"({v3.BASE['max_steps']} steps per run); drop --steps")
+        v3.run_preregistered(args.output_dir or v3.STUDY_DIR, args.seeds, args.threads or 1, args.only)
         return 0
-    return _command("study.brief", "reproduce_brief")(args.output_dir or "runs/reproduce", args.steps, args.only,
-                                                      args.seeds, args.threads)
+    from .study.brief import reproduce_brief
+
+    return reproduce_brief(args.output_dir or "runs/reproduce", args.steps, args.only, args.seeds, args.threads)
 
 
 def _smoke(args) -> int:
-    overrides = parse_set(args.set)
-    _command("gpu.smoke", "smoke")(args.preset, overrides, args.output_dir, args.steps, engine=args.engine)
+    from .gpu.smoke import smoke
+
+    smoke(args.preset, parse_set(args.set), args.output_dir, args.steps, engine=args.engine)
     return 0
 
 
 def _presets(args) -> int:
-    print(_command("gpu.preset_study", "presets_report")())
+    from .gpu.preset_study import presets_report
+
+    print(presets_report())
     return 0
 
 
 def _build_world(args) -> int:
-    report = _command("world.build", "build_world")(args.root, seed=args.seed, threads=args.threads)
+    from .world.build import build_world
+
+    report = build_world(args.root, seed=args.seed, threads=args.threads)
     print(json.dumps({k: v for k, v in report.items() if k in ("teacher", "student", "build_seconds")}, indent=1))
     return 0
 
 
 def _real_pair(args) -> int:
-    set_fields = parse_set(args.set)  # before anything is built: a typo fails at once
-    return _command("real.command", "real_pair")(set_fields, args.steps, args.cache_dir, args.keep_every,
-                                                 args.output_dir, args.seed, args.heal, args.eval_size, args.learn,
-                                                 args.reward_samples, args.threads)
+    set_fields = parse_set(args.set)  # before anything is built: a typo fails at once, with its name
+    from .real.command import real_pair
+
+    return real_pair(set_fields, args.steps, args.cache_dir, args.keep_every, args.output_dir, args.seed, args.heal,
+                     args.eval_size, args.learn, args.reward_samples, args.threads)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -219,7 +238,7 @@ def _names_hub(args) -> bool:
         elif getattr(args, "student", None):
             cfg = TrainConfig(student_path=args.student, teacher_path=args.teacher or args.student)
         elif getattr(args, "preset", None) not in (None, "list"):  # reproduce --preset NAME: hub models, GSM8K
-            cfg = _command("gpu.presets", "load_preset")(args.preset, **parse_set(getattr(args, "set", None)))[0]
+            cfg = load_preset(args.preset, **parse_set(getattr(args, "set", None)))[0]
         else:
             return False
     except (ValueError, TypeError, OSError):
