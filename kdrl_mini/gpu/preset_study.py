@@ -20,6 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from .. import engines
 from ..config import TrainConfig
 from ..runs.plots import comparison_figure
 from ..study import reproduction
@@ -198,6 +199,8 @@ def reproduce(name: str, overrides: dict, output_dir: str | None = None, seeds: 
     out = Path(output_dir or cfg.output_dir)
     cfg = cfg.replace(output_dir=str(out))
     variants, chosen = plan(cfg, info, seeds, only)
+    for overrides in variants.values():  # what the engine refuses, refused here: also on a dry run
+        engines.check(cfg.replace(**overrides), info.engine)
     est, sources = estimate_preset(cfg, info)
     say(describe(cfg, info, est, sources, variants, chosen, out))
     say(memory_check(name, est, cfg))
