@@ -52,6 +52,23 @@ class RunFolderError(ValueError):
     """The folder cannot be used for this run; the message says why and what to do."""
 
 
+def config_changes(run: str | Path, cfg, ignore) -> list[str]:
+    """The fields (beyond ``ignore``) whose value in the run's ``config.yaml`` differs from ``cfg``'s;
+    [] without the file. A damaged file is refused in one line naming it (it is never rewritten here)."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(path.read_text())
+        why = None if isinstance(saved, dict) else "not `field: value` lines"
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        why = f"not readable YAML: {getattr(err, 'problem', None) or type(err).__name__}"
+    if why:
+        raise RunFolderError(f"{path} is damaged ({why}), so the run's settings are unknown; restore it (e.g. git "
+                             f"checkout) or delete the run folder to train it again")
+    return sorted(k for k, v in cfg.to_dict().items() if k in saved and k not in ignore and saved[k] != v)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

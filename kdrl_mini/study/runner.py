@@ -3,9 +3,10 @@
 ``run_study`` trains every (variant, seed) pair into ``out_dir/runs/<variant>/seed<k>``; a
 finished run (``final.json`` present) is skipped and an interrupted one resumes from its
 checkpoint, so a study is resumable; a run another live worker holds is left to it, so two
-processes can share one study (one per core). ``collect`` reads the finished runs back. The
-brief comparison (:mod:`.brief`), the pre-registered study (:mod:`.reproduction`) and the preset
-study (:mod:`kdrl_mini.gpu.preset_study`) all run through here.
+processes can share one study (one per core). A run whose ``final.json`` went missing while its
+``metrics.jsonl`` is whole is summarised again, never retrained (that would replace its metrics).
+``collect`` reads the finished runs back. The brief comparison (:mod:`.brief`), the pre-registered
+study (:mod:`.v3`) and the preset study (:mod:`kdrl_mini.gpu.preset_study`) all run through here.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import json
 import shutil
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
 from .. import engines
 from ..config import TrainConfig
-from ..runs.folder import latest_checkpoint, remove_checkpoints, take_pid_file
+from ..runs.folder import config_changes, latest_checkpoint, remove_checkpoints, take_pid_file
 from ..runs.loading import load_student_for
+from ..runs.metrics import read_metrics
 from ..trainer import Trainer
 
 
@@ -50,21 +51,41 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dic
             continue
         else:
             bar.set_postfix(run=f"{name}/seed{seed}")
-            resume = latest_checkpoint(run) is not None  # killed before its first checkpoint: start over
-            if engine == "kit":
-                trainer = Trainer(cfg, world=_fresh_student(world, cfg))
-                world = trainer.world
-                trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
-            else:
-                engines.train_run(cfg, engine, resume=resume, overwrite=not resume, progress=step_progress)
+            if not _trained(run, cfg):  # a run whose final.json went missing is summarised again, not retrained
+                resume = latest_checkpoint(run) is not None  # killed before its first checkpoint: start over
+                if engine == "kit":
+                    trainer = Trainer(cfg, world=_fresh_student(world, cfg))
+                    world = trainer.world
+                    trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
+                else:
+                    engines.train_run(cfg, engine, resume=resume, overwrite=not resume, progress=step_progress)
             (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **summarize(run)}, indent=1))
             remove_checkpoints(run)  # the study keeps metrics, not weights
             (run / "trainable.pt").unlink(missing_ok=True)
             shutil.rmtree(run / "adapter", ignore_errors=True)
             (run / WORKER_FILE).unlink(missing_ok=True)
             bar.update()
-        records.append(json.loads((run / "final.json").read_text()))
+        records.append(read_json(run / "final.json"))
     return records
+
+
+def _trained(run: Path, cfg: TrainConfig) -> bool:
+    """Does ``run`` (no ``final.json``) hold a whole run already: training rows up to ``max_steps`` and, for
+    every split it evaluated, the evaluation after the last step? Then only ``final.json`` is missing. A
+    run that logged past a checkpoint it no longer has is refused: starting it over would replace its
+    ``metrics.jsonl``."""
+    if not (run / "metrics.jsonl").is_file():
+        return False
+    steps, evals = read_metrics(run)
+    last = max((r["step"] for r in steps), default=0)
+    if last == cfg.max_steps and {e["split"] for e in evals} <= {e["split"] for e in evals if e["step"] == last}:
+        _check_same_config(run, cfg)
+        return True
+    if latest_checkpoint(run) is None and cfg.checkpoint_every and last >= cfg.checkpoint_every:
+        raise ValueError(f"{run}: metrics.jsonl reaches step {last} of {cfg.max_steps} but the checkpoint to resume "
+                         f"from and final.json are gone; restore them (e.g. git checkout) or delete the run folder to "
+                         f"train it again")
+    return False
 
 
 WORKER_FILE = ".study-worker"  # the pid of the study process training this run
@@ -80,9 +101,7 @@ def _take(run: Path) -> bool:
 
 def _check_same_config(run: Path, cfg: TrainConfig) -> None:
     """A finished run is reused only if it was trained with the config asked for now."""
-    saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-    ignore = {"output_dir", "threads", "device"}
-    changed = sorted(k for k, v in cfg.to_dict().items() if k not in ignore and k in saved and saved[k] != v)
+    changed = config_changes(run, cfg, ignore={"output_dir", "threads", "device"})
     if changed:
         raise ValueError(f"{run} holds a finished run with other settings for {changed}; use another --output-dir "
                          f"for this study, or delete that run folder to train it again")
@@ -94,7 +113,22 @@ def _fresh_student(world, cfg: TrainConfig):
     return None if world is None else dataclasses.replace(world, student=load_student_for(cfg, vocab))
 
 
+REBUILD = "delete it and rerun the study's command: it writes final.json again from metrics.jsonl, without training"
+
+
+def read_json(path: Path, fix: str = REBUILD) -> dict:
+    """A study file holding one JSON object (a run's ``final.json``, a baseline); a damaged file is refused
+    in one line naming it and ``fix``."""
+    try:
+        record = json.loads(path.read_text())
+        why = None if isinstance(record, dict) else "not a JSON object"
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        why = f"not readable JSON: {getattr(err, 'msg', None) or type(err).__name__}"
+    if why:
+        raise ValueError(f"{path} is damaged ({why}); {fix}")
+    return record
+
+
 def collect(out_dir: str | Path) -> list[dict]:
     """Every ``final.json`` under ``out_dir/runs`` (sorted by variant, seed)."""
-    files = sorted(Path(out_dir).glob("runs/*/seed*/final.json"))
-    return [json.loads(f.read_text()) for f in files]
+    return [read_json(f) for f in sorted(Path(out_dir).glob("runs/*/seed*/final.json"))]

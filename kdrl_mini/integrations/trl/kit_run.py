@@ -119,15 +119,13 @@ class MeasuredTrainer(KDRLTrainer):
         return scored
 
 
-def check_resumable(saved: Path, cfg: TrainConfig) -> None:
+def check_resumable(run: Path, cfg: TrainConfig) -> None:
     """Refuse to resume a run whose ``config.yaml`` holds other settings than ``cfg`` (beyond
-    ``RESUMABLE_CHANGES``, as the kit's trainer does)."""
-    before = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
-    changed = sorted(k for k, v in cfg.to_dict().items()
-                     if k in before and k not in checkpoints.RESUMABLE_CHANGES and before[k] != v)
+    ``RESUMABLE_CHANGES``, as the kit's trainer does), or is damaged."""
+    changed = folder.config_changes(run, cfg, ignore=checkpoints.RESUMABLE_CHANGES)
     if changed:
-        raise ValueError(f"--resume: {saved} was written with other settings for {changed}; resume with the run's "
-                         f"own config or start a new --output-dir")
+        raise ValueError(f"--resume: {run / 'config.yaml'} was written with other settings for {changed}; resume "
+                         f"with the run's own config or start a new --output-dir")
 
 
 def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -147,7 +145,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, p
         if ckpt is not None and ckpt.is_file():
             raise ValueError(f"{ckpt} is a checkpoint of the kit's trainer; resume this run with --engine kit")
         if ckpt is not None:
-            check_resumable(out / "config.yaml", cfg)
+            check_resumable(out, cfg)
         metrics.truncate_metrics(out / "metrics.jsonl", folder.checkpoint_step(ckpt))
         folder.write_config(out, cfg, engine="trl")
         device = process_device(kd_args)
