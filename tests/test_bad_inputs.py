@@ -93,7 +93,6 @@ def trainer_for(world, cfg):
 
 # ============================================================================= config
 CONFIG_YAML = [
-    ("lr-as-text", "lr: 3e-4\n", "3.0e-4"),
     ("group-size-text", 'group_size: "8"\n', "group_size"),
     ("group-size-float", "group_size: 4.0\n", "group_size"),
     ("group-size-bool", "group_size: true\n", "group_size"),

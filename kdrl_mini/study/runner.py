@@ -40,33 +40,43 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dic
     records = []
     world = None
     finished = sum((out_dir / "runs" / n / f"seed{k}" / "final.json").exists() for n, k in jobs)
-    bar = tqdm(total=len(jobs), initial=finished, desc="study", disable=not progress)  # rate of new runs only
-    for name, seed in jobs:
-        run = out_dir / "runs" / name / f"seed{seed}"
-        cfg = base.replace(seed=seed, output_dir=str(run), **plan[name])
-        cfg.validate()
-        if (run / "final.json").exists():
-            _check_same_config(run, cfg)
-        elif not _take(run):  # another worker of this study is training it
-            continue
-        else:
-            bar.set_postfix(run=f"{name}/seed{seed}")
-            if not _trained(run, cfg):  # a run whose final.json went missing is summarised again, not retrained
-                resume = latest_checkpoint(run) is not None  # killed before its first checkpoint: start over
-                if engine == "kit":
-                    trainer = Trainer(cfg, world=_fresh_student(world, cfg))
-                    world = trainer.world
-                    trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
-                else:
-                    engines.train_run(cfg, engine, resume=resume, overwrite=not resume, progress=step_progress)
-            (run / "final.json").write_text(json.dumps({"variant": name, "seed": seed, **summarize(run)}, indent=1))
-            remove_checkpoints(run)  # the study keeps metrics, not weights
-            (run / "trainable.pt").unlink(missing_ok=True)
-            shutil.rmtree(run / "adapter", ignore_errors=True)
-            (run / WORKER_FILE).unlink(missing_ok=True)
-            bar.update()
-        records.append(read_json(run / "final.json"))
+    with tqdm(total=len(jobs), initial=finished, desc="study", disable=not progress) as bar:  # rate of new runs only
+        for name, seed in jobs:
+            run = out_dir / "runs" / name / f"seed{seed}"
+            cfg = base.replace(seed=seed, output_dir=str(run), **plan[name])
+            cfg.validate()
+            if (run / "final.json").exists():
+                _check_same_config(run, cfg)
+            elif not _take(run):  # another worker of this study is training it
+                continue
+            else:
+                bar.set_postfix(run=f"{name}/seed{seed}")
+                try:
+                    world = _finish(run, cfg, {"variant": name, "seed": seed}, summarize, world, engine, step_progress)
+                finally:
+                    (run / WORKER_FILE).unlink(missing_ok=True)
+                bar.update()
+            records.append(read_json(run / "final.json"))
     return records
+
+
+def _finish(run: Path, cfg: TrainConfig, key: dict, summarize, world, engine: str, step_progress: bool):
+    """Bring ``run`` to its ``final.json`` (``key`` and ``summarize(run)``): train it, resuming from its
+    checkpoint, or only summarise it when its ``metrics.jsonl`` is whole already; then drop its weights.
+    Returns the kit's loaded world, reused by the next run."""
+    if not _trained(run, cfg):  # a run whose final.json went missing is summarised again, never retrained
+        resume = latest_checkpoint(run) is not None  # killed before its first checkpoint: start over
+        if engine == "kit":
+            trainer = Trainer(cfg, world=_fresh_student(world, cfg))
+            world = trainer.world
+            trainer.train(resume=resume, overwrite=not resume, progress=step_progress)
+        else:
+            engines.train_run(cfg, engine, resume=resume, overwrite=not resume, progress=step_progress)
+    (run / "final.json").write_text(json.dumps({**key, **summarize(run)}, indent=1))
+    remove_checkpoints(run)  # the study keeps metrics, not weights
+    (run / "trainable.pt").unlink(missing_ok=True)
+    shutil.rmtree(run / "adapter", ignore_errors=True)
+    return world
 
 
 def _trained(run: Path, cfg: TrainConfig) -> bool:
