@@ -18,7 +18,7 @@ from kdrl_mini import commands
 from kdrl_mini.config import load_config, parse_set
 from kdrl_mini.study import runner, v3
 from kdrl_mini.tasks import source
-from test_bad_inputs import one_clear_line, refused, run_main, snapshot
+from test_bad_inputs import one_clear_line, recorded_configs, refused, run_main, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "data" / "study_v3"
@@ -71,14 +71,7 @@ def test_cli_one_line_exit_2(tmp_path, capsys, argv, command, needles):
 
 def test_set_null_unsets_a_field_from_a_file_as_from_a_preset(tmp_path, monkeypatch, capsys):
     """``--set dataset=null`` unsets the field with --config as with --preset (it was dropped with --config)."""
-    seen = []
-
-    class Recorder:
-        def __init__(self, cfg, world=None):
-            seen.append(cfg)
-            raise ValueError("recorded")
-
-    monkeypatch.setattr("kdrl_mini.engines.Trainer", Recorder)
+    seen = recorded_configs(monkeypatch)
     (tmp_path / "x.yaml").write_text("dataset: openai/gsm8k\ndataset_config: main\n")
     for config in (["--config", str(tmp_path / "x.yaml")], ["--preset", "t4-16gb"]):
         code, _ = run_main(["train", *config, "--output-dir", str(tmp_path / "out"), "--set", "dataset=null"], capsys)
@@ -172,7 +165,7 @@ STUDY_DAMAGE = [  # (id, damage(run folder), needles): refused in one line, noth
                                                      (r / "final.json").unlink()), ["config.yaml is damaged"]),
     ("final-json-truncated", lambda r: (r / "final.json").write_text((r / "final.json").read_text()[:40]),
      ["final.json is damaged", "not readable JSON", "metrics.jsonl"]),
-    ("final-json-a-list", lambda r: (r / "final.json").write_text("[1, 2]\n"), ["final.json", "not a JSON object"]),
+    ("final-json-a-list", lambda r: (r / "final.json").write_text("[1, 2]\n"), ["final.json is damaged", "name: value"]),
     ("checkpoint-gone-mid-run", lambda r: (_cut(r / "metrics.jsonl", 100), (r / "final.json").unlink()),
      ["reaches step 100 of 150", "checkpoint", "delete the run folder"]),
     ("config-yaml-other-settings", lambda r: (r / "config.yaml").write_text("algorithm: grpo\nlr: 0.1\n"),

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .. import engines
 from ..config import TrainConfig
-from ..runs.folder import config_changes, latest_checkpoint, remove_checkpoints, take_pid_file
+from ..runs.folder import config_changes, latest_checkpoint, read_mapping, remove_checkpoints, take_pid_file
 from ..runs.loading import load_student_for
 from ..runs.metrics import read_metrics
 from ..trainer import Trainer
@@ -56,7 +56,7 @@ def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dic
                 finally:
                     (run / WORKER_FILE).unlink(missing_ok=True)
                 bar.update()
-            records.append(read_json(run / "final.json"))
+            records.append(read_mapping(run / "final.json", REBUILD))
     return records
 
 
@@ -126,19 +126,6 @@ def _fresh_student(world, cfg: TrainConfig):
 REBUILD = "delete it and rerun the study's command: it writes final.json again from metrics.jsonl, without training"
 
 
-def read_json(path: Path, fix: str = REBUILD) -> dict:
-    """A study file holding one JSON object (a run's ``final.json``, a baseline); a damaged file is refused
-    in one line naming it and ``fix``."""
-    try:
-        record = json.loads(path.read_text())
-        why = None if isinstance(record, dict) else "not a JSON object"
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        why = f"not readable JSON: {getattr(err, 'msg', None) or type(err).__name__}"
-    if why:
-        raise ValueError(f"{path} is damaged ({why}); {fix}")
-    return record
-
-
 def collect(out_dir: str | Path) -> list[dict]:
     """Every ``final.json`` under ``out_dir/runs`` (sorted by variant, seed)."""
-    return [read_json(f) for f in sorted(Path(out_dir).glob("runs/*/seed*/final.json"))]
+    return [read_mapping(f, REBUILD) for f in sorted(Path(out_dir).glob("runs/*/seed*/final.json"))]

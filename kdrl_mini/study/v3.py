@@ -24,10 +24,11 @@ import torch
 from ..config import load_config
 from ..rollout import greedy_eval
 from ..runs.loading import load_world
+from ..runs.folder import read_mapping
 from ..runs.metrics import read_metrics
 from ..utils import setup
 from . import v3_claims
-from .runner import collect, read_json, run_study
+from .runner import collect, run_study
 
 STUDY_DIR = "data/study_v3"
 BETA = 0.01                 # KDRL's KL coefficient (k2 in the loss): 0.02 was unstable over pilot seeds, >= 0.1 erased `blind`
@@ -163,7 +164,7 @@ def baselines(out: str | Path = STUDY_DIR) -> tuple[dict, dict]:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing (the {name[:-5]} scores the tables compare with); restore it "
                                     f"(e.g. git checkout {path}) or run {pilot}")
-        found.append(read_json(path, f"restore it (e.g. git checkout {path}), or delete it and run {pilot}"))
+        found.append(read_mapping(path, f"restore it (e.g. git checkout {path}), or delete it and run {pilot}"))
     return found[0], found[1]
 
 
