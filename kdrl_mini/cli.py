@@ -64,8 +64,9 @@ def _reproduce(args) -> int:
     given = [flag for flag, value in (("--dry-run", args.dry_run), ("--set", args.set), ("--engine", args.engine))
              if value]  # flags only the preset study reads: refused, never silently dropped
     if given:
-        raise ValueError(f"{', '.join(given)} only work with --preset NAME; drop them, or add --preset "
-                         f"t4-16gb|24gb|80gb-paper (kdrl-mini presets lists them)")
+        one = len(given) == 1
+        raise ValueError(f"{' and '.join(given)} only work{'s' if one else ''} with --preset NAME; drop "
+                         f"{'it' if one else 'them'}, or add --preset t4-16gb|24gb|80gb-paper (kdrl-mini presets)")
     if args.full:
         from .study import v3
 

@@ -47,8 +47,9 @@ CLI = [  # (id, argv, command, needles)
     ("set-python-apply", ["train", "--config", "kdrl", "--set", "lr=!!python/object/apply:os.system ['touch {tmp}/ran']"],
      "train", ["not a plain YAML value"]),
     ("reproduce-dry-run-without-preset", ["reproduce", "--dry-run", "--output-dir", "{tmp}/r"], "reproduce",
-     ["--dry-run only work with --preset"]),
-    ("reproduce-set-without-preset", ["reproduce", "--set", "beta=0.1"], "reproduce", ["--set only work with --preset"]),
+     ["--dry-run only works with --preset", "drop it"]),
+    ("reproduce-set-without-preset", ["reproduce", "--set", "beta=0.1", "--engine", "trl"], "reproduce",
+     ["--set and --engine only work with --preset", "drop them"]),
     ("reproduce-full-with-steps", ["reproduce", "--full", "--steps", "3"], "reproduce", ["--steps 3", "--full"]),
     ("preset-dry-run-trl-refusal", ["reproduce", "--preset", "80gb-paper", "--dry-run", "--set", "ppo_epochs=2"],
      "reproduce", ["ppo_epochs=2", "--engine trl"]),
@@ -193,6 +194,7 @@ GATES = [  # (id, damage(study folder), argv, needles) for python -m kdrl_mini.s
     ("teacher-truncated", lambda s: (s / "teacher.json").write_text("{"), ["gates", "study"],
      ["teacher.json is damaged"]),
     ("unknown-command", lambda s: None, ["gate"], ["unknown command 'gate'"]),
+    ("no-command", lambda s: None, [], ["unknown command ''", "pilot"]),
     ("seed-not-a-number", lambda s: None, ["report", "x"], ["'x'"]),
 ]
 
@@ -205,7 +207,7 @@ def test_study_v3_command_on_damaged_files(tmp_path, capsys, monkeypatch, damage
     monkeypatch.setattr(v3, "STUDY_DIR", str(out))
     monkeypatch.setattr(v3, "setup", lambda **kw: None)  # the test session's setup stands
     assert v3.main(argv) == 2
-    error_line(capsys.readouterr().err, f"python -m kdrl_mini.study.v3 {argv[0]}", *needles)
+    error_line(capsys.readouterr().err, " ".join(["python -m kdrl_mini.study.v3", *argv[:1]]), *needles)
     assert snapshot(out) == before
 
 

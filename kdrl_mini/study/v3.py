@@ -186,7 +186,7 @@ def main(argv: list[str]) -> int:
     pilot_dir = Path(STUDY_DIR) / "pilot"
     try:
         if command not in ("pilot", "probes", "study", "report", "gates"):
-            raise ValueError(f"unknown command {command!r}; use pilot, probes, study, report or gates")
+            raise ValueError(f"unknown command {command!r}; name one of pilot, probes, study, report, gates")
         seeds = None if command == "gates" else [int(s) for s in args] or None
         if command in ("pilot", "probes"):
             run_pilot(pilot_dir, seeds, list(PILOT_PROBES) if command == "probes" else None)
@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
         finished = collect(STUDY_DIR if command in ("study", "report") or args == ["study"] else pilot_dir)
         rows = gates(finished, *baselines(STUDY_DIR))
     except (ValueError, OSError) as err:
-        print(f"python -m kdrl_mini.study.v3 {command}: error: {err}", file=sys.stderr)
+        print(f"{f'python -m kdrl_mini.study.v3 {command}'.strip()}: error: {err}", file=sys.stderr)
         return 2
     for row in rows:
         verdict = "holds" if row["holds"] else "FAILS"
