@@ -15,7 +15,6 @@ can also be set from the command line with ``--set key=value``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 
 from .advantages import ADV_SCALES
 from .algorithms import ALGORITHMS as STAGES
-from .config_types import check_types
+from .config_types import check_fields, check_types
 from .kl import TOKEN_KL_KINDS
 from .losses import KD_STRATEGIES, LOSS_AGGS
 from .rewards import CHECKERS
@@ -250,17 +249,6 @@ class TrainConfig:
         return [s.strip() for s in (self.eval_splits or "").split(",") if s.strip()]
 
 
-def check_fields(names, where: str) -> None:
-    """Refuse names that are not :class:`TrainConfig` fields, each with the closest real ones (difflib)."""
-    known = [f.name for f in dataclasses.fields(TrainConfig)]
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        close = {n: difflib.get_close_matches(n, known, n=3, cutoff=0.5) for n in unknown}
-        named = "; ".join(f"{n!r} (closest: {', '.join(c)})" if c else f"{n!r} (no field is close)"
-                          for n, c in close.items())
-        raise ValueError(f"{where}: unknown config field {named}; TrainConfig in kdrl_mini/config.py lists them all")
-
-
 def parse_set(items: list[str] | None) -> dict:
     """``["beta=0.1", "kl_kind=k3"]`` -> ``{"beta": 0.1, "kl_kind": "k3"}``: values read as YAML with the
     safe loader (no tags run), keys checked against :class:`TrainConfig` at once, each failure one line."""
@@ -274,7 +262,7 @@ def parse_set(items: list[str] | None) -> dict:
         except yaml.YAMLError as err:
             raise ValueError(f"--set {item}: {value!r} is not a plain YAML value ({getattr(err, 'problem', err)}); "
                              f"write a number, true/false, null or text (quote text starting with [, {{ or !)") from None
-    check_fields(out, "--set")
+    check_fields(TrainConfig, out, "--set")
     return out
 
 
@@ -303,5 +291,5 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
         kind = "empty" if values is None else f"a {type(values).__name__}, not `field: value` lines"
         raise ValueError(f"{path} is {kind}; a config names fields, e.g. `algorithm: kdrl`")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    check_fields(values, str(path))
+    check_fields(TrainConfig, values, str(path))
     return TrainConfig(**values)

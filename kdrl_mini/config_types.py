@@ -1,11 +1,12 @@
 """Each field of a config checked against its annotation: one clear line per wrong value (the field,
 what it got, what it takes, and the fix), integers normalised to plain ints, and a number that YAML 1.1
 read as text (``lr: 1e-3``: no dot, so not a float to YAML) turned into the float it spells, for
-float fields only."""
+float fields only; and an unknown field name refused with the closest real ones."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import operator
 import re
@@ -28,6 +29,19 @@ def _is_integer(value) -> bool:
         return True
     except TypeError:
         return False
+
+
+def check_fields(cls, names, where: str) -> None:
+    """Refuse names that are not fields of the config dataclass ``cls``, each with the closest real ones
+    (difflib), in one line that starts with ``where`` (a file, or ``--set``)."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        close = {n: difflib.get_close_matches(n, known, n=3, cutoff=0.5) for n in unknown}
+        named = "; ".join(f"{n!r} (closest: {', '.join(c)})" if c else f"{n!r} (no field is close)"
+                          for n, c in close.items())
+        raise ValueError(f"{where}: unknown config field {named}; {cls.__name__} in {cls.__module__.replace('.', '/')}"
+                         f".py lists them all")
 
 
 def check_types(cfg) -> None:
