@@ -251,14 +251,15 @@ class TrainConfig:
 
 def parse_set(items: list[str] | None) -> dict:
     """``["beta=0.1", "kl_kind=k3"]`` -> ``{"beta": 0.1, "kl_kind": "k3"}``: values read as YAML with the
-    safe loader (no tags run), keys checked against :class:`TrainConfig` at once, each failure one line."""
+    safe loader (no tags run; ``null`` unsets a field), keys checked against :class:`TrainConfig` at once,
+    each failure one line. A value of only whitespace is that text (``prompt_suffix=`` is "")."""
     out = {}
     for item in items or []:
-        key, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or not key:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
             raise ValueError(f"--set {item!r}: write key=value, e.g. --set beta=0.1")
         try:
-            out[key] = yaml.safe_load(value) if value else None
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else value
         except yaml.YAMLError as err:
             raise ValueError(f"--set {item}: {value!r} is not a plain YAML value ({getattr(err, 'problem', err)}); "
                              f"write a number, true/false, null or text (quote text starting with [, {{ or !)") from None

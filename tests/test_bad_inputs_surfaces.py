@@ -82,6 +82,14 @@ def test_set_null_unsets_a_field_from_a_file_as_from_a_preset(tmp_path, monkeypa
     assert commands.with_overrides(tmp_path / "x.yaml", {}).dataset == "openai/gsm8k"  # without --set the file's value
 
 
+def test_a_whitespace_value_is_that_text_not_a_dropped_null(tmp_path):
+    """``--set prompt_suffix=<newline>`` sets the newline (it read as null and was dropped); ``null`` unsets."""
+    assert parse_set(["prompt_suffix=\n", "ood_split=null"]) == {"prompt_suffix": "\n", "ood_split": None}
+    assert commands.with_overrides("kdrl", parse_set(["prompt_suffix=\n"])).prompt_suffix == "\n"
+    refused(lambda: commands.with_overrides("kdrl", parse_set(["max_new_tokens="])), ValueError,
+            "max_new_tokens='' is str; expected int")
+
+
 # ============================================================================= --set lr=1e-3
 ACCEPTED = [  # (id, --set items, field, value): YAML 1.1 reads 1e-3 as text; a float field takes the number
     ("lr-1e-3", ["lr=1e-3"], "lr", 0.001),
