@@ -21,19 +21,19 @@ import json
 import sys
 from pathlib import Path
 
+from .commands import evaluate, train
 from .config import TrainConfig, load_config, parse_set
 from .gpu.presets import load_preset
 from .runs.checkpoints import FULL, READ_ONLY, write_error
 from .utils import hub_names, setup
 
-# Each handler imports what it runs when it runs: after :func:`main` has set the environment (offline
-# hub, threads), which ``huggingface_hub`` and ``datasets`` read when they are imported, and so that
-# ``kdrl-mini --help`` and a bad flag answer without loading torch's model libraries.
+# The handlers of the rooms (world, real, study, gpu) import what they run when they run: after
+# :func:`main` has set the environment (offline hub, threads), which ``huggingface_hub`` and ``datasets``
+# read when they are imported (world.build and real.command import them), and so that ``kdrl-mini
+# --help`` and a bad flag answer without loading them, matplotlib or scipy. The core above loads none.
 
 
 def _train(args) -> int:
-    from .commands import train
-
     flags = {"max_steps": args.max_steps, "output_dir": args.output_dir, "seed": args.seed, "threads": args.threads,
              "checkpoint_every": args.checkpoint_every}
     overrides = {**parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}}
@@ -44,8 +44,6 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .commands import evaluate
-
     return evaluate(args.run, args.student, args.teacher, args.split, args.n)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,15 @@ def test_cli_one_line_exit_2(tmp_path, capsys, argv, command, needles):
     assert code == 2, err
     one_clear_line(err, f"kdrl-mini {command}: error:", *needles)
     assert snapshot(tmp_path) == before and not (tmp_path / "ran").exists()
+
+
+def test_the_cli_loads_no_hub_library_before_main_sets_the_environment():
+    """``kdrl_mini.cli`` imports its handlers with ordinary imports; the rooms' are deferred to where they run,
+    so the offline setting ``main`` makes (HF_HUB_OFFLINE, read at import) reaches huggingface_hub and datasets."""
+    code = ("import sys, kdrl_mini.cli; print(sorted(m for m in ('huggingface_hub', 'datasets', 'transformers', "
+            "'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_set_null_unsets_a_field_from_a_file_as_from_a_preset(tmp_path, monkeypatch, capsys):
