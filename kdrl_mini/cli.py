@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from .commands import evaluate, train
+from . import commands
 from .config import TrainConfig, load_config, parse_set
 from .gpu.presets import load_preset
 from .runs.checkpoints import FULL, READ_ONLY, write_error
@@ -40,11 +40,11 @@ def _train(args) -> int:
     config = args.config
     if args.preset:  # a one-GPU preset's TrainConfig (its `config:` block)
         config = load_preset(args.preset)[0]
-    return train(config, overrides, args.resume, args.overwrite, args.engine)
+    return commands.train(config, overrides, args.resume, args.overwrite, args.engine)
 
 
 def _eval(args) -> int:
-    return evaluate(args.run, args.student, args.teacher, args.split, args.n)
+    return commands.evaluate(args.run, args.student, args.teacher, args.split, args.n)
 
 
 def _reproduce(args) -> int:
