@@ -114,7 +114,7 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def _quant_config(quantization: str, compute_dtype: torch.dtype):
+def quant_config(quantization: str, compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
@@ -158,7 +158,7 @@ def load_causal_lm(path: str | Path, quantization: str = "none", device: str | N
     kwargs = {"dtype": dtype, "trust_remote_code": False}
     if quantization != "none":
         quiet_bitsandbytes()
-        kwargs["quantization_config"] = _quant_config(quantization, dtype)
+        kwargs["quantization_config"] = quant_config(quantization, dtype)
         # bitsandbytes places weights at load time; an explicit map keeps everything on one device.
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
     from safetensors import SafetensorError

@@ -57,7 +57,7 @@ def config_from_train_config(cfg, **overrides) -> KDRLConfig:
         beta=0.0, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, report_to=[], logging_steps=1,
         save_strategy="no", use_cpu=not cuda,
         teacher_model_name_or_path=cfg.teacher_path,
-        teacher_load_in_8bit=cfg.teacher_quant == "8bit",
+        teacher_load_in_8bit=cfg.teacher_quant == "8bit", teacher_load_in_4bit=cfg.teacher_quant == "4bit",
         teacher_model_init_kwargs={"dtype": str(dtype).removeprefix("torch.")},
         pg_weight=0.0 if kd_only else 1.0, log_teacher_kl=cfg.algorithm != "grpo" or bool(cfg.log_exact_kl),
         kd_beta={"kdrl": cfg.beta, "grpo": 0.0, "kd-rkl": 1.0}[cfg.algorithm],
