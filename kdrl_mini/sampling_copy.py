@@ -120,6 +120,15 @@ def dense_weights(student, dtype: torch.dtype | None = None):
                 yield (f"{name}.{pname}" if name else pname), p.detach()
 
 
+def check_copy_device(device: torch.device) -> None:
+    """Refuse, in one line, a plain fp32 copy for models that are not on the CPU: the copy is built on the CPU
+    (about 7 GB for a 1.5B student, 30 GB for KD-FKL's 7B teacher), its samples would meet a teacher on the
+    card, and on a GPU sampling from the model itself is the fast path."""
+    if device.type != "cpu":
+        raise ValueError(f"rollout_copy: true builds an fp32 copy of the models on the CPU, but they are on {device}; "
+                         f"set rollout_copy: false (or null: a copy on the CPU only)")
+
+
 def is_quantised_linear(module) -> bool:
     w = getattr(module, "weight", None)
     return isinstance(w, torch.Tensor) and (getattr(w, "quant_state", None) is not None or w.dtype == torch.int8)
@@ -133,6 +142,8 @@ class RolloutPolicy:
     CPU, log-probs within 0.006 of the 8-bit model's (which also quantises activations)."""
 
     def __init__(self, student, teacher, use_copy: bool):
+        if use_copy:
+            check_copy_device(next(student.parameters()).device)
         self.student, self.teacher = student, teacher
         self.copy = MergedCopy(student) if use_copy else None
         self.teacher_copy = None

@@ -141,6 +141,15 @@ def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, p
     kd_args = config_from_train_config(  # refuses what TRL does not reproduce, before anything loads
         cfg, output_dir=str(out), save_strategy="steps" if cfg.checkpoint_every else "no",
         save_steps=cfg.checkpoint_every or 500, save_total_limit=1, disable_tqdm=not progress)
+    try:
+        return _train(cfg, kd_args, resume, overwrite, progress, measured)
+    finally:  # the next run of a study or smoke loads its own models (and vLLM checks the free memory)
+        models.free_memory()
+
+
+def _train(cfg: TrainConfig, kd_args, resume: bool, overwrite: bool, progress: bool, measured: list | None) -> list[dict]:
+    """The body of :func:`train_run`, whose frame (the trainer, student and teacher) is gone when it returns."""
+    out = Path(cfg.output_dir)
     tok, splits, _ = load_data(cfg)
     with folder.claim(out, resume, overwrite):
         ckpt = folder.latest_checkpoint(out) if resume else None
