@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from ..kl import FULL_VOCAB_KINDS
 from ..scoring import CHUNK_ELEMENTS
 from .shapes import ModelShape
-from .timing import eval_seconds, step_seconds
+from .timing import eval_seconds, phase_seconds, step_seconds
 
 GiB = 2**30
 CUDA_CONTEXT = int(0.4 * GiB)       # created by the first CUDA call (so mem_get_info has already paid it)
@@ -233,7 +233,8 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
                                         "trainable_params": lora, "rollouts": B, "micro_batch": mb,
                                         "sequence_length": L})
     if tflops and bandwidth_gbs:
-        est.step_seconds = step_seconds(cfg, s, t, P, tflops, bandwidth_gbs, vllm=vllm_bytes is not None)
+        timing = (cfg, s, t, P, tflops, bandwidth_gbs, vllm_bytes is not None)
+        est.step_seconds, est.detail["phase_seconds"] = step_seconds(*timing), phase_seconds(*timing)
         est.detail["eval_seconds"] = eval_seconds(cfg, s, P, bandwidth_gbs)
     return est
 
@@ -264,9 +265,8 @@ def knob(est: MemoryEstimate, cfg) -> str:
         return f"--set max_new_tokens={cfg.max_new_tokens // 2}"
     if phase == "teacher":
         mb = cfg.micro_batch_size or cfg.group_size * cfg.prompts_per_step
-        if mb > 1:
-            return f"--set micro_batch_size={max(1, mb // 2)}"
-        return f"--set max_new_tokens={cfg.max_new_tokens // 2} or a smaller teacher"
+        return (f"--set micro_batch_size={max(1, mb // 2)}" if mb > 1 else
+                f"--set max_new_tokens={cfg.max_new_tokens // 2} or a smaller teacher")
     if phase == "eval":
         return f"--set eval_size={max(1, min(cfg.eval_size, cfg.eval_batch_size) // 2)} or lower max_new_tokens"
     return f"--set max_new_tokens={cfg.max_new_tokens // 2} (or fewer prompts_per_step)"
