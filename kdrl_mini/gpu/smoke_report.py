@@ -34,7 +34,9 @@ def memory_verdict(measured: int | None, low: int, high: int, on_cuda: bool) -> 
     ``high`` the estimate is too low (a fuller card could run out of memory: FAIL); below
     ``FAR_TOO_HIGH * low`` it is far too high (it refuses settings that would fit: FLAG). On the CPU the
     resident peak is the whole process, not comparable: not judged."""
-    if measured is None or not on_cuda:
+    if measured is None:
+        return PASS, "not measured separately"
+    if not on_cuda:
         return PASS, "memory not compared off CUDA"
     if measured > high:
         return FAIL, f"estimate too low: {me.gib(measured)} GiB measured > {me.gib(high)} estimated"
@@ -45,7 +47,8 @@ def memory_verdict(measured: int | None, low: int, high: int, on_cuda: bool) -> 
 
 def phase_rows(run: dict, est: me.MemoryEstimate, on_cuda: bool) -> dict[str, dict]:
     """Per phase: measured time (the last step before the forced one, not the warm-up), estimated time,
-    measured peak (the highest of every step, the forced worst case included), estimated range, verdict."""
+    measured allocated peak (the highest of every step, the forced worst case included), the estimate's
+    range for it (what is always held plus the phase, without the CUDA context), verdict."""
     steps = run["steps"]
     typical = steps[-2] if len(steps) > 1 else steps[-1] if steps else {"laps": {}}  # the last of normal length
     est_seconds = {**est.detail.get("phase_seconds", {}), "eval": est.detail.get("eval_seconds")}
@@ -57,7 +60,9 @@ def phase_rows(run: dict, est: me.MemoryEstimate, on_cuda: bool) -> dict[str, di
             seconds = typical["laps"].get(_LAP.get(phase, phase))
             peaks = [s["peaks"][phase] for s in steps if phase in s["peaks"]]
             peak = max(peaks) if peaks else None
-        low, high = est.low_group("always") + est.low_group(phase), est.always + est.phases[phase]
+        context = est.part("cuda context")  # not the allocator's: mem_get_info shows it (the run's device use)
+        low = est.low_group("always") + est.low_group(phase) - context
+        high = est.always + est.phases[phase] - context
         verdict, why = memory_verdict(peak, low, high, on_cuda)
         if run.get("error") and run.get("failed_phase") == phase:
             verdict, why = FAIL, run["error"]
