@@ -74,9 +74,7 @@ def compute_dtype(name: str = "auto", device=None) -> torch.dtype:
 
 
 def free_memory() -> None:
-    """Hand back the memory of models nothing refers to any more: collect reference cycles (a trainer holds
-    many), then return CUDA's cached blocks to the device, whose free memory vLLM and the next run's loads
-    check. Call it between runs in one process."""
+    """Between runs in one process: collect cycles (a trainer holds many), return CUDA's cache to the device."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
