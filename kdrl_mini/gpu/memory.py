@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from ..kl import FULL_VOCAB_KINDS
 from ..scoring import CHUNK_ELEMENTS
 from .shapes import ModelShape
-from .timing import eval_seconds, phase_seconds, step_seconds
+from .timing import eval_seconds, phase_seconds, step_seconds, teacher_samples
 
 GiB = 2**30
 CUDA_CONTEXT = int(0.4 * GiB)       # created by the first CUDA call (so mem_get_info has already paid it)
