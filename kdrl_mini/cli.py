@@ -7,7 +7,7 @@
     kdrl-mini reproduce --preset t4-16gb|24gb|80gb-paper|list [--dry-run] [--steps N] [--engine kit|trl]
                         [--set key=value ...]
     kdrl-mini presets
-    kdrl-mini smoke --preset t4-16gb|24gb|80gb-paper [--steps N] [--engine kit|trl] [--set key=value ...]
+    kdrl-mini smoke --preset t4-16gb|24gb|80gb-paper [--steps N] [--only ALGORITHM ...] [--engine kit|trl] [--overwrite] [--set key=value ...]
     kdrl-mini build-world [--root data] [--seed 0]
     kdrl-mini real-pair [--steps 3] [--cache-dir .cache/real] [--keep-every 2] [--heal | --no-heal] [--eval-size 4]
                         [--learn [--reward-samples 8]]
@@ -81,8 +81,9 @@ def _reproduce(args) -> int:
 def _smoke(args) -> int:
     from .gpu.smoke import smoke
 
-    smoke(args.preset, parse_set(args.set), args.output_dir, args.steps, engine=args.engine)
-    return 0
+    report = smoke(args.preset, parse_set(args.set), args.output_dir, args.steps, args.only, engine=args.engine,
+                   overwrite=args.overwrite)
+    return 0 if report["verdict"] != "FAIL" else 1
 
 
 def _presets(args) -> int:
@@ -182,13 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "own (its about.engine)")
     r.set_defaults(func=_reproduce)
 
-    sm = sub.add_parser("smoke", help="a preset's first run on a card: two steps of each algorithm, measured time "
-                        "and peak memory per phase next to the estimate")
+    sm = sub.add_parser("smoke", help="a preset's first run on a card: two steps and a worst-case-length step of "
+                        "each algorithm, measured time and memory per phase next to the estimate, and a verdict "
+                        "(exit code 1 on FAIL)")
     sm.add_argument("--preset", required=True, help="t4-16gb, 24gb or 80gb-paper")
     sm.add_argument("--steps", type=_at_least(1), default=2)
     sm.add_argument("--output-dir", type=_folder, help="where smoke.json and the runs go (default runs/smoke-NAME)")
     sm.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config fields, e.g. --set micro_batch_size=2")
     sm.add_argument("--engine", choices=["kit", "trl"], help="the trainer, in place of the preset's own")
+    sm.add_argument("--only", nargs="+", metavar="ALGORITHM", help="only these algorithms (default: every one the "
+                    "engine runs), e.g. --only kdrl")
+    sm.add_argument("--overwrite", action="store_true", help="replace a smoke or run already in --output-dir")
     sm.set_defaults(func=_smoke)
 
     lp = sub.add_parser("presets", help="list the one-GPU presets with their memory and time estimates")
