@@ -7,7 +7,7 @@
     kdrl-mini reproduce --preset t4-16gb|24gb|80gb-paper|list [--dry-run] [--steps N] [--engine kit|trl]
                         [--set key=value ...]
     kdrl-mini presets
-    kdrl-mini smoke --preset t4-16gb|24gb|80gb-paper [--steps N] [--engine kit|trl] [--set key=value ...]
+    kdrl-mini smoke --preset t4-16gb|24gb|80gb-paper [--steps N] [--only ALGORITHM ...] [--engine kit|trl] [--overwrite] [--set key=value ...]
     kdrl-mini build-world [--root data] [--seed 0]
     kdrl-mini real-pair [--steps 3] [--cache-dir .cache/real] [--keep-every 2] [--heal | --no-heal] [--eval-size 4]
                         [--learn [--reward-samples 8]]
@@ -17,20 +17,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
+from . import commands
 from .config import TrainConfig, load_config, parse_set
+from .gpu.presets import load_preset
 from .runs.checkpoints import FULL, READ_ONLY, write_error
 from .utils import hub_names, setup
 
-
-def _command(module: str, name: str):
-    """The function behind a command, imported only after :func:`main` has set the environment
-    (offline hub, threads): ``transformers`` and ``datasets`` read it when they are imported."""
-    return getattr(importlib.import_module(f"kdrl_mini.{module}"), name)
+# The handlers of the rooms (world, real, study, gpu) import what they run when they run: after
+# :func:`main` has set the environment (offline hub, threads), which ``huggingface_hub`` and ``datasets``
+# read when they are imported (world.build and real.command import them), and so that ``kdrl-mini
+# --help`` and a bad flag answer without loading them, matplotlib or scipy. The core above loads none.
 
 
 def _train(args) -> int:
@@ -39,12 +39,12 @@ def _train(args) -> int:
     overrides = {**parse_set(args.set), **{k: v for k, v in flags.items() if v is not None}}
     config = args.config
     if args.preset:  # a one-GPU preset's TrainConfig (its `config:` block)
-        config = _command("gpu.presets", "load_preset")(args.preset)[0]
-    return _command("commands", "train")(config, overrides, args.resume, args.overwrite, args.engine)
+        config = load_preset(args.preset)[0]
+    return commands.train(config, overrides, args.resume, args.overwrite, args.engine)
 
 
 def _eval(args) -> int:
-    return _command("commands", "evaluate")(args.run, args.student, args.teacher, args.split, args.n)
+    return commands.evaluate(args.run, args.student, args.teacher, args.split, args.n)
 
 
 def _reproduce(args) -> int:
@@ -53,41 +53,60 @@ def _reproduce(args) -> int:
     if args.preset:
         if args.full:
             raise ValueError("--preset and --full are two different studies; pass one of them")
+        from .gpu.preset_study import reproduce
+
         overrides = parse_set(args.set)
         overrides.update({k: v for k, v in {"max_steps": args.steps, "threads": args.threads}.items() if v})
-        _command("gpu.preset_study", "reproduce")(args.preset, overrides, args.output_dir, args.seeds, args.only,
-                                                  args.dry_run, engine=args.engine)
+        reproduce(args.preset, overrides, args.output_dir, args.seeds, args.only, args.dry_run, engine=args.engine)
         return 0
+    given = [flag for flag, value in (("--dry-run", args.dry_run), ("--set", args.set), ("--engine", args.engine))
+             if value]  # flags only the preset study reads: refused, never silently dropped
+    if given:
+        one = len(given) == 1
+        raise ValueError(f"{' and '.join(given)} only work{'s' if one else ''} with --preset NAME; drop "
+                         f"{'it' if one else 'them'}, or add --preset t4-16gb|24gb|80gb-paper (kdrl-mini presets)")
     if args.full:
-        _command("study.v3", "run_preregistered")(args.output_dir or "data/study_v3", args.seeds, args.threads or 1,
-                                                  args.only)
+        from .study import v3
+
+        if args.steps:
+            raise ValueError(f"--steps {args.steps}: --full runs the pre-registered plan as written "
+                             f"({v3.BASE['max_steps']} steps per run); drop --steps")
+        v3.run_preregistered(args.output_dir or v3.STUDY_DIR, args.seeds, args.threads or 1, args.only)
         return 0
-    return _command("study.brief", "reproduce_brief")(args.output_dir or "runs/reproduce", args.steps, args.only,
-                                                      args.seeds, args.threads)
+    from .study.brief import reproduce_brief
+
+    return reproduce_brief(args.output_dir or "runs/reproduce", args.steps, args.only, args.seeds, args.threads)
 
 
 def _smoke(args) -> int:
-    overrides = parse_set(args.set)
-    _command("gpu.smoke", "smoke")(args.preset, overrides, args.output_dir, args.steps, engine=args.engine)
-    return 0
+    from .gpu.smoke import smoke
+
+    report = smoke(args.preset, parse_set(args.set), args.output_dir, args.steps, args.only, engine=args.engine,
+                   overwrite=args.overwrite)
+    return 0 if report["verdict"] != "FAIL" else 1
 
 
 def _presets(args) -> int:
-    print(_command("gpu.preset_study", "presets_report")())
+    from .gpu.preset_study import presets_report
+
+    print(presets_report())
     return 0
 
 
 def _build_world(args) -> int:
-    report = _command("world.build", "build_world")(args.root, seed=args.seed, threads=args.threads)
+    from .world.build import build_world
+
+    report = build_world(args.root, seed=args.seed, threads=args.threads)
     print(json.dumps({k: v for k, v in report.items() if k in ("teacher", "student", "build_seconds")}, indent=1))
     return 0
 
 
 def _real_pair(args) -> int:
-    set_fields = parse_set(args.set)  # before anything is built: a typo fails at once
-    return _command("real.command", "real_pair")(set_fields, args.steps, args.cache_dir, args.keep_every,
-                                                 args.output_dir, args.seed, args.heal, args.eval_size, args.learn,
-                                                 args.reward_samples, args.threads)
+    set_fields = parse_set(args.set)  # before anything is built: a typo fails at once, with its name
+    from .real.command import real_pair
+
+    return real_pair(set_fields, args.steps, args.cache_dir, args.keep_every, args.output_dir, args.seed, args.heal,
+                     args.eval_size, args.learn, args.reward_samples, args.threads)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,13 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "own (its about.engine)")
     r.set_defaults(func=_reproduce)
 
-    sm = sub.add_parser("smoke", help="a preset's first run on a card: two steps of each algorithm, measured time "
-                        "and peak memory per phase next to the estimate")
+    sm = sub.add_parser("smoke", help="a preset's first run on a card: two steps and a worst-case-length step of "
+                        "each algorithm, measured time and memory per phase next to the estimate, and a verdict "
+                        "(exit code 1 on FAIL)")
     sm.add_argument("--preset", required=True, help="t4-16gb, 24gb or 80gb-paper")
     sm.add_argument("--steps", type=_at_least(1), default=2)
     sm.add_argument("--output-dir", type=_folder, help="where smoke.json and the runs go (default runs/smoke-NAME)")
     sm.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config fields, e.g. --set micro_batch_size=2")
     sm.add_argument("--engine", choices=["kit", "trl"], help="the trainer, in place of the preset's own")
+    sm.add_argument("--only", nargs="+", metavar="ALGORITHM", help="only these algorithms (default: every one the "
+                    "engine runs), e.g. --only kdrl")
+    sm.add_argument("--overwrite", action="store_true", help="replace a smoke or run already in --output-dir")
     sm.set_defaults(func=_smoke)
 
     lp = sub.add_parser("presets", help="list the one-GPU presets with their memory and time estimates")
@@ -219,7 +242,7 @@ def _names_hub(args) -> bool:
         elif getattr(args, "student", None):
             cfg = TrainConfig(student_path=args.student, teacher_path=args.teacher or args.student)
         elif getattr(args, "preset", None) not in (None, "list"):  # reproduce --preset NAME: hub models, GSM8K
-            cfg = _command("gpu.presets", "load_preset")(args.preset, **parse_set(getattr(args, "set", None)))[0]
+            cfg = load_preset(args.preset, **parse_set(getattr(args, "set", None)))[0]
         else:
             return False
     except (ValueError, TypeError, OSError):

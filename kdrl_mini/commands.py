@@ -16,8 +16,8 @@ def train(config: str | TrainConfig, overrides: dict, resume: bool = False, over
           engine: str = "kit") -> int:
     """``kdrl-mini train``: train ``config`` (a shipped name, a YAML file or a preset's TrainConfig) with
     ``overrides`` on ``engine`` (the kit's trainer, or TRL's: :mod:`kdrl_mini.engines`); print the last
-    evaluation."""
-    cfg = config.replace(**overrides) if isinstance(config, TrainConfig) else load_config(config, **overrides)
+    evaluation. A None in ``overrides`` (``--set key=null``) unsets that field, from a file as from a preset."""
+    cfg = with_overrides(config, overrides)
     folder.check(cfg.output_dir, resume, overwrite)  # before any model loads
     log = engines.train_run(cfg, engine, resume=resume, overwrite=overwrite)
     evals = [row for row in log if is_eval(row)]
@@ -26,6 +26,14 @@ def train(config: str | TrainConfig, overrides: dict, resume: bool = False, over
         print(f"{e['split']:>5}: accuracy {e['eval_accuracy']:.3f}  length {e['eval_length']:.1f}")
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}" + (" (trained through TRL)" if engine == "trl" else ""))
     return 0
+
+
+def with_overrides(config: str | TrainConfig, overrides: dict) -> TrainConfig:
+    """``config`` (a shipped name, a YAML file or a TrainConfig) with ``overrides`` applied; a None value
+    sets that field to null (``load_config`` alone skips None, which its callers use for "not given")."""
+    if isinstance(config, TrainConfig):
+        return config.replace(**overrides)
+    return load_config(config, **overrides).replace(**{k: v for k, v in overrides.items() if v is None})
 
 
 def evaluate(run: str | None = None, student: str | None = None, teacher: str | None = None, split: str = "all",

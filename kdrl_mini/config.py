@@ -23,7 +23,7 @@ import yaml
 
 from .advantages import ADV_SCALES
 from .algorithms import ALGORITHMS as STAGES
-from .config_types import check_types
+from .config_types import check_fields, check_types
 from .kl import TOKEN_KL_KINDS
 from .losses import KD_STRATEGIES, LOSS_AGGS
 from .rewards import CHECKERS
@@ -250,13 +250,20 @@ class TrainConfig:
 
 
 def parse_set(items: list[str] | None) -> dict:
-    """``["beta=0.1", "kl_kind=k3"]`` -> ``{"beta": 0.1, "kl_kind": "k3"}`` (values parsed as YAML)."""
+    """``["beta=0.1", "kl_kind=k3"]`` -> ``{"beta": 0.1, "kl_kind": "k3"}``: values read as YAML with the
+    safe loader (no tags run; ``null`` unsets a field), keys checked against :class:`TrainConfig` at once,
+    each failure one line. A value of only whitespace is that text (``prompt_suffix=`` is "")."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set {item!r}: write key=value, e.g. --set beta=0.1")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item}: {value!r} is not a plain YAML value ({getattr(err, 'problem', err)}); "
+                             f"write a number, true/false, null or text (quote text starting with [, {{ or !)") from None
+    check_fields(TrainConfig, out, "--set")
     return out
 
 
@@ -285,8 +292,5 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
         kind = "empty" if values is None else f"a {type(values).__name__}, not `field: value` lines"
         raise ValueError(f"{path} is {kind}; a config names fields, e.g. `algorithm: kdrl`")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown config field(s) {unknown}; known fields: {sorted(known)}")
+    check_fields(TrainConfig, values, str(path))
     return TrainConfig(**values)

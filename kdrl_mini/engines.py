@@ -21,6 +21,16 @@ def train_run(cfg: TrainConfig, engine: str = "kit", resume: bool = False, overw
     return trl_run()(cfg, resume=resume, overwrite=overwrite, progress=progress)
 
 
+def check(cfg: TrainConfig, engine: str) -> None:
+    """Refuse, before anything loads, a config ``engine`` does not train: for TRL, what
+    :func:`kdrl_mini.integrations.trl.launch.config_from_train_config` refuses (a dry run says what the run would)."""
+    if engine == "trl":
+        trl_run()  # the [trl] extra is installed, or one line naming it
+        from .integrations.trl.launch import config_from_train_config
+
+        config_from_train_config(cfg)
+
+
 def trl_run():
     """:func:`kdrl_mini.integrations.trl.kit_run.train_run`, or one line naming the extra to install."""
     try:  # TRL is an optional dependency

@@ -7,6 +7,7 @@ Nothing here downloads: paths must be local folders.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from contextlib import nullcontext
@@ -72,6 +73,13 @@ def compute_dtype(name: str = "auto", device=None) -> torch.dtype:
     return torch.bfloat16
 
 
+def free_memory() -> None:
+    """Between runs in one process: collect cycles (a trainer holds many), return CUDA's cache to the device."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def quiet_bitsandbytes() -> None:
     """Silence bitsandbytes' per-matmul float16-cast notice on CPU (real errors still raise)."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -114,7 +122,7 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def _quant_config(quantization: str, compute_dtype: torch.dtype):
+def quant_config(quantization: str, compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
@@ -158,7 +166,7 @@ def load_causal_lm(path: str | Path, quantization: str = "none", device: str | N
     kwargs = {"dtype": dtype, "trust_remote_code": False}
     if quantization != "none":
         quiet_bitsandbytes()
-        kwargs["quantization_config"] = _quant_config(quantization, dtype)
+        kwargs["quantization_config"] = quant_config(quantization, dtype)
         # bitsandbytes places weights at load time; an explicit map keeps everything on one device.
         kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
     from safetensors import SafetensorError

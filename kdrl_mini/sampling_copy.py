@@ -81,23 +81,52 @@ class MergedCopy:
     @torch.no_grad()
     def refresh(self):
         """Copy the student's current weights in; returns the fp32 model."""
-        from peft.tuners.lora import LoraLayer
-
         params = dict(self.model.named_parameters())
-        for name, p in self.base.named_parameters():  # embeddings, norms, unquantised weights
-            key = name.replace(".base_layer", "")
-            if "lora_" not in name and p.is_floating_point() and key in params and params[key].shape == p.shape:
-                params[key].copy_(p)
-        targets = dict(self.model.named_modules())
-        for name, module in self.base.named_modules():  # linear layers: dequantised, LoRA merged
-            if isinstance(module, LoraLayer):
-                weight = _dense_weight(module.get_base_layer())
-                for adapter in module.active_adapters:
-                    weight += module.get_delta_weight(adapter).float()
-                targets[name].weight.copy_(weight)
-            elif is_quantised_linear(module) and not name.endswith("base_layer"):
-                targets[name].weight.copy_(_dense_weight(module))
+        for name, weight in dense_weights(self.student):
+            if name in params and params[name].shape == weight.shape:
+                params[name].copy_(weight)
         return self.model
+
+
+@torch.no_grad()
+def dense_weights(student, dtype: torch.dtype | None = None):
+    """Yield (name, tensor) for every weight of ``student``'s base model under the name a plain checkpoint
+    gives it (``model.layers.0.self_attn.q_proj.weight``), one tensor at a time, never touching the
+    student: linear layers dequantised when 4-bit/8-bit, in fp32 with the active LoRA updates added (then
+    cast to ``dtype`` when given); LoRA's own weights skipped; other weights (embeddings, norms, biases)
+    as they are; a tied weight once."""
+    from peft.tuners.lora import LoraLayer
+
+    base = student.get_base_model() if hasattr(student, "get_base_model") else student
+    lora = {name for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    seen = set()
+    for name, module in base.named_modules():
+        if any(name.startswith(p + ".") for p in lora):
+            continue  # base_layer, lora_A, lora_B, dropout of a LoRA layer: handled with the layer itself
+        if name in lora or is_quantised_linear(module):
+            layer = module.get_base_layer() if name in lora else module
+            weight = _dense_weight(layer)
+            for adapter in (module.active_adapters if name in lora else ()):
+                weight += module.get_delta_weight(adapter).float()
+            seen.add(id(layer.weight))
+            yield f"{name}.weight", weight if dtype is None else weight.to(dtype)
+            if layer.bias is not None:
+                seen.add(id(layer.bias))
+                yield f"{name}.bias", layer.bias.detach()
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) not in seen and p.is_floating_point():
+                seen.add(id(p))
+                yield (f"{name}.{pname}" if name else pname), p.detach()
+
+
+def check_copy_device(device: torch.device) -> None:
+    """Refuse, in one line, a plain fp32 copy for models that are not on the CPU: the copy is built on the CPU
+    (about 7 GB for a 1.5B student, 30 GB for KD-FKL's 7B teacher), its samples would meet a teacher on the
+    card, and on a GPU sampling from the model itself is the fast path."""
+    if device.type != "cpu":
+        raise ValueError(f"rollout_copy: true builds an fp32 copy of the models on the CPU, but they are on {device}; "
+                         f"set rollout_copy: false (or null: a copy on the CPU only)")
 
 
 def is_quantised_linear(module) -> bool:
@@ -113,6 +142,8 @@ class RolloutPolicy:
     CPU, log-probs within 0.006 of the 8-bit model's (which also quantises activations)."""
 
     def __init__(self, student, teacher, use_copy: bool):
+        if use_copy:
+            check_copy_device(next(student.parameters()).device)
         self.student, self.teacher = student, teacher
         self.copy = MergedCopy(student) if use_copy else None
         self.teacher_copy = None

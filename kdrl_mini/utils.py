@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import random
@@ -44,6 +45,13 @@ def hub_names(cfg) -> list[str]:
     """The hub ids a config names (dataset, student, teacher); empty for the kit's own local world."""
     names = (getattr(cfg, "dataset", None), getattr(cfg, "student_path", None), getattr(cfg, "teacher_path", None))
     return [n for n in names if is_hub_id(n)]
+
+
+def vllm_installed() -> bool:
+    """Whether vLLM can be imported here: the TRL engine then generates with vLLM colocated on a card (with the
+    student's dense weights, :mod:`kdrl_mini.integrations.trl.vllm_sync`), and the estimate prices that path;
+    otherwise both engines generate with HF ``generate``."""
+    return importlib.util.find_spec("vllm") is not None
 
 
 def seed_everything(seed: int = 0, deterministic: bool = True) -> None:

@@ -3,7 +3,10 @@ before any weights load, and the checks that refuse a pair that does not share o
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from .models import load_tokenizer
 
@@ -47,6 +50,60 @@ def restrict_vocab(model, n: int | None):
     model.get_output_embeddings().register_forward_hook(lambda module, args, out: out[..., :n])
     model.kdrl_vocab = n
     return model
+
+
+class _FirstRows(torch.nn.Module):
+    """An output layer seen through its first ``n`` rows: ``weight`` and ``bias`` are views of the real ones
+    (gradients reach them), so code that reads ``lm_head.weight`` directly sees ``n`` rows too."""
+
+    def __init__(self, head: torch.nn.Module, n: int):
+        super().__init__()
+        self.head, self.n = head, n
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight[: self.n]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self.head.bias is None else self.head.bias[: self.n]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+@contextmanager
+def first_rows_head(model, n: int | None):
+    """Inside the block ``model``'s output layer is its first ``n`` rows (``n=None``: unchanged). For code that
+    bypasses the layer's forward, and so :func:`restrict_vocab`'s hook: TRL's fused LM head multiplies by
+    ``lm_head.weight`` itself, which would normalise log-probs over every padding row."""
+    if n is None:
+        yield model
+        return
+    head = model.get_output_embeddings()
+    model.set_output_embeddings(_FirstRows(head, n))
+    try:
+        yield model
+    finally:
+        model.set_output_embeddings(head)
+
+
+def cut_at_padding(sequences: list[list[int]], n: int | None, *aligned: list[list]) -> int:
+    """End each sampled sequence (token ids) before its first id ``>= n``, a padding row that is no token
+    (vLLM samples from every row of the output layer); ``aligned`` lists (e.g. the per-token log-probs)
+    are cut at the same place. In place; returns how many sequences were cut."""
+    if n is None:
+        return 0
+    cut = 0
+    for i, ids in enumerate(sequences):
+        stop = next((k for k, t in enumerate(ids) if t >= n), None)
+        if stop is not None:
+            sequences[i] = list(ids[:stop])
+            for other in aligned:
+                if other is not None:
+                    other[i] = list(other[i][:stop])
+            cut += 1
+    return cut
 
 
 def check_same_vocab(student, teacher, tokenizer=None) -> None:

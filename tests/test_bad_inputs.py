@@ -93,7 +93,6 @@ def trainer_for(world, cfg):
 
 # ============================================================================= config
 CONFIG_YAML = [
-    ("lr-as-text", "lr: 3e-4\n", "3.0e-4"),
     ("group-size-text", 'group_size: "8"\n', "group_size"),
     ("group-size-float", "group_size: 4.0\n", "group_size"),
     ("group-size-bool", "group_size: true\n", "group_size"),
@@ -214,7 +213,8 @@ def test_cli_refuses_with_exit_code_2(tmp_path, capsys, monkeypatch, argv, comma
     assert snapshot(tmp_path) == before
 
 
-def test_cli_checkpoint_every_reaches_the_config(monkeypatch, capsys):
+def recorded_configs(monkeypatch) -> list:
+    """The configs the CLI hands the kit's trainer from now on (each then stops with exit code 2)."""
     seen = []
 
     class Recorder:
@@ -223,6 +223,11 @@ def test_cli_checkpoint_every_reaches_the_config(monkeypatch, capsys):
             raise ValueError("recorded")
 
     monkeypatch.setattr("kdrl_mini.engines.Trainer", Recorder)
+    return seen
+
+
+def test_cli_checkpoint_every_reaches_the_config(monkeypatch, capsys):
+    seen = recorded_configs(monkeypatch)
     assert run_main(["train", "--config", "kdrl", "--checkpoint-every", "3", "--output-dir", "/nonexistent/x"],
                     capsys)[0] == 2
     assert run_main(["train", "--config", "kdrl", "--set", "checkpoint_every=4", "--output-dir", "/nonexistent/y"],

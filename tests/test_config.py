@@ -29,7 +29,7 @@ def test_annealing_needs_an_end_value():
 def test_yaml_unknown_field_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("algorithm: kdrl\nbeta_max: 3\n")
-    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['beta_max'\]"):
+    with pytest.raises(ValueError, match=r"unknown config field 'beta_max' \(closest: beta, beta_end"):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match="shipped config name"):
         load_config(tmp_path / "nothing.yaml")
@@ -81,8 +81,9 @@ def test_anneal_reaches_the_floor_within_anneal_steps_and_holds(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("lr", "3e-4", r"lr='3e-4' is str; expected float \(YAML reads 3e-4 as text"),
-    ("group_size", "8", r"group_size='8' is str; expected int"),
+    ("lr", "fast", r"lr='fast' is str; expected float"),
+    ("group_size", "8", r"group_size='8' is str; expected int \(a count: write a whole number"),
+    ("max_steps", "1e3", r"max_steps='1e3' is str; expected int"),
     ("group_size", 4.0, r"group_size=4.0 is float; expected int"),
     ("max_steps", 2.5, r"max_steps=2.5 is float"),
     ("beta", None, r"beta is empty \(null\); expected float, e.g. 0.05"),

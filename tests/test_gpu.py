@@ -39,34 +39,20 @@ def test_merged_lora_leaves_bf16_bases_alone():
         assert torch.equal(base, before)
 
 
-def _preset_sources_reachable(cfg) -> bool:
-    """The preset's models and GSM8K are in the local cache, or the hub may be used (KDRL_TEST_HUB=1)."""
-    import os
-
-    if os.environ.get("KDRL_TEST_HUB") == "1":
-        return True
-    try:
-        from kdrl_mini.model_source import read_model_config
-
-        read_model_config(cfg.student_path)
-        read_model_config(cfg.teacher_path)
-        return True
-    except Exception:  # noqa: BLE001 - offline and not cached
-        return False
-
-
 def test_two_steps_of_the_t4_preset(tmp_path):
-    """Two KDRL steps of the t4-16gb preset as shipped (Qwen2.5-0.5B 4-bit + LoRA, 1.5B 8-bit teacher,
-    GSM8K), after the memory check; the measured peak is printed next to the estimate. Needs the
-    models (and GSM8K) cached, or KDRL_TEST_HUB=1 on a machine that may download them."""
+    """Two KDRL steps of the t4-16gb preset in its fp16-safe setup (fp32 compute: the shipped fp16 is refused
+    on every card unless KDRL_ALLOW_FP16=1), Qwen2.5-0.5B 4-bit + LoRA, 1.5B 8-bit teacher, GSM8K, after
+    the memory check; the measured peak is printed next to the estimate. Needs the models (and GSM8K)
+    cached, or KDRL_TEST_HUB=1 on a machine that may download them."""
+    from helpers_hub import preset_sources_reachable
 
     from kdrl_mini.gpu import memory as me
     from kdrl_mini.gpu.preset_study import memory_check
     from kdrl_mini.gpu.presets import estimate_preset, load_preset
 
-    cfg, info = load_preset("t4-16gb", max_steps=2, eval_every=0, eval_size=8, checkpoint_every=0,
-                            output_dir=str(tmp_path / "t4"))
-    if not _preset_sources_reachable(cfg):
+    cfg, info = load_preset("t4-16gb", compute_dtype="fp32", max_steps=2, eval_every=0, eval_size=8,
+                            checkpoint_every=0, output_dir=str(tmp_path / "t4"))
+    if not preset_sources_reachable(cfg):
         pytest.skip("the hub is offline and the t4-16gb models are not cached (set KDRL_TEST_HUB=1 to download)")
     est, _ = estimate_preset(cfg, info)
     print(memory_check("t4-16gb", est, cfg))

@@ -9,7 +9,8 @@ import kdrl_mini
 PACKAGE = Path(kdrl_mini.__file__).parent
 ABOVE_THE_CORE = {"world", "study", "gpu", "real", "lessons", "integrations"}  # rooms that import the core
 ENTRY_POINTS = {"kdrl_mini.cli", "kdrl_mini.__main__"}  # the command line reaches every room
-OPTIONAL = {"kdrl_mini.engines": {"kdrl_mini.integrations.trl.kit_run"}}  # imported in a function, TRL optional
+OPTIONAL = {"kdrl_mini.engines": {"kdrl_mini.integrations.trl.kit_run",  # imported in a function, TRL optional
+                                   "kdrl_mini.integrations.trl.launch"}}  # engines.check: what TRL refuses
 
 
 def module_name(path: Path) -> str:

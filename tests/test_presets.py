@@ -106,7 +106,7 @@ def test_closed_form_on_a_tiny_model():
     # 8-bit: 1 B per weight + one fp32 scale per output row (64 rows per layer)
     assert est.part("teacher weights") == 1152 + 2 * 64 * 4 + 592
     assert est.part("trainable + AdamW") == 2 * 2 * 128 * 16  # layers * r * (in + out) * 16 B
-    assert est.part("KV cache (rollout)") == 4 * 8 * (2 * 2 * 4 * 2)  # B * L * layers * (K, V) * kv * 2 B
+    assert est.part("KV cache (student sampling)") == 4 * 8 * (2 * 2 * 4 * 2)  # B * L * layers * (K, V) * kv * 2 B
     # no checkpointing: 16 tokens * 176 saved values * 2 B * the measured factor per layer (2 layers),
     # final norm 16 * 4h * 2 B, mask 2 * 8 * 8 * 2 B
     layer = math.ceil(16 * 176 * 2 * me.SAVED_FACTOR)
@@ -148,7 +148,7 @@ def test_estimate_scales_the_right_way():
             < at(gradient_checkpointing=False).part("activations"))
     w = {q: at(student_quant=q, lora_r=16).part("student weights") for q in ("4bit", "8bit", "none")}
     assert w["4bit"] < w["8bit"] < w["none"]
-    assert at(max_new_tokens=1024).part("KV cache (rollout)") > at(max_new_tokens=512).part("KV cache (rollout)")
+    assert at(max_new_tokens=1024).part("KV cache (student sampling)") > at(max_new_tokens=512).part("KV cache (student sampling)")
     assert at(kl_kind="exact").part("teacher hidden kept") > 0 == at().part("teacher hidden kept")
 
 
@@ -307,33 +307,70 @@ def test_train_takes_a_presets_config(monkeypatch):
 
 
 def test_t4_has_an_fp16_safe_setup_that_the_refusal_names_and_the_estimate_prices(monkeypatch):
-    """On a card without bf16 the refusal offers fp32 compute with an NF4 teacher (LLM.int8 casts its
-    inputs to fp16 again); that setup is accepted, costs more memory and runs at the card's fp32 rate."""
+    """On a card without bf16 the refusal offers fp32 compute. The 8-bit teacher stays: LLM.int8 casts only
+    the inputs it quantises (|x| <= 6) to fp16 and keeps outlier columns and its output in the input dtype.
+    That setup is accepted, costs more memory and runs at the card's fp32 rate."""
     from kdrl_mini.gpu.presets import fp16_refusal
 
     monkeypatch.delenv("KDRL_ALLOW_FP16", raising=False)
     cfg, info = load_preset("t4-16gb")
     line = fp16_refusal("t4-16gb", cfg, card_bf16=False)
-    assert "NaN" in line and "--set compute_dtype=fp32 teacher_quant=4bit" in line and "\n" not in line
-    safe, _ = load_preset("t4-16gb", compute_dtype="fp32", teacher_quant="4bit")
+    assert "NaN" in line and "--set compute_dtype=fp32 (" in line and "\n" not in line
+    safe, _ = load_preset("t4-16gb", compute_dtype="fp32")
     assert fp16_refusal("t4-16gb", safe, card_bf16=False) is None
     fp16_est, safe_est = estimate_preset(cfg, info)[0], estimate_preset(safe, info)[0]
     assert me.needed_bytes(fp16_est) < me.needed_bytes(safe_est) < 0.95 * info.machine.memory_gib * 2**30
     assert safe_est.step_seconds > 3 * fp16_est.step_seconds  # 8.1 fp32 TFLOPS against 65 fp16
 
 
-def test_the_trl_engines_estimate_counts_vllm():
-    """On TRL the rollout is vLLM's share of the card (asleep otherwise) in place of HF generate's KV cache;
-    the head is chunked on both engines (TRL's fused LM head, or the kit's for exact / top-k KL); vLLM's
-    CUDA-graph decoding makes the step shorter."""
+def test_the_trl_engines_estimate_counts_vllm(monkeypatch):
+    """On TRL with vLLM installed the rollout is vLLM's share of the card (asleep otherwise) in place of HF
+    generate's KV cache; the head is chunked on both engines (TRL's fused LM head, or the kit's for exact /
+    top-k KL); vLLM's CUDA-graph decoding makes the step shorter. Without vLLM the TRL engine generates with
+    HF generate, and the estimate prices that (it priced vLLM whenever the engine was TRL)."""
     import dataclasses
 
+    import kdrl_mini.gpu.presets as presets
+
     cfg, info = load_preset("80gb-paper")
+    monkeypatch.setattr(presets, "vllm_installed", lambda: True)
     trl, _ = estimate_preset(cfg, info)
     kit, _ = estimate_preset(cfg, dataclasses.replace(info, engine="kit"))
     assert trl.part("vLLM (colocated)") == int(0.3 * info.machine.memory_gib * 2**30) and kit.part("vLLM (colocated)") == 0
-    assert trl.part("KV cache (rollout)") == 0 < kit.part("KV cache (rollout)")
+    assert trl.part("KV cache (student sampling)") == 0 < kit.part("KV cache (student sampling)")
     s = trl.detail
     assert trl.part("student logits") == kit.part("student logits") and trl.phases["train"] == kit.phases["train"]
     assert trl.step_seconds < kit.step_seconds and trl.total < 0.95 * info.machine.memory_gib * 2**30
     assert s["micro_batch"] == cfg.micro_batch_size
+    monkeypatch.setattr(presets, "vllm_installed", lambda: False)
+    assert presets.generation_path(info) == "hf"
+    no_vllm, _ = estimate_preset(cfg, info)
+    assert no_vllm.part("vLLM (colocated)") == 0 and no_vllm.step_seconds == kit.step_seconds
+
+
+def test_kd_fkl_samples_from_the_teacher_and_the_estimate_counts_it():
+    """KD-FKL's rollouts are the teacher's: its KV cache and prefill make the generate phase (24gb: about
+    4.9 GiB, against the student's 2.4); kd-then-grpo takes the larger of its two stages."""
+    cfg, info = load_preset("24gb")
+    kdrl, _ = estimate_preset(cfg, info)
+    fkl, _ = estimate_preset(cfg.replace(algorithm="kd-fkl"), info)
+    two_stage, _ = estimate_preset(cfg.replace(algorithm="kd-then-grpo"), info)
+    assert round(kdrl.phases["generate"] / me.GiB, 1) == 2.4 and round(fkl.phases["generate"] / me.GiB, 1) == 4.9
+    assert fkl.part("KV cache (teacher sampling)") > 0 == fkl.part("KV cache (student sampling)")
+    assert two_stage.phases["generate"] == fkl.phases["generate"] and fkl.total > kdrl.total
+    small = estimate_preset(cfg.replace(algorithm="kd-fkl", kd_fkl_group_size=2, kd_fkl_prompts_per_step=4), info)[0]
+    assert small.phases["generate"] < fkl.phases["generate"]  # KD-FKL's own sampling sizes
+
+
+def test_the_activation_factor_is_a_range_and_the_low_end_is_stated():
+    """The activation factor was measured on CPU (1.54, peft's fp32 LoRA inputs); on CUDA it is expected
+    between 1.0 and 1.54. The estimate uses the upper end; est.low the lower: 80gb-paper, whose peak is its
+    activations (no checkpointing), is about 38 GiB at the low end against 52.9."""
+    cfg, info = load_preset("80gb-paper")
+    est, _ = estimate_preset(cfg, info)
+    assert me.SAVED_FACTOR_RANGE == (1.0, me.SAVED_FACTOR)
+    assert round(est.total / me.GiB, 1) == 52.9 and 36 < est.low / me.GiB < 40
+    assert est.part("activations") / me.SAVED_FACTOR == pytest.approx(
+        next(p.low for p in est.parts if p.name == "activations"), rel=0.02)
+    t4 = estimate_preset(*load_preset("t4-16gb"))[0]
+    assert t4.peak_phase == "eval" and t4.low == t4.total  # its peak is greedy decoding: no range

@@ -240,6 +240,22 @@ def test_real_pair_cli_takes_config_overrides():
     assert cfg.student_path.endswith(real.healed_name()) and cfg.teacher_quant == "8bit"
 
 
+def test_real_pair_never_replaces_a_run_in_a_folder_you_name(tmp_path, monkeypatch, capsys):
+    """real-pair replaces its own default run folder only: an --output-dir holding a run is refused in one
+    line before anything is built (it was trained over with overwrite=True)."""
+    from kdrl_mini.cli import main
+    from kdrl_mini.real import command
+
+    monkeypatch.setattr(command.pair, "materialize_pair", lambda *a, **k: pytest.fail("the pair was built"))
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    assert main(["real-pair", "--output-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run" in err and "\n" not in err
+    assert (run / "metrics.jsonl").read_text() == "{}\n"
+
+
 def test_heal_spec_refuses_bad_values():
     with pytest.raises(ValueError, match="steps"):
         heal.HealSpec(steps=0)

@@ -225,14 +225,19 @@ def test_the_paper_preset_runs_its_study_on_trl_at_toy_size(data_dir, tmp_path, 
 
 
 def test_the_smoke_of_a_trl_preset_measures_each_phase(data_dir, tmp_path):
+    """The smoke on TRL: two steps and one forced to the worst-case length per algorithm (every completion
+    max_new_tokens long: TRL's clipped ratio is 1), each phase timed and measured, HF generate on a CPU."""
     from kdrl_mini.gpu.smoke import smoke
 
     report = smoke("80gb-paper", _toy(data_dir), str(tmp_path / "smoke"), steps=2, say=lambda *_: None)
     assert report["engine"] == "trl" and set(report["runs"]) == {"grpo", "kd-rkl", "kdrl"}
+    assert report["generation"] == "HF generate (no CUDA device)" and report["verdict"] == "PASS"
     for algorithm, run in report["runs"].items():
-        assert len(run["steps"]) == 2 and all(math.isfinite(s["loss"]) and s["seconds"] > 0 for s in run["steps"])
+        assert len(run["steps"]) == 3 and all(math.isfinite(s["loss"]) and s["seconds"] > 0 for s in run["steps"])
         phases = set(run["steps"][-1]["peaks"])
         assert phases == ({"generate", "train"} if algorithm == "grpo" else {"generate", "teacher", "train"})
+        rows = _rows(tmp_path / "smoke" / algorithm)
+        assert [r["truncated_frac"] for r in rows if r["kind"] == "train"][-1] == 1.0  # the forced worst case
 
 
 @pytest.mark.parametrize("bad, why", [({"teacher_model": ["data/models/teacher", "data/models/student"]}, "mixture"),

@@ -1,8 +1,7 @@
 """How much GPU memory (and time) one training run should need, before any weight is loaded.
 
 An **estimate**, computed offline from a model's ``config.json`` numbers and a
-:class:`~kdrl_mini.config.TrainConfig`. Nothing here has been checked against a GPU yet; the
-presets label its numbers "estimate" until someone measures them on the card.
+:class:`~kdrl_mini.config.TrainConfig`; labelled "estimate" until measured on a card (``kdrl-mini smoke``).
 
 Memory parts (bytes), in three groups:
 
@@ -10,7 +9,7 @@ Memory parts (bytes), in three groups:
   gradients and AdamW states, the rollout's small [B, L] tensors, and the teacher's full logits
   when an exact or top-k KL keeps them;
 - **one phase at a time** (the peak is the largest phase, since the phases run one after another):
-  ``generate`` (sampling G x prompts_per_step responses: KV cache, prefill, last-token logits),
+  ``generate`` (sampling every rollout, by the student or KD-FKL's teacher: KV cache, prefill, logits),
   ``teacher`` (scoring one micro-batch with the frozen teacher), ``train`` (the student's
   forward/backward on one micro-batch: saved activations and the head's chunks of logits), ``eval``
   (greedy decoding of up to 100 test rows at once).
@@ -49,7 +48,7 @@ from dataclasses import dataclass, field
 from ..kl import FULL_VOCAB_KINDS
 from ..scoring import CHUNK_ELEMENTS
 from .shapes import ModelShape
-from .timing import eval_seconds, step_seconds
+from .timing import eval_seconds, phase_seconds, step_seconds, teacher_samples
 
 GiB = 2**30
 CUDA_CONTEXT = int(0.4 * GiB)       # created by the first CUDA call (so mem_get_info has already paid it)
@@ -57,6 +56,12 @@ WORKSPACES = int(0.25 * GiB)         # cuBLAS / bitsandbytes kernels and workspa
 NF4_BLOCK = 64                       # bitsandbytes NF4 block size: one fp32 absmax per block
 CHUNK_BYTES = CHUNK_ELEMENTS * 4     # one chunk of fp32 logits through the head
 SAVED_FACTOR = 174_008 / 112_640     # measured / counted bytes a Qwen2.5-1.5B block saves per token (bf16, LoRA)
+# On CUDA the factor is expected between 1.0 and the CPU's 1.54: on CPU peft up-casts every LoRA input to fp32
+# and saves it; under CUDA autocast the LoRA matmul saves a 16-bit copy instead. The estimate (and the fit
+# check) uses the upper end; ``MemoryEstimate.low`` the lower; a measured peak below FAR_TOO_HIGH x low
+# says the estimate is far too high (80gb-paper: about 38 GiB at 1.0 against 52.9 at 1.54).
+SAVED_FACTOR_RANGE = (1.0, SAVED_FACTOR)
+FAR_TOO_HIGH = 0.7
 HEAD_CHUNKS_TRAIN = 5                # chunk budgets alive in the student's chunked head (measured on CPU)
 HEAD_CHUNKS_TEACHER = 2              # and in the teacher's (no entropy, no backward)
 HEAD_CHUNKS_TRAIN_KL = 10            # with the exact / top-k KL: the teacher's chunk logits rebuilt beside the student's (9.2 measured)
@@ -70,6 +75,7 @@ class Part:
     bytes: int
     group: str        # "always" or one of PHASES
     note: str = ""
+    low: int | None = None  # the lower end of a part known only within a range (activations); None: exact
 
 
 @dataclass
@@ -100,6 +106,14 @@ class MemoryEstimate:
     def total(self) -> int:
         return self.always + max(self.phases.values())
 
+    def low_group(self, group: str) -> int:
+        return sum(p.bytes if p.low is None else p.low for p in self.parts if p.group == group)
+
+    @property
+    def low(self) -> int:
+        """The total with every ranged part at its lower end (the activation factor on CUDA, 1.0)."""
+        return self.low_group("always") + max(self.low_group(g) for g in PHASES)
+
     def part(self, name: str) -> int:
         return sum(p.bytes for p in self.parts if p.name == name)
 
@@ -124,9 +138,10 @@ def lora_parameters(shape: ModelShape, r: int) -> int:
     return shape.layers * r * per_layer
 
 
-def _train_activations(shape: ModelShape, rows: int, length: int, checkpointing: bool, dtype_bytes: int) -> int:
+def _train_activations(shape: ModelShape, rows: int, length: int, checkpointing: bool, dtype_bytes: int,
+                       factor: float = SAVED_FACTOR) -> int:
     tokens = rows * length
-    full_layer = math.ceil(tokens * shape.saved_elements_per_token_layer() * dtype_bytes * SAVED_FACTOR)
+    full_layer = math.ceil(tokens * shape.saved_elements_per_token_layer() * dtype_bytes * factor)
     if checkpointing:  # each block keeps its input; one block's activations are rebuilt at a time
         kept = shape.layers * tokens * shape.hidden * dtype_bytes + full_layer
     else:
@@ -134,6 +149,34 @@ def _train_activations(shape: ModelShape, rows: int, length: int, checkpointing:
     final_norm = tokens * 4 * shape.hidden * dtype_bytes  # final RMSNorm (+fp32 copy) and the head's input
     mask = rows * length * length * dtype_bytes            # the 4-D attention mask SDPA receives
     return kept + final_norm + mask
+
+
+def _layer_temporaries(shape: ModelShape, rows: int, tokens: int, dtype_bytes: int) -> int:
+    """One block's forward temporaries over ``rows`` x ``tokens`` (prefill, teacher scoring)."""
+    return rows * tokens * (4 * shape.hidden + 3 * shape.intermediate) * dtype_bytes
+
+
+def _generate_parts(cfg, s: ModelShape, t: ModelShape, db: int, P: int, vllm_bytes: int | None) -> list[Part]:
+    """The rollout's memory: vLLM's share of the card, or HF ``generate`` of every rollout at once (KV cache,
+    one block's prefill temporaries, last-token logits) by the model that samples: the student, or the
+    teacher for KD-FKL (kd-then-grpo: whichever of its stages needs more)."""
+    L = P + cfg.max_new_tokens
+
+    def sampling(shape, rows, who):
+        return [Part(f"KV cache ({who} sampling)", rows * L * shape.kv_bytes_per_token(db), "generate",
+                     f"{rows} x {L} tokens"),
+                Part(f"prefill + sampling ({who})", _layer_temporaries(shape, rows, P, db) + 3 * rows * shape.vocab * 4,
+                     "generate", "one block's temporaries over the prompts; last-token logits")]
+
+    student = ([Part("vLLM (colocated)", vllm_bytes, "generate", "its weights copy and KV cache, asleep outside "
+                     "generation")] if vllm_bytes is not None else
+               sampling(s, cfg.group_size * cfg.prompts_per_step, "student"))
+    samplers = {teacher_samples(cfg, cfg.algorithm_at(k)) for k in (0, cfg.max_steps - 1)}  # kd-then-grpo: two
+    if True not in samplers:
+        return student
+    prompts, G = cfg.sampling_at(0)
+    teacher = sampling(t, prompts * G, "teacher")
+    return teacher if False not in samplers or sum(p.bytes for p in teacher) >= sum(p.bytes for p in student) else student
 
 
 def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt_tokens: int = 256,
@@ -160,7 +203,6 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
     eval_rows = min(cfg.eval_size, cfg.eval_batch_size)
     lora = lora_parameters(s, cfg.lora_r) if cfg.lora_r > 0 else s.parameters
     keep_teacher_hidden = cfg.kl_kind in FULL_VOCAB_KINDS or bool(cfg.log_exact_kl)
-    layer_tmp = lambda shape, rows, n: rows * n * (4 * shape.hidden + 3 * shape.intermediate) * db  # noqa: E731
 
     parts = [
         Part("cuda context", CUDA_CONTEXT, "always", "driver + runtime, taken at the first CUDA call"),
@@ -171,29 +213,28 @@ def estimate(cfg, student: dict | ModelShape, teacher: dict | ModelShape, prompt
         Part("rollout tensors", B * L * 8 * 4, "always", "ids, masks, log-probs [B, L]"),
         Part("teacher hidden kept", B * T * t.hidden * db if keep_teacher_hidden else 0, "always",
              "exact/top-k KL: [B, T, H], its logits rebuilt a chunk of tokens at a time"),
-        # generate: G x prompts_per_step sequences at once (HF generate), or vLLM's share of the card
-        *([Part("KV cache (rollout)", B * L * s.kv_bytes_per_token(db), "generate", f"{B} x {L} tokens"),
-           Part("prefill + sampling", layer_tmp(s, B, P) + 3 * B * s.vocab * 4, "generate",
-                "one block's temporaries over the prompts; last-token logits")] if vllm_bytes is None else
-          [Part("vLLM (colocated)", vllm_bytes, "generate", "its weights copy and KV cache, asleep outside generation")]),
+        *_generate_parts(cfg, s, t, db, P, vllm_bytes),
         # teacher: one micro-batch (whole groups), no gradients
-        Part("teacher KV + temporaries", teacher_rows * L * t.kv_bytes_per_token(db) + layer_tmp(t, teacher_rows, L),
+        Part("teacher KV + temporaries", teacher_rows * L * t.kv_bytes_per_token(db) + _layer_temporaries(t, teacher_rows, L, db),
              "teacher", f"{teacher_rows} rows"),
         Part("teacher logits", HEAD_CHUNKS_TEACHER * CHUNK_BYTES, "teacher", "chunks of tokens through the head"),
         # train: the student's forward/backward on one micro-batch
         Part("activations", _train_activations(s, mb, L, cfg.gradient_checkpointing, db), "train",
-             f"{mb} x {L} tokens, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}"),
+             f"{mb} x {L} tokens, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}; "
+             f"x{SAVED_FACTOR_RANGE[0]:.2f}-{SAVED_FACTOR_RANGE[1]:.2f} measured factor",
+             low=_train_activations(s, mb, L, cfg.gradient_checkpointing, db, SAVED_FACTOR_RANGE[0])),
         Part("student logits", (HEAD_CHUNKS_TRAIN_KL if full_vocab else HEAD_CHUNKS_TRAIN) * CHUNK_BYTES, "train",
              "chunks of tokens through the head" + (", the teacher's beside them" if full_vocab else "")),
         # eval: greedy decoding
         Part("KV cache (eval)", eval_rows * (L + cfg.eval_extra_tokens) * s.kv_bytes_per_token(db)
-             + layer_tmp(s, eval_rows, P) + 3 * eval_rows * s.vocab * 4, "eval", f"{eval_rows} rows"),
+             + _layer_temporaries(s, eval_rows, P, db) + 3 * eval_rows * s.vocab * 4, "eval", f"{eval_rows} rows"),
     ]
     est = MemoryEstimate(parts, detail={"student_params": s.parameters, "teacher_params": t.parameters,
                                         "trainable_params": lora, "rollouts": B, "micro_batch": mb,
                                         "sequence_length": L})
     if tflops and bandwidth_gbs:
-        est.step_seconds = step_seconds(cfg, s, t, P, tflops, bandwidth_gbs, vllm=vllm_bytes is not None)
+        timing = (cfg, s, t, P, tflops, bandwidth_gbs, vllm_bytes is not None)
+        est.step_seconds, est.detail["phase_seconds"] = step_seconds(*timing), phase_seconds(*timing)
         est.detail["eval_seconds"] = eval_seconds(cfg, s, P, bandwidth_gbs)
     return est
 
@@ -224,9 +265,8 @@ def knob(est: MemoryEstimate, cfg) -> str:
         return f"--set max_new_tokens={cfg.max_new_tokens // 2}"
     if phase == "teacher":
         mb = cfg.micro_batch_size or cfg.group_size * cfg.prompts_per_step
-        if mb > 1:
-            return f"--set micro_batch_size={max(1, mb // 2)}"
-        return f"--set max_new_tokens={cfg.max_new_tokens // 2} or a smaller teacher"
+        return (f"--set micro_batch_size={max(1, mb // 2)}" if mb > 1 else
+                f"--set max_new_tokens={cfg.max_new_tokens // 2} or a smaller teacher")
     if phase == "eval":
         return f"--set eval_size={max(1, min(cfg.eval_size, cfg.eval_batch_size) // 2)} or lower max_new_tokens"
     return f"--set max_new_tokens={cfg.max_new_tokens // 2} (or fewer prompts_per_step)"

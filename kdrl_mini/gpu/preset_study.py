@@ -12,7 +12,6 @@ the run, then held (the paper's shape).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import time
 from pathlib import Path
@@ -20,8 +19,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from .. import engines, models
 from ..config import TrainConfig
 from ..runs.plots import comparison_figure
+from ..sampling_copy import check_copy_device
 from ..study import reproduction
 from ..study.claims import Claim
 from ..study.runner import collect, run_study
@@ -99,7 +100,7 @@ def run(cfg: TrainConfig, info: PresetInfo, out: str | Path, variants: dict, see
     untrained = out / "untrained.json"
     if baseline and not untrained.exists():
         untrained.write_text(json.dumps(reproduction.untrained_summary(cfg.replace(seed=0)), indent=1))
-        _release()
+        models.free_memory()  # hand the untrained baseline's models back before the study loads its own
     run_study(out, variants, seeds, cfg, summarize=reproduction.summarize, progress=progress,
               step_progress=progress, engine=info.engine)
     return write_results(out, info)
@@ -129,13 +130,6 @@ def comparison(runs: dict, path: Path, info: PresetInfo | None) -> None:
     plt.close(fig)
 
 
-def _release() -> None:
-    """Hand the untrained baseline's models back before the study loads its own."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def memory_check(name: str, est: me.MemoryEstimate, cfg: TrainConfig, free_bytes: int | None = None) -> str:
     """Before any model loads: compare the estimate with the device's free memory.
 
@@ -147,6 +141,8 @@ def memory_check(name: str, est: me.MemoryEstimate, cfg: TrainConfig, free_bytes
     if free_bytes is None and not on_cuda:
         return ("no CUDA device: the GPU memory check is skipped (the estimate is for the preset's card; "
                 "on this CPU the run would be very slow)")
+    if cfg.rollout_copy:
+        check_copy_device(torch.device("cuda"))  # refused on a card, before anything loads
     total = None
     if free_bytes is None:
         card_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -198,6 +194,8 @@ def reproduce(name: str, overrides: dict, output_dir: str | None = None, seeds: 
     out = Path(output_dir or cfg.output_dir)
     cfg = cfg.replace(output_dir=str(out))
     variants, chosen = plan(cfg, info, seeds, only)
+    for overrides in variants.values():  # what the engine refuses, refused here: also on a dry run
+        engines.check(cfg.replace(**overrides), info.engine)
     est, sources = estimate_preset(cfg, info)
     say(describe(cfg, info, est, sources, variants, chosen, out))
     say(memory_check(name, est, cfg))

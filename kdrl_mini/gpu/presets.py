@@ -20,6 +20,7 @@ import yaml
 
 from ..config import VLLM_MEMORY_SHARE, TrainConfig
 from ..engines import ENGINES
+from ..utils import vllm_installed
 from .memory import estimate
 from .shapes import resolve_model_config
 
@@ -132,9 +133,15 @@ def estimate_preset(cfg: TrainConfig, info: PresetInfo, use_source: bool = True)
                                              cfg.teacher_path == info.teacher.name else None, use_source)
     m = info.machine
     tflops = m.fp32_tflops if cfg.compute_dtype == "fp32" and m.fp32_tflops else m.tflops
-    vllm = int(VLLM_MEMORY_SHARE * m.memory_gib * 2**30) if info.engine == "trl" else None  # vLLM on the card
+    vllm = int(VLLM_MEMORY_SHARE * m.memory_gib * 2**30) if generation_path(info) == "vllm" else None
     est = estimate(cfg, student, teacher, info.prompt_tokens, tflops, m.bandwidth_gbs, vllm)
     return est, {"student": s_src, "teacher": t_src}
+
+
+def generation_path(info: PresetInfo) -> str:
+    """The rollouts' path a run of ``info`` takes, which the estimate prices: "vllm" (the TRL engine with vLLM
+    installed, colocated on the card) or "hf" (HF ``generate``: the kit's engine, or TRL without vLLM)."""
+    return "vllm" if info.engine == "trl" and vllm_installed() else "hf"
 
 
 def fp16_refusal(name: str, cfg: TrainConfig, card_bf16: bool) -> str | None:
@@ -146,8 +153,8 @@ def fp16_refusal(name: str, cfg: TrainConfig, card_bf16: bool) -> str | None:
     if not fp16 or os.environ.get("KDRL_ALLOW_FP16") == "1":
         return None
     fix = ("add --set compute_dtype=bf16" if card_bf16 else "use a bf16 card (Ampere or newer, e.g. preset 24gb), or "
-           "the fp16-safe setup --set compute_dtype=fp32 teacher_quant=4bit (fp32 matmuls; LLM.int8 would cast "
-           "to fp16 again; slower: see the estimate)")
+           "the fp16-safe setup --set compute_dtype=fp32 (fp32 matmuls; the 8-bit teacher's outlier columns and "
+           "output stay fp32; slower: see the estimate)")
     return (f"preset {name} would compute in fp16, where Qwen2.5 models are known to overflow into NaN or garbage "
             f"(NaN teacher log-probs skip steps; three in a row stop the run); {fix}, or set KDRL_ALLOW_FP16=1 "
             f"to run it anyway and watch the skipped column")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from ..algorithms import ALGORITHMS as RECORDS
 from .shapes import ModelShape
 
 # Fractions of the card's peak dense tensor FLOPs that each kind of matmul reaches (assumptions).
@@ -23,19 +24,44 @@ def _decode_seconds(shape: ModelShape, quant: str, rows: int, context: int, step
     return steps * ((weights + kv) / (bandwidth_gbs * 1e9) + shape.layers * launch)
 
 
-def step_seconds(cfg, s: ModelShape, t: ModelShape, prompt_tokens: int, tflops: float, bandwidth_gbs: float,
-                 vllm: bool = False) -> float:
-    """One training step (rollout, teacher scoring, student update): a rough estimate. With ``vllm`` the
-    rollout decodes the merged student in 16 bits (vLLM's copy) from a CUDA graph."""
-    P, T, B = prompt_tokens, cfg.max_new_tokens, cfg.group_size * cfg.prompts_per_step
+def teacher_samples(cfg, algorithm: str | None = None) -> bool:
+    """Whether ``algorithm`` (default: the run's first stage) samples its rollouts from the teacher (KD-FKL)."""
+    return RECORDS[algorithm or cfg.algorithm_at(0)].teacher_samples
+
+
+def phase_seconds(cfg, s: ModelShape, t: ModelShape, prompt_tokens: int, tflops: float, bandwidth_gbs: float,
+                  vllm: bool = False, algorithm: str | None = None) -> dict[str, float]:
+    """Seconds of each phase of one step of ``algorithm`` (default: the run's first stage): rollout
+    (``generate``), teacher scoring (``teacher``), the student's update (``train``). Rough. With ``vllm`` the
+    rollout decodes the merged student in 16 bits (vLLM's copy) from a CUDA graph; an algorithm whose teacher
+    samples (KD-FKL) decodes the teacher, and the teacher scores only for those whose loss uses it."""
+    algorithm = algorithm or cfg.algorithm_at(0)
+    P, T = prompt_tokens, cfg.max_new_tokens
+    prompts, G = cfg.sampling_at(0) if teacher_samples(cfg, algorithm) else (cfg.prompts_per_step, cfg.group_size)
+    B = prompts * G
     peak = tflops * 1e12
-    generate = (_decode_seconds(s, "none", B, P + T // 2, T, bandwidth_gbs, VLLM_LAUNCH_S_PER_LAYER) if vllm
-                else _decode_seconds(s, cfg.student_quant, B, P + T // 2, T, bandwidth_gbs))
-    teacher_tokens = cfg.prompts_per_step * P + B * T  # score_groups encodes each prompt once
-    teacher = 2 * t.parameters * teacher_tokens / (peak * EFFICIENCY[cfg.teacher_quant])
+    if teacher_samples(cfg, algorithm):
+        generate = _decode_seconds(t, cfg.teacher_quant, B, P + T // 2, T, bandwidth_gbs)
+    elif vllm:
+        generate = _decode_seconds(s, "none", B, P + T // 2, T, bandwidth_gbs, VLLM_LAUNCH_S_PER_LAYER)
+    else:
+        generate = _decode_seconds(s, cfg.student_quant, B, P + T // 2, T, bandwidth_gbs)
+    teacher_tokens = prompts * P + B * T  # score_groups encodes each prompt once
+    scored = RECORDS[algorithm].teacher_scores or bool(cfg.log_exact_kl)
+    teacher = 2 * t.parameters * teacher_tokens / (peak * EFFICIENCY[cfg.teacher_quant]) if scored else 0.0
     per_token = 2 + 4 + (2 if cfg.gradient_checkpointing else 0)
     train = cfg.ppo_epochs * per_token * s.parameters * B * (P + T) / (peak * EFFICIENCY[cfg.student_quant])
-    return generate + teacher + train
+    return {"generate": generate, "teacher": teacher, "train": train}
+
+
+def step_seconds(cfg, s: ModelShape, t: ModelShape, prompt_tokens: int, tflops: float, bandwidth_gbs: float,
+                 vllm: bool = False) -> float:
+    """One training step, averaged over the run's stages (kd-then-grpo: KD steps, then GRPO steps). Rough."""
+    stages = ([(cfg.sequential_kd, cfg.switch()), ("grpo", cfg.max_steps - cfg.switch())]
+              if cfg.algorithm == "kd-then-grpo" else [(cfg.algorithm, 1)])
+    total = sum(n for _, n in stages) or 1
+    return sum(n / total * sum(phase_seconds(cfg, s, t, prompt_tokens, tflops, bandwidth_gbs, vllm, a).values())
+               for a, n in stages)
 
 
 def eval_seconds(cfg, s: ModelShape, prompt_tokens: int, bandwidth_gbs: float) -> float:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .. import models
+from ..runs import folder
 from ..trainer import Trainer
 from . import learning_check, pair
 from .cache import MARKER
@@ -22,6 +23,10 @@ def real_pair(set_fields: dict, steps: int | None = None, cache_dir: str | None 
     cache = Path(cache_dir) if cache_dir else pair.DEFAULT_CACHE
     if learn and not heal:
         raise ValueError("--learn trains the healed student; drop --no-heal")
+    if output_dir is not None and ((Path(output_dir) / "metrics.jsonl").exists()
+                                   or folder.latest_checkpoint(output_dir) is not None):
+        raise ValueError(f"--output-dir {output_dir} already holds a run; real-pair trains a fresh one: choose another "
+                         f"--output-dir or delete that folder (only the default CACHE_DIR/runs folder is replaced)")
     t0 = time.time()
     paths = pair.materialize_pair(cache, keep_every, seed=seed, heal=heal)
     student = paths.get("healed", paths["student"])
@@ -40,7 +45,8 @@ def real_pair(set_fields: dict, steps: int | None = None, cache_dir: str | None 
         cfg = pair.real_config(cache, keep_every, healed=heal, **{"max_steps": 3, **overrides})
     trainer = Trainer(cfg)
     before = [trainer.evaluate(split) for split in trainer.eval_splits]  # the same eval as at the end
-    train = lambda: trainer.train(overwrite=True)  # noqa: E731  the demo always starts a fresh run
+    # the demo always starts a fresh run: its own default folder is replaced, a folder you name never is
+    train = lambda: trainer.train(overwrite=output_dir is None)  # noqa: E731
     if learn:
         print(f"sampled reward on the {len(trainer.world.train)} pool prompts ({cfg.train_split}) and as many test "
               f"prompts, {reward_samples} samples each, before and after training ...")

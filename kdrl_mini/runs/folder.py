@@ -13,6 +13,7 @@ trainers never write to the same folder at once.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -50,6 +51,31 @@ def remove_checkpoints(folder: str | Path) -> None:
 
 class RunFolderError(ValueError):
     """The folder cannot be used for this run; the message says why and what to do."""
+
+
+def read_mapping(path: Path, fix: str) -> dict:
+    """A run file holding one mapping (``config.yaml``, ``final.json``, a study's baseline); a damaged file is
+    refused in one line naming it and ``fix`` (it is never rewritten here)."""
+    try:
+        data = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text())
+        why = None if isinstance(data, dict) else "not `name: value` pairs"
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = getattr(err, "problem", None) or getattr(err, "msg", None) or type(err).__name__
+        why = f"not readable {path.suffix[1:].upper()}: {reason}"
+    if why:
+        raise RunFolderError(f"{path} is damaged ({why}); {fix}")
+    return data
+
+
+def config_changes(run: str | Path, cfg, ignore) -> list[str]:
+    """The fields (beyond ``ignore``) whose value in the run's ``config.yaml`` differs from ``cfg``'s;
+    [] without the file; a damaged file is one line naming it."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        return []
+    saved = read_mapping(path, "the run's settings are unknown: restore it (e.g. git checkout) or delete the run "
+                               "folder to train it again")
+    return sorted(k for k, v in cfg.to_dict().items() if k in saved and k not in ignore and saved[k] != v)
 
 
 def _alive(pid: int) -> bool:

@@ -112,6 +112,11 @@ def load_data(cfg: TrainConfig) -> tuple[object, dict, int | None]:
     vocab = shared_vocab(tok, *rows)  # before any weights load; None: one row per token already
     context = _max_positions(student_dir, teacher_dir)
     budget = cfg.max_new_tokens + max(cfg.eval_extra_tokens, 0)  # the larger of the rollout and eval budgets
+    if context is not None and budget >= context:  # no prompt could fit: the budget is wrong, not the data
+        raise ValueError(f"config fields max_new_tokens={cfg.max_new_tokens} + eval_extra_tokens="
+                         f"{cfg.eval_extra_tokens} = {budget} new tokens leave no room for a prompt in the models' "
+                         f"context of {context} tokens; set max_new_tokens well below "
+                         f"{context - cfg.eval_extra_tokens} (prompts need room too)")
     if cfg.dataset:
         splits = load_dataset_checked(cfg, tok, context, budget)
     else:

@@ -1,8 +1,10 @@
 """The pre-registered reproduction study on the tiny world: its plan, per-run summaries, claims and verdicts.
 
-The plan (variants, seeds, budget) and the claims are fixed here and written to
-``data/study/PREREGISTRATION.md`` before any run; ``kdrl-mini reproduce --full`` runs the plan
-(resumable) and :func:`claims_table` judges every claim by the rule in :mod:`kdrl_mini.study.stats`.
+The plan (variants, seeds, budget) and the claims of study v2 are fixed here and in
+``data/study/PREREGISTRATION.md``; its committed runs are read back by the notebooks and
+:mod:`.status`, and :func:`claims_table` judges every claim by the rule in :mod:`kdrl_mini.study.stats`.
+The one-GPU preset study reuses its plan, summaries and tables. (``kdrl-mini reproduce --full`` now
+runs study v3, :mod:`.v3`.)
 
 Primary metric of a run: greedy accuracy on a split averaged over its last ``LAST_EVALS``
 evaluations (less noise than one final evaluation). Also per split: the area under the accuracy
@@ -12,20 +14,16 @@ truncation rate over the same last evaluations.
 
 from __future__ import annotations
 
-import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import load_config
 from ..runs.metrics import read_metrics
 from ..schedules import annealed
 from ..trainer import Trainer
 from . import stats
 from .claims import Claim, paired
 from .plots import forest_plot
-from .runner import collect, run_study
 from .tables import variant_table
 
 LAST_EVALS = 5
@@ -212,29 +210,3 @@ def write_outputs(out: str | Path, records: list[dict], baseline: dict | None = 
     (out / "claims.md").write_text(verdicts + "\n")
     forest_plot(judge_all(records, claims), claims, out / "forest.png")
     return variants, verdicts
-
-
-def reproduce_full(out: str | Path = "data/study", threads: int | None = None, only: list[str] | None = None,
-                   seeds: list[int] | None = None) -> int:
-    """``kdrl-mini reproduce --full``: the pre-registered study (PREREGISTRATION.md), resumable, per-run
-    files as they finish; then the tables, verdicts and forest plot from every finished run."""
-    out = Path(out)
-    if not (out / "PREREGISTRATION.md").is_file():
-        raise FileNotFoundError(f"{out / 'PREREGISTRATION.md'} is missing: the study runs only after its plan is "
-                                f"committed (see kdrl_mini/study/reproduction.py)")
-    base = load_config("kdrl", threads=threads, **SETTINGS.base_overrides())
-    variants, per_variant = SETTINGS.full_plan()
-    if only:
-        variants = {k: v for k, v in variants.items() if k in only}
-    if seeds:
-        per_variant = {k: [s for s in v if s in seeds] for k, v in per_variant.items()}
-    t0 = time.time()
-    untrained = out / "untrained.json"
-    if not untrained.exists():
-        untrained.write_text(json.dumps(untrained_summary(base.replace(seed=0)), indent=1))
-    run_study(out, variants, per_variant, base, summarize=summarize)
-    records = collect(out)
-    variant_table, claims = write_outputs(out, records, json.loads(untrained.read_text()))
-    print(variant_table + "\n\n" + claims)
-    print(f"\n{len(records)} finished runs ({time.time() - t0:.0f} s this call); {out / 'claims.md'}, {out / 'forest.png'}")
-    return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -23,7 +24,9 @@ import torch
 from ..config import load_config
 from ..rollout import greedy_eval
 from ..runs.loading import load_world
+from ..runs.folder import read_mapping
 from ..runs.metrics import read_metrics
+from ..utils import setup
 from . import v3_claims
 from .runner import collect, run_study
 
@@ -145,37 +148,62 @@ def run_preregistered(out: str | Path = STUDY_DIR, seeds: list[int] | None = Non
     out = Path(out)
     if not (out / "PREREGISTRATION.md").is_file():
         raise FileNotFoundError(f"{out / 'PREREGISTRATION.md'} is missing: the study runs only after its plan is committed")
+    baselines(out)  # read by the report: refused before any run, not after the last
     plan = {k: v for k, v in VARIANTS.items() if not only or k in only}
     run_study(out, plan, seeds or STUDY_SEEDS, base_config(threads=threads), summarize=summarize)
     return report(out)
+
+
+def baselines(out: str | Path = STUDY_DIR) -> tuple[dict, dict]:
+    """(untrained student, teacher) scores of ``out/untrained.json`` and ``out/teacher.json``, written by the
+    pilot; a missing or damaged file is one line naming it."""
+    found = []
+    for name in ("untrained.json", "teacher.json"):
+        path = Path(out) / name
+        pilot = "`python -m kdrl_mini.study.v3 pilot`, which writes it before any run"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (the {name[:-5]} scores the tables compare with); restore it "
+                                    f"(e.g. git checkout {path}) or run {pilot}")
+        found.append(read_mapping(path, f"restore it (e.g. git checkout {path}), or delete it and run {pilot}"))
+    return found[0], found[1]
 
 
 def report(out: str | Path = STUDY_DIR) -> list[dict]:
     """Tables, verdicts and forest plot from every finished study run (``v3_claims.write_outputs``)."""
     out = Path(out)
     records = collect(out)
-    load = lambda name: json.loads((out / name).read_text())  # noqa: E731
-    variants, verdicts = v3_claims.write_outputs(out, records, load("untrained.json"), load("teacher.json"))
+    variants, verdicts = v3_claims.write_outputs(out, records, *baselines(out))
     print(variants + "\n\n" + verdicts)
     return records
 
 
-if __name__ == "__main__":  # python -m kdrl_mini.study.v3 pilot|probes|gates|study|report [seed ... | "study"]
-    import sys
-
-    from ..utils import setup
-
+def main(argv: list[str]) -> int:
+    """``python -m kdrl_mini.study.v3 pilot|probes|study|report|gates [seed ... | study]``: the command, then the
+    gates of issue 22 on the pilot's runs (or the study's, after ``study``/``report`` or with ``gates study``).
+    A bad argument or a missing or damaged study file is one line (exit code 2)."""
     setup(threads=1)
-    command, args = sys.argv[1], sys.argv[2:]
+    command, args = (argv or [""])[0], argv[1:]
     pilot_dir = Path(STUDY_DIR) / "pilot"
-    if command in ("pilot", "probes"):
-        run_pilot(pilot_dir, [int(s) for s in args] or None, list(PILOT_PROBES) if command == "probes" else None)
-    elif command == "study":
-        run_preregistered(STUDY_DIR, [int(s) for s in args] or None)
-    elif command == "report":
-        report(STUDY_DIR)
-    finished = collect(STUDY_DIR if command in ("study", "report") or args == ["study"] else pilot_dir)
-    load = lambda name: json.loads((Path(STUDY_DIR) / name).read_text())  # noqa: E731
-    for row in gates(finished, load("untrained.json"), load("teacher.json")):
+    try:
+        if command not in ("pilot", "probes", "study", "report", "gates"):
+            raise ValueError(f"unknown command {command!r}; name one of pilot, probes, study, report, gates")
+        seeds = None if command == "gates" else [int(s) for s in args] or None
+        if command in ("pilot", "probes"):
+            run_pilot(pilot_dir, seeds, list(PILOT_PROBES) if command == "probes" else None)
+        elif command == "study":
+            run_preregistered(STUDY_DIR, seeds)
+        elif command == "report":
+            report(STUDY_DIR)
+        finished = collect(STUDY_DIR if command in ("study", "report") or args == ["study"] else pilot_dir)
+        rows = gates(finished, *baselines(STUDY_DIR))
+    except (ValueError, OSError) as err:
+        print(f"{f'python -m kdrl_mini.study.v3 {command}'.strip()}: error: {err}", file=sys.stderr)
+        return 2
+    for row in rows:
         verdict = "holds" if row["holds"] else "FAILS"
         print(f"{verdict:>5}  {row['gate']}: {row['value']} (threshold {row['threshold']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,9 +1,13 @@
 """Task files: one JSONL file per split (``<data_dir>/<split>.jsonl``), each row a dict with a
-``prompt`` and an ``answer``; written, read, checked line by line and loaded through ``datasets``."""
+``prompt`` and an ``answer``; written, read, checked line by line and loaded through ``datasets``;
+and where a data file ``datasets`` cannot read is broken (:func:`damage`)."""
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 SPLITS = ("train", "test", "ood")  # every world has these (the real pair too)
@@ -66,3 +70,50 @@ def load_split(data_dir: str | Path, split: str):
     check_file(path)
     datasets.disable_progress_bars()
     return datasets.load_dataset("json", data_files=str(path), split="train")
+
+
+def damage(path: Path) -> str | None:
+    """Where a JSON, JSONL or CSV data file is broken, for a one-line error: ``"is empty"``, ``"line 6: not
+    valid JSON (...)"`` or ``"line 9: 3 fields where the header has 2"``; None when this finds nothing."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        return "is empty (no rows)"
+    lines = text.splitlines()
+    if path.suffix.lower() == ".csv":
+        reader = csv.reader(lines)
+        width = len(next(reader))
+        for row in reader:
+            if row and len(row) != width:
+                return f"line {reader.line_num}: {len(row)} fields where the header has {width}"
+        return None
+    if path.suffix.lower() not in (".json", ".jsonl"):
+        return None
+    try:
+        json.loads(text)
+        return None  # one JSON document that parses: the trouble is not its syntax
+    except json.JSONDecodeError as whole:
+        first = next(i for i, line in enumerate(lines) if line.strip())
+        try:
+            json.loads(lines[first])  # the first line alone is a value: JSON lines, one row per line
+        except json.JSONDecodeError:
+            return f"line {whole.lineno}: not valid JSON ({whole.msg})"
+    for i, line in enumerate(lines[first:], start=first + 1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {i}: not valid JSON ({err.msg}); each line must be one JSON object"
+    return None
+
+
+@contextmanager
+def reader_log_muted():
+    """``datasets`` logs a reader's failure on a line of its own before it raises; the kit's one-line error
+    (with :func:`damage`'s line number) says it instead, so that line is muted while a file is read."""
+    log = logging.getLogger("datasets")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

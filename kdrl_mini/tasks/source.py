@@ -12,11 +12,11 @@
   with ``huggingface-cli download --repo-type dataset ... --local-dir DIR``).
 
 Splits are picked by the config's ``train_split``, ``test_split`` and optional ``ood_split``
-(a name, optionally sliced ``name[a:b]`` with row counts or percentages) and returned under the
-kit's names ``"train"``, ``"test"`` and ``"ood"``. The column map (``prompt_column``,
-``answer_column``) turns each row into a dict with string ``"prompt"`` and ``"answer"`` (numbers
-become strings); other columns are kept. Every failure is one line naming the dataset, the split,
-the row and the fix. The tiny world's JSONL path (``dataset: null``) does not come through here.
+(a name, optionally sliced ``name[a:b]`` with row counts or percentages) and returned under the kit's
+names ``"train"``, ``"test"`` and ``"ood"``. The column map (``prompt_column``, ``answer_column``) turns
+each row into a dict with string ``"prompt"`` and ``"answer"`` (numbers become strings); other columns
+are kept. Every failure is one line naming the dataset, the split, the row (or a file's line) and the
+fix. The tiny world's JSONL path (``dataset: null``) does not come through here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import DataRowError
+from .files import DataRowError, damage, reader_log_muted
 from ..utils import DATA_SUFFIXES, hub_offline, is_hub_id
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
@@ -69,8 +69,8 @@ def load_splits(cfg) -> dict[str, LoadedSplit]:
     for kit_name, ((name, start, stop), spec, field) in specs.items():
         whole = _pattern_split(source, name, field) if tables is None else pick(tables, name, source, field)
         label = f"dataset {source}, split {spec}"
-        out[kit_name] = LoadedSplit(label, to_rows(select(whole, start, stop), cfg.prompt_column,
-                                                   cfg.answer_column, label))
+        out[kit_name] = LoadedSplit(label, to_rows(select(whole, start, stop, f"{label} (config field {field})"),
+                                                   cfg.prompt_column, cfg.answer_column, label))
     return out
 
 
@@ -92,12 +92,15 @@ def _bound(text: str | None, n: int) -> int | None:
     return int(text)
 
 
-def select(table, start: str | None, stop: str | None):
-    """Rows ``start:stop`` of a ``datasets.Dataset`` (None, None: the whole table)."""
+def select(table, start: str | None, stop: str | None, label: str = "this split"):
+    """Rows ``start:stop`` of a ``datasets.Dataset`` (None, None: all); one line if the slice selects none."""
     if start is None and stop is None:
         return table
     n = len(table)
-    return table.select(range(n)[slice(_bound(start, n), _bound(stop, n))])
+    if not (rows := range(n)[slice(_bound(start, n), _bound(stop, n))]):
+        raise DataSourceError(f"{label}: the slice [{start or ''}:{stop or ''}] selects no row of its {n} (it starts "
+                              f"past the end or stops before it starts); pick bounds within 0..{n} or 0%..100%")
+    return table.select(rows)
 
 
 def open_source(source: str, config: str | None):
@@ -128,6 +131,8 @@ def pick(tables, name: str, source: str, field: str):
 
 
 def _first_line(err: BaseException) -> str:
+    while err.__cause__ is not None:  # the reader's own error, under datasets' "error while generating"
+        err = err.__cause__
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
@@ -140,10 +145,12 @@ def _open_file(path: Path):
         raise DataSourceError(f"dataset {path}: unknown file type {path.suffix!r}; use one of "
                               f"{sorted(BUILDERS)} or a save_to_disk folder")
     try:
-        return datasets.load_dataset(builder, data_files={"train": str(path)})
-    except Exception as err:  # noqa: BLE001  any reader failure is this file's fault; name it
-        raise DataSourceError(f"dataset {path}: cannot be read as {builder} ({_first_line(err)}); fix the file or "
-                              f"save it again with datasets (to_json / to_parquet)") from None
+        with reader_log_muted():
+            return datasets.load_dataset(builder, data_files={"train": str(path)})
+    except Exception as err:  # noqa: BLE001  any reader failure is this file's fault; name it and the line
+        why = damage(path) or f"cannot be read as {builder} ({_first_line(err)})"
+        raise DataSourceError(f"dataset {path}: {why}; fix the file or save it again with datasets (to_json / "
+                              f"to_parquet)") from None
 
 
 def _open_folder(path: Path):
@@ -157,10 +164,12 @@ def _open_folder(path: Path):
     if by_stem:  # one split per file, named by the file: datasets' own inference keeps only train/test/validation
         builder, files = by_stem
         try:
-            return datasets.load_dataset(builder, data_files=files)
-        except Exception as err:  # noqa: BLE001  name the folder and what to fix
-            raise DataSourceError(f"dataset {path}: its {builder} files cannot be read ({_first_line(err)}); fix "
-                                  f"them or save them again with datasets (to_json / to_parquet)") from None
+            with reader_log_muted():
+                return datasets.load_dataset(builder, data_files=files)
+        except Exception as err:  # noqa: BLE001  name the file, the line and what to fix
+            why = next((f"{f}: {d}" for f in files.values() if (d := damage(Path(f)))), None)
+            raise DataSourceError(f"dataset {path}: {why or f'its {builder} files cannot be read ({_first_line(err)})'}"
+                                  f"; fix them or save them again with datasets (to_json / to_parquet)") from None
     try:
         return datasets.load_dataset(str(path))
     except Exception as err:  # noqa: BLE001  a folder datasets cannot read: say what it should hold

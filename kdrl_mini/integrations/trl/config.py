@@ -50,6 +50,11 @@ class KDRLConfig(GRPOConfig):
         metadata={"help": "Load the teacher in 8-bit through `BitsAndBytesConfig(load_in_8bit=True)` when CUDA is "
                           "available and `teacher_model_init_kwargs` sets no `quantization_config`. On CPU the "
                           "teacher is always fp32."})
+    teacher_load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "Load the teacher in 4-bit NF4 (``BitsAndBytesConfig(load_in_4bit=True, nf4)``, computing in "
+                          "the teacher's `dtype`) when CUDA is available and `teacher_model_init_kwargs` sets no "
+                          "`quantization_config`; set teacher_load_in_8bit=False with it. On CPU the teacher is fp32."})
     teacher_batch_size: int | None = field(
         default=None,
         metadata={"help": "Completions per teacher forward (None: one group, num_generations). Below a group the "
@@ -155,6 +160,9 @@ class KDRLConfig(GRPOConfig):
                 _refuse("teacher_weights", self.teacher_weights, "every weight must be > 0 (drop a teacher instead)")
             if n is not None and n != len(self.teacher_weights):
                 _refuse("teacher_weights", self.teacher_weights, f"one weight per teacher ({n} teachers)")
+        if self.teacher_load_in_4bit and self.teacher_load_in_8bit:
+            _refuse("teacher_load_in_4bit", True, "and teacher_load_in_8bit are both set; keep one (the kit maps "
+                    "teacher_quant=4bit to teacher_load_in_4bit=True, teacher_load_in_8bit=False)")
         if self.teacher_batch_size is not None and self.teacher_batch_size < 1:
             _refuse("teacher_batch_size", self.teacher_batch_size, "must be >= 1 (or None)")
 

@@ -90,13 +90,15 @@ class MeasuredTrainer(KDRLTrainer):
     preset whose engine is trl): ``measured`` gets one {"seconds", "laps", "peaks"} per optimiser step, with
     the phases of :class:`kdrl_mini.runs.metrics.Laps` (rollout, teacher, train)."""
 
-    def __init__(self, *args, measured: list, **kwargs):
-        self.measured, self._micro = measured, 0
+    def __init__(self, *args, measured: list, worst_case_from: int | None = None, **kwargs):
+        self.measured, self._micro, self.worst_case_from = measured, 0, worst_case_from
         super().__init__(*args, **kwargs)
 
     def training_step(self, model, inputs, *args, **kwargs):
         if self._micro == 0:  # the first micro-batch of an optimiser step: its generation happens in here
             self._laps = metrics.Laps(self.accelerator.device, track_memory=True)
+            if self.worst_case_from is not None and self.state.global_step >= self.worst_case_from:
+                self.force_worst_case()
         loss = super().training_step(model, inputs, *args, **kwargs)
         self._laps("train")
         self._micro += 1
@@ -105,6 +107,14 @@ class MeasuredTrainer(KDRLTrainer):
                                   "peaks": dict(self._laps.peaks)})
             self._micro = 0
         return loss
+
+    def force_worst_case(self) -> None:
+        """Every later response runs to ``max_completion_length`` (no end-of-sequence before it): the longest
+        step the run can take, the one the memory estimate describes."""
+        if self.use_vllm:
+            self.vllm_generation.generation_kwargs["min_tokens"] = self.max_completion_length
+        else:
+            self.generation_config.min_new_tokens = self.max_completion_length
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -119,35 +129,44 @@ class MeasuredTrainer(KDRLTrainer):
         return scored
 
 
-def check_resumable(saved: Path, cfg: TrainConfig) -> None:
+def check_resumable(run: Path, cfg: TrainConfig) -> None:
     """Refuse to resume a run whose ``config.yaml`` holds other settings than ``cfg`` (beyond
-    ``RESUMABLE_CHANGES``, as the kit's trainer does)."""
-    before = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
-    changed = sorted(k for k, v in cfg.to_dict().items()
-                     if k in before and k not in checkpoints.RESUMABLE_CHANGES and before[k] != v)
+    ``RESUMABLE_CHANGES``, as the kit's trainer does), or is damaged."""
+    changed = folder.config_changes(run, cfg, ignore=checkpoints.RESUMABLE_CHANGES)
     if changed:
-        raise ValueError(f"--resume: {saved} was written with other settings for {changed}; resume with the run's "
-                         f"own config or start a new --output-dir")
+        raise ValueError(f"--resume: {run / 'config.yaml'} was written with other settings for {changed}; resume "
+                         f"with the run's own config or start a new --output-dir")
 
 
 def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-              measured: list | None = None) -> list[dict]:
+              measured: list | None = None, worst_case_from: int | None = None) -> list[dict]:
     """Train ``cfg`` (grpo, kd-rkl or kdrl) through :class:`KDRLTrainer` into ``cfg.output_dir`` as the kit's
     run folder (module docstring); ``resume`` continues from the latest ``checkpoint-<step>/``. Returns the
     metric rows this call wrote. Data rows are checked before any weights load. A ``measured`` list gets
-    each step's phase times and peaks (:class:`MeasuredTrainer`)."""
+    each step's phase times and peaks (:class:`MeasuredTrainer`), its steps from ``worst_case_from`` (0-based)
+    forced to the worst-case length."""
     out = Path(cfg.output_dir)
     folder.check(out, resume, overwrite)
     kd_args = config_from_train_config(  # refuses what TRL does not reproduce, before anything loads
         cfg, output_dir=str(out), save_strategy="steps" if cfg.checkpoint_every else "no",
         save_steps=cfg.checkpoint_every or 500, save_total_limit=1, disable_tqdm=not progress)
+    try:
+        return _train(cfg, kd_args, resume, overwrite, progress, measured, worst_case_from)
+    finally:  # the next run of a study or smoke loads its own models (and vLLM checks the free memory)
+        models.free_memory()
+
+
+def _train(cfg: TrainConfig, kd_args, resume: bool, overwrite: bool, progress: bool, measured: list | None,
+           worst_case_from: int | None) -> list[dict]:
+    """The body of :func:`train_run`, whose frame (the trainer, student and teacher) is gone when it returns."""
+    out = Path(cfg.output_dir)
     tok, splits, _ = load_data(cfg)
     with folder.claim(out, resume, overwrite):
         ckpt = folder.latest_checkpoint(out) if resume else None
         if ckpt is not None and ckpt.is_file():
             raise ValueError(f"{ckpt} is a checkpoint of the kit's trainer; resume this run with --engine kit")
         if ckpt is not None:
-            check_resumable(out / "config.yaml", cfg)
+            check_resumable(out, cfg)
         metrics.truncate_metrics(out / "metrics.jsonl", folder.checkpoint_step(ckpt))
         folder.write_config(out, cfg, engine="trl")
         device = process_device(kd_args)
@@ -155,7 +174,8 @@ def train_run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, p
         model, _ = load_student_base(cfg, device)
         kd_args.teacher_model_name_or_path = str(model_source.resolve_model(cfg.teacher_path, "teacher"))
         kit = KitMetrics(cfg, out / "metrics.jsonl", tok, splits, models.compute_dtype(cfg.compute_dtype, device))
-        cls, extra = (KDRLTrainer, {}) if measured is None else (MeasuredTrainer, {"measured": measured})
+        cls, extra = ((KDRLTrainer, {}) if measured is None else
+                      (MeasuredTrainer, {"measured": measured, "worst_case_from": worst_case_from}))
         trainer = cls(model=model, reward_funcs=reward_funcs_for(cfg), args=kd_args,
                       train_dataset=prompt_dataset(cfg, tok, splits["train"]), processing_class=tok,
                       peft_config=peft_config_for(cfg), lr_at=cfg.lr_at, callbacks=[kit], **extra)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ... import model_source, models
+from ...utils import vllm_installed
 from ...config import TRL_ALGORITHMS, VLLM_MEMORY_SHARE, load_config, parse_set
 from ...tasks import source
 
@@ -57,7 +57,7 @@ def config_from_train_config(cfg, **overrides) -> KDRLConfig:
         beta=0.0, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, report_to=[], logging_steps=1,
         save_strategy="no", use_cpu=not cuda,
         teacher_model_name_or_path=cfg.teacher_path,
-        teacher_load_in_8bit=cfg.teacher_quant == "8bit",
+        teacher_load_in_8bit=cfg.teacher_quant == "8bit", teacher_load_in_4bit=cfg.teacher_quant == "4bit",
         teacher_model_init_kwargs={"dtype": str(dtype).removeprefix("torch.")},
         pg_weight=0.0 if kd_only else 1.0, log_teacher_kl=cfg.algorithm != "grpo" or bool(cfg.log_exact_kl),
         kd_beta={"kdrl": cfg.beta, "grpo": 0.0, "kd-rkl": 1.0}[cfg.algorithm],
@@ -79,7 +79,7 @@ def process_device(kd_args: KDRLConfig) -> torch.device:
 def vllm_settings(cuda: bool, available: bool | None = None) -> dict:
     """vLLM colocated in the training process when it is installed and a GPU is there (rollouts and
     evaluation at vLLM's speed, weights synced each step by TRL); HF ``generate`` otherwise."""
-    available = importlib.util.find_spec("vllm") is not None if available is None else available
+    available = vllm_installed() if available is None else available
     if not (cuda and available):
         return {"use_vllm": False}
     return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": VLLM_MEMORY_SHARE,

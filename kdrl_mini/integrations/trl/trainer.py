@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from ...advantages import per_token_kl_advantages
@@ -10,9 +12,11 @@ from ...losses import kd_mask, reverse_kl_loss
 from ...batch import Batch
 from ...schedules import annealed
 from ...scoring import head_token_stats, score_groups, score_in_micro_batches
-from ...vocab import check_same_vocab, restrict_vocab, shared_vocab, vocab_size_of
+from ...vocab import check_same_vocab, cut_at_padding, first_rows_head, restrict_vocab, shared_vocab, vocab_size_of
 from ._common import GRPOTrainer
 from .config import KD_LOSS_TYPES, KDRLConfig, _refuse, mix_teacher_logps
+from .teacher import load_teacher
+from .vllm_sync import dense_vllm
 
 
 # ------------------------------------------------------------------ the trainer
@@ -38,8 +42,9 @@ class KDRLTrainer(GRPOTrainer):
             teacher_model = args.teacher_model_name_or_path
         if teacher_model is None:
             _refuse("teacher_model_name_or_path", None, "pass a teacher path here or teacher_model= to KDRLTrainer")
-        self._lr_at = lr_at
-        super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        self._lr_at, self._kd_vocab = lr_at, None
+        with dense_vllm() if args.use_vllm else nullcontext():  # vLLM gets dense weights (vllm_sync)
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         if args.adapter_fp32 and hasattr(self.model, "peft_config"):  # undo TRL's bf16 cast of QLoRA adapters
             for p in self.model.parameters():
                 if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
@@ -84,34 +89,12 @@ class KDRLTrainer(GRPOTrainer):
                 n = shared_vocab(tok, rows[0], teacher_rows) or n
             for m in (student, *self.teacher_models):
                 restrict_vocab(m, n)
+            self._kd_vocab = n
         for t in self.teacher_models:
             check_same_vocab(student, t)
 
     def _load_teacher(self, teacher):
-        from transformers import AutoModelForCausalLM
-
-        a, device = self.args, self.accelerator.device
-        if isinstance(teacher, str):
-            kw = dict(a.teacher_model_init_kwargs or {})
-            if device.type == "cuda" and a.teacher_load_in_8bit and "quantization_config" not in kw:
-                from transformers import BitsAndBytesConfig
-
-                kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-                kw.setdefault("device_map", {"": device})
-            elif device.type == "cpu":
-                kw.setdefault("dtype", torch.float32)
-            with torch.random.fork_rng(devices=[]):  # loading must not move the RNG: kd_beta=0 parity with GRPO
-                teacher = AutoModelForCausalLM.from_pretrained(teacher, **kw)
-        quantised = getattr(teacher, "is_quantized", False) or getattr(teacher, "hf_quantizer", None) is not None
-        teacher.eval()
-        teacher.requires_grad_(False)
-        if self.is_deepspeed_enabled and not quantised:
-            # under ZeRO-3 a model loaded after the trainer is partitioned; TRL's own preparation (as for its
-            # reference model) gathers it for the forward instead of running it on empty shards
-            from trl.models import prepare_deepspeed
-
-            return prepare_deepspeed(teacher, self.accelerator)
-        return teacher if quantised else teacher.to(device)
+        return load_teacher(teacher, self.args, self.accelerator, self.is_deepspeed_enabled)
 
     def kd_beta_now(self) -> float:
         """kd_beta at the current optimiser step."""
@@ -141,6 +124,16 @@ class KDRLTrainer(GRPOTrainer):
         return mix_teacher_logps([lp for lp, _ in scored], self.args.teacher_weights), None
 
     # -------------------------------------------------------------- rollout
+    def _generate_single_turn(self, *args, **kwargs):
+        """TRL's generation, each completion ended before a padding row's id: vLLM samples from every row of
+        the output layer, and such an id has no token (the teacher, cut to the tokenizer, cannot score it)."""
+        completion_ids, logprobs = super()._generate_single_turn(*args, **kwargs)
+        cut = cut_at_padding(completion_ids, self._kd_vocab, logprobs)
+        if self._kd_vocab is not None:
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["kd/padding_cut"].append(cut / max(len(completion_ids), 1))
+        return completion_ids, logprobs
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._kd_last_rewards_per_func = rewards_per_func  # gathered over processes, like TRL's advantages
@@ -187,6 +180,13 @@ class KDRLTrainer(GRPOTrainer):
 
     # -------------------------------------------------------------- loss
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """TRL's fused LM head (it reads ``lm_head.weight``, bypassing the vocabulary cut's hook) on the student's
+        first ``len(tokenizer)`` rows, or the token-chunked exact / top-k KL; the KD term's log-probs captured."""
+        base = self.accelerator.unwrap_model(model)
+        with first_rows_head(base.get_base_model() if hasattr(base, "get_base_model") else base, self._kd_vocab):
+            return self._logps_and_capture(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
+    def _logps_and_capture(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         cap = self._kd_capture
         if cap is None or not kwargs.get("compute_entropy", False):
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
