@@ -31,6 +31,7 @@ from ..evaluation import evaluate_splits, probe_batch, probe_kl
 from ..runs.loading import load_world
 from ..runs.metrics import read_metrics
 from .runner import collect, run_study
+from .v4_diagnosis import kl_by_token_kind
 
 STUDY_DIR = "data/study_v4"  # becomes data/study when the notebooks read v4 (issue 30, item 6)
 BUDGET, SHORT = 64, 48
@@ -183,7 +184,22 @@ def pilot_table(out: str | Path = f"{STUDY_DIR}/pilot") -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m kdrl_mini.study.v4 pilot A|B|C  |  table
+@torch.no_grad()
+def diagnose(out: str | Path = f"{STUDY_DIR}/pilot/diagnosis.json", rows: int = 100, samples: int = 4) -> dict:
+    """Which tokens carry the KL on the untrained student's own samples (the KD-RKL arms' starting
+    signal), on ``test`` and ``blind`` at the training budget and temperature (``v4_diagnosis``)."""
+    cfg = base_config(max_new_tokens=TRAIN_BUDGET)
+    world = load_world(cfg)
+    found = {}
+    for split in ("test", "blind"):
+        torch.manual_seed(0)
+        found[split] = kl_by_token_kind(world.student, world.teacher, world.tokenizer, world.splits[split][:rows],
+                                        cfg.max_new_tokens, cfg.temperature, samples)
+    Path(out).write_text(json.dumps(found, indent=1) + "\n")
+    return found
+
+
+if __name__ == "__main__":  # python -m kdrl_mini.study.v4 pilot A|B  |  table  |  diagnose
     import sys
 
     from ..utils import setup
@@ -191,4 +207,6 @@ if __name__ == "__main__":  # python -m kdrl_mini.study.v4 pilot A|B|C  |  table
     setup(threads=1)
     if sys.argv[1] == "pilot":
         run_pilot(sys.argv[2])
+    if sys.argv[1] == "diagnose":
+        print(json.dumps(diagnose(), indent=1))
     print(pilot_table())

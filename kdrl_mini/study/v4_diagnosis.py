@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rewards import batch_rewards
 from ..rollout import format_prompts, sample
 from ..scoring import completion_hidden, student_token_stats
 
@@ -34,7 +35,8 @@ def token_kinds(text_tokens: list[str]) -> list[str]:
 def kl_by_token_kind(student, teacher, tokenizer, rows: list[dict], max_new_tokens: int, temperature: float,
                      samples: int = 4) -> dict[str, dict]:
     """Per kind: its share of response tokens, its share of the summed KL, the mean KL per token, and how
-    often the teacher's most likely token is the one the student sampled (``teacher_agrees``)."""
+    often the teacher's most likely token is the one the student sampled (``teacher_agrees``); under
+    ``"samples"`` the share of the student's samples that are correct and that are cut off by the budget."""
     prompts = format_prompts(tokenizer, [r["prompt"] for r in rows], False)
     batch = sample(student, tokenizer, prompts, samples, max_new_tokens, temperature)
     hidden = completion_hidden(teacher, batch)
@@ -49,8 +51,10 @@ def kl_by_token_kind(student, teacher, tokenizer, rows: list[dict], max_new_toke
             totals[kind]["tokens"] += 1
             totals[kind]["kl"] += k
             totals[kind]["agree"] += agree
+    correct = batch_rewards(batch.texts, [r["answer"] for r in rows for _ in range(samples)])
+    seen = {"correct": float(correct.mean()), "truncated": float(batch.truncated.float().mean())}
     all_tokens = sum(t["tokens"] for t in totals.values())
     all_kl = sum(t["kl"] for t in totals.values())
     return {kind: {"token_share": t["tokens"] / max(all_tokens, 1), "kl_share": t["kl"] / max(all_kl, 1e-12),
                    "mean_kl": t["kl"] / max(t["tokens"], 1), "teacher_agrees": t["agree"] / max(t["tokens"], 1)}
-            for kind, t in totals.items()}
+            for kind, t in totals.items()} | {"samples": seen}
