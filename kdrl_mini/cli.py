@@ -66,12 +66,12 @@ def _reproduce(args) -> int:
         raise ValueError(f"{' and '.join(given)} only work{'s' if one else ''} with --preset NAME; drop "
                          f"{'it' if one else 'them'}, or add --preset t4-16gb|24gb|80gb-paper (kdrl-mini presets)")
     if args.full:
-        from .study import v3
+        from .study import v4
 
         if args.steps:
             raise ValueError(f"--steps {args.steps}: --full runs the pre-registered plan as written "
-                             f"({v3.BASE['max_steps']} steps per run); drop --steps")
-        v3.run_preregistered(args.output_dir or v3.STUDY_DIR, args.seeds, args.threads or 1, args.only)
+                             f"({v4.BASE['max_steps']} steps per run); drop --steps")
+        v4.run_preregistered(args.output_dir or v4.STUDY_DIR, args.seeds, args.threads or 1, args.only)
         return 0
     from .study.brief import reproduce_brief
 
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="GRPO vs KD vs KDRL on the shipped world; --full runs the whole study")
     r.add_argument("--output-dir", type=_folder)
     r.add_argument("--steps", type=_at_least(1), help="training steps per run (default: the kdrl config's max_steps)")
-    r.add_argument("--full", action="store_true", help="the pre-registered study into data/study_v3 (resumable; "
+    r.add_argument("--full", action="store_true", help="the pre-registered study into data/study_v4 (resumable; "
                    "a second process started alongside shares its runs)")
     r.add_argument("--seeds", type=int, nargs="+")
     r.add_argument("--only", nargs="+", help="restrict to these variant names")

@@ -35,21 +35,36 @@ def test_study_workers_share_runs_by_claim(tmp_path):
 
 
 def test_brief_table_reads_the_study_splits():
-    entry = {"seeds": [0], **{k: (0.0, 0.0) for k in brief.METRICS}, "mix_accuracy": (0.3, 0.0),
-             "blind_accuracy": (0.05, 0.0), "test@64_accuracy": (0.6, 0.0)}
-    table = brief.format_table({"grpo": entry})
-    assert "| grpo | 1 | 0.300 ± n/a | 0.050 ± n/a | 0.600 ± n/a |" in table
+    entry = {"seeds": [0], **{k: (0.0, 0.0) for k in brief.METRICS}, "mix@64_accuracy": (0.3, 0.0),
+             "test@64_accuracy": (0.6, 0.0), "blind@64_accuracy": (0.05, 0.0)}
+    baselines = {"untrained student": {"mix@64_accuracy": 0.4, "test@64_accuracy": 0.5, "blind@64_accuracy": 0.2},
+                 "teacher": {"mix@64_accuracy": 0.7, "test@64_accuracy": 1.0, "blind@64_accuracy": 0.0}}
+    table = brief.format_table({"grpo": entry}, baselines)
+    assert "| grpo | 1 | 0.300 ± n/a | 0.600 ± n/a | 0.050 ± n/a |" in table
+    assert "| teacher | - | 0.700 | 1.000 | 0.000 |" in table
     assert "s/step" not in table  # machine load, not the method
-    records = [{"variant": "grpo", "seed": s, **{k: 0.0 for k in brief.METRICS}, "blind_accuracy": b}
+    records = [{"variant": "grpo", "seed": s, **{k: 0.0 for k in brief.METRICS}, "blind@64_accuracy": b}
                for s, b in ((0, 0.1), (1, 0.3))]
-    assert brief.aggregate(records)["grpo"]["blind_accuracy"][0] == pytest.approx(0.2)
+    assert brief.aggregate(records)["grpo"]["blind@64_accuracy"][0] == pytest.approx(0.2)
+    sentence = brief.summary_sentence({"grpo": entry, "kdrl": {**entry, "mix@64_accuracy": (0.45, 0.0)}}, baselines)
+    assert "on mix@64 the best is kdrl at 0.450 (untrained 0.400, teacher 0.700)" in sentence
 
 
 def test_brief_runs_each_method_at_the_study_settings():
-    """The main job is the study's world shortened, not a second set of learning rates."""
-    from kdrl_mini.study import v3
+    """The main job is study v4's world shortened, not a second set of learning rates."""
+    from kdrl_mini.study import v4
 
-    assert brief.brief_variants() == {k: v3.VARIANTS[k] for k in brief.BASELINES}
-    cfg = v3.base_config(**brief.SHORT)
-    assert cfg.student_path == v3.BASE["student_path"] and cfg.max_steps == brief.STEPS
-    assert cfg.eval_split_names() == list(brief.SPLITS)
+    assert brief.MAIN_ARMS == {k: v4.ARMS[k] for k in ("grpo", "kd-fkl", "kdrl")}
+    cfg = v4.base_config(**brief.SHORT, **v4.ARMS["kdrl"])
+    assert cfg.student_path == v4.BASE["student_path"] and cfg.max_steps == brief.STEPS and cfg.max_new_tokens == 48
+    assert cfg.eval_split_names() == list(brief.SPLITS) and cfg.eval_size >= 200 and cfg.final_eval_size >= 200
+
+
+def test_the_main_job_runs_in_two_workers_and_reports(tmp_path, capsys):
+    """Two steps of each method through the job's two worker processes: every run finishes once, the
+    baselines are measured on the job's rows, the table, the figure and the sentence are written."""
+    assert brief.reproduce_brief(tmp_path, steps=2) == 0
+    out = capsys.readouterr().out
+    assert "untrained student" in out and "After 2 steps" in out
+    assert sorted(p.parent.parent.name for p in tmp_path.glob("runs/*/seed0/final.json")) == ["grpo", "kd-fkl", "kdrl"]
+    assert (tmp_path / "comparison.png").is_file() and (tmp_path / "baselines.json").is_file()

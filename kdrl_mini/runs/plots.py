@@ -58,16 +58,19 @@ TRAIN_PANELS = ("reward", "exact_kl", "response_length", "entropy")
 
 
 def comparison_figure(runs: dict[str, str | Path], out_path: str | Path | None = None, splits=("test", "ood"),
-                      train_metrics=TRAIN_PANELS, untrained: dict | None = None, title: str | None = None):
+                      train_metrics=TRAIN_PANELS, baselines: dict[str, dict] | None = None, title: str | None = None):
     """Panels of training curves (``train_metrics``) and greedy accuracy per eval split (``splits``),
-    two rows; ``untrained`` (``{split}_accuracy`` numbers) draws the untrained student as a dashed line."""
+    two rows; each of ``baselines`` (name -> ``{split}_accuracy`` numbers, e.g. the untrained student and
+    the teacher) is drawn as a horizontal line on the accuracy panels."""
     panels = [(m, None) for m in train_metrics] + [("eval_accuracy", s) for s in splits]
     cols = (len(panels) + 1) // 2
     fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 8), squeeze=False)
     for ax, (metric, split) in zip(axes.flat, panels):
         plot_curves(runs, metric, ax, split=split)
-        if split and untrained and f"{split}_accuracy" in untrained:
-            ax.axhline(untrained[f"{split}_accuracy"], color="gray", ls="--", lw=1, label="untrained student")
+        for i, (name, numbers) in enumerate((baselines or {}).items()):
+            if split and f"{split}_accuracy" in numbers:
+                ax.axhline(numbers[f"{split}_accuracy"], color="gray", ls=("--", ":")[i % 2], lw=1, label=name)
+        if split and baselines:
             ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)

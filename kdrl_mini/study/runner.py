@@ -27,16 +27,20 @@ from ..trainer import Trainer
 
 
 def run_study(out_dir: str | Path, plan: dict[str, dict], seeds: list[int] | dict[str, list[int]], base: TrainConfig,
-              summarize, progress: bool = True, step_progress: bool = False, engine: str = "kit") -> list[dict]:
+              summarize, progress: bool = True, step_progress: bool = False, engine: str = "kit",
+              seed_major: bool = False) -> list[dict]:
     """Train every (variant, seed); skip finished runs, resume interrupted ones.
 
     ``seeds`` is one list for every variant or a dict variant -> its seeds; ``summarize(run_dir)``
     gives the numbers written to each finished run's ``final.json``; ``step_progress`` adds each
     run's own step bar (long GPU runs); ``engine`` is the trainer (:mod:`kdrl_mini.engines`; the
-    kit's reuses the loaded teacher and data from run to run)."""
+    kit's reuses the loaded teacher and data from run to run); ``seed_major`` trains seed by seed across
+    the arms instead of arm by arm."""
     out_dir = Path(out_dir)
     per = seeds if isinstance(seeds, dict) else {name: seeds for name in plan}
     jobs = [(name, seed) for name in plan for seed in per[name]]
+    if seed_major:  # every arm's seed 1, then every arm's seed 2, ...: a partial study holds complete pairs
+        jobs.sort(key=lambda job: job[1])
     records = []
     world = None
     finished = sum((out_dir / "runs" / n / f"seed{k}" / "final.json").exists() for n, k in jobs)

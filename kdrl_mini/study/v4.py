@@ -30,6 +30,7 @@ from ..config import load_config
 from ..evaluation import evaluate_splits, probe_batch, probe_kl
 from ..runs.loading import load_world
 from ..runs.metrics import read_metrics
+from . import v4_claims, v4_figures
 from .runner import collect, run_study
 from .v4_diagnosis import kl_by_token_kind
 
@@ -88,6 +89,39 @@ PHASE_B = {
     "kd-then-grpo": {"algorithm": "kd-then-grpo", "lr": FKL_LR, "grpo_stage_lr": GRPO_LR, **FKL_SAMPLING,
                      "max_new_tokens": TRAIN_BUDGET, "eval_every": 25},
 }
+# Phase C: the sequential arm lost mix in its GRPO stage (0.372 at the switch, 0.334 at the end; its KD stage
+# leaves 49-token answers that the 48-token rollouts cut off). Probes: a faster GRPO stage; both stages at 64.
+PHASE_C = {
+    "kd-then-grpo-grpolr1e-4": {**PHASE_B["kd-then-grpo"], "grpo_stage_lr": 1e-4},
+    "kd-then-grpo-train64": {**PHASE_B["kd-then-grpo"], "max_new_tokens": BUDGET},
+}
+
+# The study (fixed by the pre-registration after phase B). KDRL's beta is the pilot curve's best on mix@64
+# (0.01: 0.479 against GRPO 0.456 and the KD-only end 0.436); beta >= 0.03 takes on the teacher's verbose
+# style (50 tokens, cut off in training at 48) and loses blind. Every arm trains at 48 tokens.
+KDRL_BETA = 0.01
+T48 = {"max_new_tokens": TRAIN_BUDGET}
+KDRL = {"algorithm": "kdrl", "lr": GRPO_LR, "beta": KDRL_BETA, **KD_FORM, **T48}
+ARMS = {
+    "grpo": {"algorithm": "grpo", "lr": GRPO_LR, **T48},
+    "kd-fkl": {"algorithm": "kd-fkl", "lr": FKL_LR, **FKL_SAMPLING, **T48},
+    "kd-rkl": {"algorithm": "kd-rkl", "lr": RKL_LR, **KD_FORM, **T48},  # KD alone at the rate it learns best
+    "kdrl": KDRL,
+    # the paper's anneal: linear from 2.5x the constant beta to a floor of 0.5x, reached at 30% of the run, held
+    "kdrl-anneal": {**KDRL, "beta": 2.5 * KDRL_BETA, "beta_end": 0.5 * KDRL_BETA, "beta_schedule": "linear",
+                    "anneal_steps": 45},
+    "kdrl-k2": {**KDRL, "kl_kind": "k2"},
+    "kdrl-k3": {**KDRL, "kl_kind": "k3"},
+    "kdrl-mask": {**KDRL, "kd_strategy": "incorrect"},
+    "kd-then-grpo": PHASE_B["kd-then-grpo"],
+}
+# The beta curve, descriptive: beta = 0 is grpo, KDRL_BETA is kdrl, the KD-only end is KD-RKL at KDRL's rate.
+CURVE = {**{f"kdrl-beta{b:g}": {**KDRL, "beta": b} for b in (0.003, 0.03, 0.1, 1.0)},
+         "kd-rkl-lr5e-5": {**ARMS["kd-rkl"], "lr": GRPO_LR}}
+CURVE_OF = {"grpo": 0.0, "kdrl": KDRL_BETA, **{f"kdrl-beta{b:g}": b for b in (0.003, 0.03, 0.1, 1.0)}}
+STUDY_SEEDS = list(range(1, 9))   # 8: what 120 minutes hold (see the pre-registration's power table)
+CURVE_SEEDS = [1, 2, 3]
+MAIN_ARMS = {k: ARMS[k] for k in ("grpo", "kd-fkl", "kdrl")}  # the README's main job (study.brief)
 
 def base_config(**overrides):
     """The study's TrainConfig of one variant (its overrides on top of ``BASE``)."""
@@ -157,7 +191,7 @@ def gap_closed(value: float, untrained: float, teacher: float) -> float:
 
 def run_pilot(phase: str, out: str | Path = f"{STUDY_DIR}/pilot", seeds: list[int] | None = None) -> list[dict]:
     """One phase of the pilot on development seeds (resumable; run it from two processes to use two cores)."""
-    plans = {"A": {**GRPO_PROBES, **PHASE_A, **KD_AT_48}, "B": PHASE_B}
+    plans = {"A": {**GRPO_PROBES, **PHASE_A, **KD_AT_48}, "B": PHASE_B, "C": PHASE_C}
     out = Path(out)
     write_baselines(out.parent)
     return run_study(out, plans[phase], seeds or PILOT_SEEDS, base_config(), summarize=summarize)
@@ -184,6 +218,44 @@ def pilot_table(out: str | Path = f"{STUDY_DIR}/pilot") -> str:
     return "\n".join(lines)
 
 
+def study_plan(only: list[str] | None = None) -> tuple[dict, dict]:
+    """(arm -> overrides, arm -> seeds) of the pre-registered study: the claims' arms on ``STUDY_SEEDS``,
+    the beta curve's extra arms on ``CURVE_SEEDS``."""
+    plan = {k: v for k, v in {**ARMS, **CURVE}.items() if not only or k in only}
+    return plan, {k: (STUDY_SEEDS if k in ARMS else CURVE_SEEDS) for k in plan}
+
+
+def run_preregistered(out: str | Path = STUDY_DIR, seeds: list[int] | None = None, threads: int | None = 1,
+                      only: list[str] | None = None) -> list[dict]:
+    """``kdrl-mini reproduce --full``: the pre-registered study (``PREREGISTRATION.md`` must exist), seed by
+    seed so that an interrupted study holds complete pairs; resumable and shareable by two workers; then
+    the report."""
+    out = Path(out)
+    if not (out / "PREREGISTRATION.md").is_file():
+        raise FileNotFoundError(f"{out / 'PREREGISTRATION.md'} is missing: the study runs only after its plan is committed")
+    write_baselines(out)
+    plan, per = study_plan(only)
+    if seeds:
+        per = {k: [s for s in v if s in seeds] for k, v in per.items()}
+    run_study(out, plan, per, base_config(threads=threads), summarize=summarize, seed_major=True)
+    return report(out)
+
+
+def report(out: str | Path = STUDY_DIR) -> list[dict]:
+    """``table.md``, ``claims.md``, ``gates.md``, ``forest.png``, ``budget.png`` and ``beta_curve.png`` from
+    every finished study run."""
+    out = Path(out)
+    records, base = collect(out), write_baselines(out)
+    arms, verdicts = v4_claims.write_outputs(out, records, base["untrained"], base["teacher"], tuple(ARMS) + tuple(CURVE))
+    gates = v4_claims.gates(records, base["untrained"], base["teacher"])
+    (out / "gates.md").write_text(v4_claims.gates_table(gates) + "\n")
+    baselines = {"untrained": base["untrained"], "teacher": base["teacher"]}
+    v4_figures.budget_figure(records, baselines, ["grpo", "kd-fkl", "kd-rkl", "kdrl"], out / "budget.png")
+    v4_figures.beta_curve(records, baselines, CURVE_OF, "kd-rkl-lr5e-5", BUDGET, out / "beta_curve.png")
+    print(arms + "\n\n" + verdicts + "\n\n" + v4_claims.gates_table(gates))
+    return records
+
+
 @torch.no_grad()
 def diagnose(out: str | Path = f"{STUDY_DIR}/pilot/diagnosis.json", rows: int = 100, samples: int = 4) -> dict:
     """Which tokens carry the KL on the untrained student's own samples (the KD-RKL arms' starting
@@ -199,14 +271,23 @@ def diagnose(out: str | Path = f"{STUDY_DIR}/pilot/diagnosis.json", rows: int = 
     return found
 
 
-if __name__ == "__main__":  # python -m kdrl_mini.study.v4 pilot A|B  |  table  |  diagnose
+if __name__ == "__main__":  # python -m kdrl_mini.study.v4 pilot A|B | table | diagnose | study | report | gates
     import sys
 
     from ..utils import setup
 
     setup(threads=1)
-    if sys.argv[1] == "pilot":
+    command = sys.argv[1]
+    if command == "pilot":
         run_pilot(sys.argv[2])
-    if sys.argv[1] == "diagnose":
+    elif command == "diagnose":
         print(json.dumps(diagnose(), indent=1))
-    print(pilot_table())
+    elif command == "study":
+        run_preregistered(STUDY_DIR)
+    elif command in ("report", "gates"):
+        if command == "report":
+            report(STUDY_DIR)
+        found = write_baselines(STUDY_DIR)
+        print(v4_claims.gates_table(v4_claims.gates(collect(STUDY_DIR), found["untrained"], found["teacher"])))
+    if command in ("pilot", "table", "diagnose"):
+        print(pilot_table())

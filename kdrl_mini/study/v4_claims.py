@@ -70,6 +70,13 @@ def gates(records: list[dict], untrained: dict, teacher: dict, kd_arm: str = "kd
     return [{"gate": g, "value": round(v, 4), "threshold": t, "holds": v >= t} for g, v, t in rows]
 
 
+def gates_table(rows: list[dict]) -> str:
+    """Markdown: each gate, its value, its threshold and whether it holds."""
+    lines = ["| gate | value | threshold | holds |", "|---|---|---|---|"]
+    lines += [f"| {r['gate']} | {r['value']} | {r['threshold']} | {'yes' if r['holds'] else 'NO'} |" for r in rows]
+    return "\n".join(lines)
+
+
 TABLE_METRICS = tuple(f"{s}@{b}_accuracy" for b in (64, 48) for s in ("mix", "test", "blind")) + (
     f"mix{D}_length", f"mix{D}_truncated", "probe_kl", "train_reward", "train_seconds")
 
