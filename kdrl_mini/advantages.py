@@ -85,7 +85,8 @@ def _log_ratio(teacher_logp, old_logp, mask) -> torch.Tensor:
 
 
 def per_token_kl_advantages(advantages, beta: float, teacher_logp, old_logp, mask, kd_weights=None) -> torch.Tensor:
-    r"""KL in the reward, the paper's per-token form: added *after* group normalisation.
+    r"""KL in the reward, per token (third-party KDRL ports; the paper's own form is k2 in the loss, with the same
+    on-policy gradient): added *after* group normalisation.
 
         A_{it} = A_i + \beta w_i d_{it},   d_{it} = \log\pi_T(o_{it}) - \log\pi_{old}(o_{it})
 
@@ -110,7 +111,7 @@ def sequence_kl_rewards(rewards, beta: float, teacher_logp, old_logp, mask, kd_w
 
         r'_i = r_i + \beta w_i \sum_t d_{it}     (= r_i - \beta w_i \cdot k1 estimate of the sequence KL)
 
-    then ``group_advantages(r')``. Not the paper's form: in a group where every response fails
+    then ``group_advantages(r')``. A variant, not the paper's form: in a group where every response fails
     (all r_i equal), the std scaling divides the shaped rewards' spread by itself, so beta
     cancels there and the KL term acts at full strength whatever its coefficient.
 

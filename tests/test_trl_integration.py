@@ -137,7 +137,7 @@ def test_loss_and_grads_equal_kdrl_loss(tmp_path, world, loss_type, kl_kind, tem
 
 
 def test_reward_mode_advantages_are_per_token(tmp_path, world):
-    """A_it - beta * w_i * (log pi_T - log pi_old) is one constant A_i per response (the paper's per-token form)."""
+    """A_it - beta * w_i * (log pi_T - log pi_old) is one constant A_i per response (the per-token reward form)."""
     tok, data, teacher = world
     beta = 0.1
     args = KDRLConfig(**_common(tmp_path, kl_mode="reward", kl_kind="k1", kd_beta=beta, kd_strategy="incorrect"))

@@ -1,5 +1,5 @@
 """The healed student's numbers, measured once and committed, so that a machine without the
-12-minute heal build (a fresh clone, CI) still shows them, labelled as recorded, not as measured.
+15-minute heal build (a fresh clone, CI) still shows them, labelled as recorded, not as measured.
 
 :func:`measure` computes them from the cached healed student (notebook 07b, section B3);
 :func:`write` stores them in ``docs/real_pair_heal.json``; :func:`measured_or_recorded` measures
@@ -48,7 +48,7 @@ def measured_or_recorded(healed_dir: str | Path, teacher, tokenizer, rows: list[
     if teacher is not None and read_marker(healed_dir) is not None:
         return measure(healed_dir, teacher, tokenizer, rows), f"measured now on {Path(healed_dir).name}"
     record = json.loads(RECORD.read_text())
-    return record, (f"no healed student in the cache (a 12-minute build, `real.pair.materialize_healed`): the numbers "
+    return record, (f"no healed student in the cache (a 15-minute build, `real.pair.materialize_healed`): the numbers "
                     f"recorded on {record['recorded_on']} by `real.heal_record.write`")
 
 

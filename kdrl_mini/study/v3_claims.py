@@ -32,8 +32,8 @@ LENGTH_SESOI, LENGTH_MARGIN = 0.10, 0.06  # length (relative to the worse arm's 
 ALPHA = 0.05
 
 CLAIMS = (
-    Claim("C1", "KDRL beats GRPO in-domain", "paper: KDRL > GRPO (Table 2)", "kdrl", "grpo", "mix_accuracy"),
-    Claim("C2", "KDRL beats KD-RKL in-domain", "paper: KDRL > KD-RKL (Table 2)", "kdrl", "kd-rkl", "mix_accuracy"),
+    Claim("C1", "KDRL beats GRPO in-domain", "paper: KDRL > GRPO (reported averages)", "kdrl", "grpo", "mix_accuracy"),
+    Claim("C2", "KDRL beats KD-RKL in-domain", "paper: KDRL > KD-RKL (reported averages)", "kdrl", "kd-rkl", "mix_accuracy"),
     Claim("C3", "RL adds what KD cannot: KDRL is above the untrained student on the teacher's blind spot",
           "paper: RL complements KD (abstract)", "kdrl", UNTRAINED, "blind_accuracy"),
     Claim("C4", "KDRL answers are shorter than KD-FKL's", "paper: token efficiency (abstract)",

@@ -11,7 +11,7 @@ teacher and the KD term to it and nothing else:
 - ``kl_mode="loss"``: TRL's own loss + beta * ``kdrl_mini.losses.reverse_kl_loss`` on the same
   per-token log-probs TRL computed (one student forward), aggregated with weights that reproduce
   TRL's normaliser for its ``loss_type`` exactly (so the sum is ``kdrl_mini.losses.kdrl_loss``);
-- ``kl_mode="reward"``: the paper's per-token form, advantages A_i + beta * w_i * (log pi_T - log pi_old)
+- ``kl_mode="reward"``: the per-token alternative (the paper's form is the loss above), advantages A_i + beta * w_i * (log pi_T - log pi_old)
   from ``kdrl_mini.advantages.per_token_kl_advantages``, handed to TRL as [B, T] advantages.
 
 TRL's reference-model KL (``beta``) is untouched and separate from ``kd_beta``. Metrics ``kd/kl``,
