@@ -34,9 +34,9 @@ ALGORITHMS = (*STAGES, "kd-then-grpo")  # one record each (kdrl_mini.algorithms)
 TRL_ALGORITHMS = tuple(name for name, a in STAGES.items() if a.on_trl)  # what --engine trl runs
 VLLM_MEMORY_SHARE = 0.3  # --engine trl on a GPU: the card's share vLLM (colocated) takes while it generates
 KL_KINDS = TOKEN_KL_KINDS
-# "loss": a differentiable KL term; "reward": per-token log-ratio added to the advantages after
-# group normalisation (the paper's form); "reward-seq": the sequence sum subtracted from the reward
-# before normalisation (a variant: its beta cancels inside all-wrong groups).
+# "loss": a differentiable KL term (the paper's form, with k2); "reward": per-token log-ratio added to the
+# advantages after group normalisation (how third-party ports write it); "reward-seq": the sequence sum
+# subtracted from the reward before normalisation (a variant: its beta cancels inside all-wrong groups).
 KL_MODES = ("loss", "reward", "reward-seq")
 QUANTS = ("none", "4bit", "8bit")
 COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
