@@ -37,3 +37,19 @@ def test_gates_read_the_records_and_baselines():
     assert g["RL acts beyond stopping"]["holds"] and g["RL acts beyond stopping"]["value"] == pytest.approx(0.15)
     assert not g["KD transfers"]["holds"] and g["KD transfers"]["value"] == pytest.approx(0.2)
     assert not g["the sequential baseline's GRPO stage keeps its KD stage's mix@64 (final - at the switch >= 0)"]["holds"]
+
+
+def test_the_study_plan_is_the_pilots_choice():
+    """Every arm trains at 48 tokens, is decided at 64 with the probe KL on, KDRL at the pilot's beta with the
+    exact KL; each claim's two arms share the study seeds; the anneal has the paper's shape."""
+    plan, seeds = v4.study_plan()
+    for name, overrides in plan.items():
+        cfg = v4.base_config(**overrides)
+        assert cfg.max_new_tokens == 48 and cfg.eval_split_names()[:3] == ["mix@64", "test@64", "blind@64"]
+        assert cfg.probe_size == 200 and cfg.final_eval_size == 1000
+    assert v4.ARMS["kdrl"]["beta"] == v4.KDRL_BETA == 0.01 and v4.ARMS["kdrl"]["kl_kind"] == "exact"
+    anneal = v4.base_config(**v4.ARMS["kdrl-anneal"])
+    assert (anneal.beta, anneal.beta_end, anneal.anneal_steps) == (0.025, 0.005, 45)
+    for claim in v4_claims.CLAIMS:
+        assert seeds[claim.better] == seeds[claim.worse] == v4.STUDY_SEEDS, claim.name
+    assert sum(len(s) for s in seeds.values()) == 82

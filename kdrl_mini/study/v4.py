@@ -120,7 +120,8 @@ CURVE = {**{f"kdrl-beta{b:g}": {**KDRL, "beta": b} for b in (0.003, 0.03, 0.1, 1
          "kd-rkl-lr5e-5": {**ARMS["kd-rkl"], "lr": GRPO_LR}}
 CURVE_OF = {"grpo": 0.0, "kdrl": KDRL_BETA, **{f"kdrl-beta{b:g}": b for b in (0.003, 0.03, 0.1, 1.0)}}
 STUDY_SEEDS = list(range(1, 9))   # 8: what 120 minutes hold (see the pre-registration's power table)
-CURVE_SEEDS = [1, 2, 3]
+CURVE_SEEDS = [1, 2, 3]           # the curve's extra arms and KD-FKL, the off-policy reference (in no claim)
+REFERENCE_ARMS = ("kd-fkl",)
 MAIN_ARMS = {k: ARMS[k] for k in ("grpo", "kd-fkl", "kdrl")}  # the README's main job (study.brief)
 
 def base_config(**overrides):
@@ -220,9 +221,9 @@ def pilot_table(out: str | Path = f"{STUDY_DIR}/pilot") -> str:
 
 def study_plan(only: list[str] | None = None) -> tuple[dict, dict]:
     """(arm -> overrides, arm -> seeds) of the pre-registered study: the claims' arms on ``STUDY_SEEDS``,
-    the beta curve's extra arms on ``CURVE_SEEDS``."""
+    the beta curve's extra arms and the off-policy reference on ``CURVE_SEEDS``."""
     plan = {k: v for k, v in {**ARMS, **CURVE}.items() if not only or k in only}
-    return plan, {k: (STUDY_SEEDS if k in ARMS else CURVE_SEEDS) for k in plan}
+    return plan, {k: (STUDY_SEEDS if k in ARMS and k not in REFERENCE_ARMS else CURVE_SEEDS) for k in plan}
 
 
 def run_preregistered(out: str | Path = STUDY_DIR, seeds: list[int] | None = None, threads: int | None = 1,
