@@ -143,6 +143,21 @@ def _study_copy(tmp_path: Path, variant: str = "grpo", seed: int = 1) -> tuple[P
     return out, run
 
 
+def _v4_study_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """A study v4 folder for ``reproduce --full`` holding one finished run of its plan: the pilot's
+    ``grpo-train48`` (study v4's ``grpo`` arm) on seed 1001, filed as ``grpo/seed1``; (study folder, run folder)."""
+    study = STUDY.parent / "study_v4"
+    out = tmp_path / "study"
+    run = out / "runs" / "grpo" / "seed1"
+    shutil.copytree(study / "pilot" / "runs" / "grpo-train48" / "seed1001", run)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("seed: 1001", "seed: 1"))
+    final = json.loads((run / "final.json").read_text())
+    (run / "final.json").write_text(json.dumps({**final, "variant": "grpo", "seed": 1}, indent=1))
+    for name in ("PREREGISTRATION.md", "untrained.json", "teacher.json"):
+        shutil.copy(study / name, out / name)
+    return out, run
+
+
 def error_line(err: str, prog: str, *needles: str) -> None:
     """``err`` holds one error line, starting the line, with every needle (the study's progress bar
     may share stderr, on lines of its own)."""
@@ -161,7 +176,7 @@ def _no_training(monkeypatch):
 
 def test_reproduce_full_rebuilds_a_missing_final_json_without_training(tmp_path, capsys, monkeypatch):
     """Data lost before: ``reproduce --full`` retrained the run and replaced its committed metrics.jsonl."""
-    out, run = _study_copy(tmp_path)
+    out, run = _v4_study_copy(tmp_path)
     committed = json.loads((run / "final.json").read_text())
     (run / "final.json").unlink()
     before = snapshot(run)
@@ -196,7 +211,7 @@ STUDY_DAMAGE = [  # (id, damage(run folder), needles): refused in one line, noth
 
 @pytest.mark.parametrize("damage, needles", [c[1:] for c in STUDY_DAMAGE], ids=[c[0] for c in STUDY_DAMAGE])
 def test_reproduce_full_on_a_damaged_run(tmp_path, capsys, monkeypatch, damage, needles):
-    out, run = _study_copy(tmp_path)
+    out, run = _v4_study_copy(tmp_path)
     damage(run)
     before = snapshot(out)
     _no_training(monkeypatch)

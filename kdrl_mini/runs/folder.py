@@ -89,25 +89,28 @@ def _alive(pid: int) -> bool:
 
 
 def take_pid_file(path: Path) -> int:
-    """Create ``path`` holding this process's pid, atomically (``O_EXCL``). Returns 0 once this
-    process holds it (also when it already did), else the pid of the live process that does; a
-    file left by a process that is gone is taken over. -1 if it could not be taken."""
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    """Create ``path`` holding this process's pid, atomically: the pid is written to a private file first
+    and hard-linked into place, so no other process ever reads the file half written. Returns 0 once this
+    process holds it (also when it already did), else the pid of the live process that does; a file left
+    by a process that is gone is taken over. -1 if it could not be taken."""
+    mine = path.with_name(f"{path.name}.{os.getpid()}")
+    mine.write_text(str(os.getpid()))
+    try:
+        for _ in range(2):
             try:
-                owner = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _alive(owner):
-                return owner
-            path.unlink(missing_ok=True)  # ours, unreadable, or left by a process that is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return 0
-    return -1
+                os.link(mine, path)
+                return 0
+            except FileExistsError:
+                try:
+                    owner = int(path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    owner = 0
+                if owner and owner != os.getpid() and _alive(owner):
+                    return owner
+                path.unlink(missing_ok=True)  # ours, unreadable, or left by a process that is gone
+        return -1
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 def _lock(folder: Path) -> Path:
