@@ -26,10 +26,10 @@ from .runner import collect, run_study
 from .stats import t_interval
 from .v4 import BUDGET, DECIDED, MAIN_ARMS, base_config
 
-STEPS = 60
+STEPS = 100
 ROWS = 200
 SPLITS = tuple(f"{s}@{BUDGET}" for s in DECIDED)
-SHORT = {"max_steps": STEPS, "eval_every": 20, "eval_size": ROWS, "final_eval_size": ROWS, "checkpoint_every": 20,
+SHORT = {"max_steps": STEPS, "eval_every": 25, "eval_size": ROWS, "final_eval_size": ROWS, "checkpoint_every": 25,
          "eval_splits": ",".join(SPLITS), "probe_size": 0}
 METRICS = tuple(f"{s}_accuracy" for s in SPLITS) + (f"mix@{BUDGET}_length", "train_reward", "step_time")
 
