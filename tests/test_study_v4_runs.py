@@ -3,12 +3,16 @@ final.json is re-derived from its own metrics.jsonl. (The tables, claims and fig
 82 runs are in.)"""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from kdrl_mini.study import v4
+from kdrl_mini.study import v4, v4_claims, v4_figures
+from kdrl_mini.study.runner import collect
 
 STUDY = Path(__file__).resolve().parents[1] / "data" / "study_v4"
 FROZEN = "8a69650ea9fcb6e17067776fe74cc7930ac974b9"  # the pre-registration's commit (its kdrl_mini is 5358687's)
@@ -35,3 +39,54 @@ def test_each_run_is_the_plan_at_the_frozen_code_and_its_summary_is_rederived(fi
     # a field added after the frozen commit is missing from its config.yaml; its default keeps the old behaviour
     changed = {k for k, v in planned.items() if config.get(k, v) != v} - {"output_dir", "seed", "threads"}
     assert not changed and config["seed"] == saved["seed"] and saved["seed"] in seeds[saved["variant"]]
+
+
+done = pytest.mark.skipif(len(FINALS) < 82, reason="the study's 82 runs are not all committed yet")
+
+
+def _outputs():
+    records = collect(STUDY)
+    base = {name: json.loads((STUDY / f"{name}.json").read_text()) for name in ("untrained", "teacher")}
+    return records, base
+
+
+@done
+def test_the_tables_and_the_gates_are_rederived_from_the_runs():
+    records, base = _outputs()
+    order = tuple(v4.ARMS) + tuple(v4.CURVE)
+    assert (STUDY / "table.md").read_text().strip() == v4_claims.table(
+        records, base["untrained"], base["teacher"], order).strip()
+    judged = v4_claims.judge_all(records, base["untrained"])
+    assert (STUDY / "claims.md").read_text().strip() == v4_claims.claims_markdown(
+        judged, v4_claims.CLAIMS).strip()
+    gates = v4_claims.gates(records, base["untrained"], base["teacher"])
+    assert (STUDY / "gates.md").read_text().strip() == v4_claims.gates_table(gates).strip()
+
+
+@done
+@pytest.mark.parametrize("name", ["forest", "budget", "beta_curve"])
+def test_the_figures_are_redrawn_pixel_for_pixel(name, tmp_path):
+    from matplotlib import image, pyplot
+
+    records, base = _outputs()
+    baselines = {"untrained": base["untrained"], "teacher": base["teacher"]}
+    out = tmp_path / f"{name}.png"
+    if name == "forest":
+        v4_claims.forest_plot(v4_claims.judge_all(records, base["untrained"]), v4_claims.CLAIMS, out)
+    elif name == "budget":
+        v4_figures.budget_figure(records, baselines, list(v4.BUDGET_ARMS), out)
+    else:
+        v4_figures.beta_curve(records, baselines, v4.CURVE_OF, v4.KD_END, v4.BUDGET, out)
+    pyplot.close("all")
+    assert (image.imread(out) == image.imread(STUDY / f"{name}.png")).all()
+
+
+@done
+def test_the_gates_command_prints_each_gate_of_the_study_runs():
+    root = STUDY.parents[1]
+    out = subprocess.run([sys.executable, "-m", "kdrl_mini.study.v4", "gates"], cwd=root, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    records, base = _outputs()
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line.endswith(("| yes |", "| NO |"))]
+    assert rows == v4_claims.gates_table(v4_claims.gates(records, base["untrained"], base["teacher"])).splitlines()[2:]

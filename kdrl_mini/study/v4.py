@@ -115,10 +115,12 @@ ARMS = {
     "kdrl-mask": {**KDRL, "kd_strategy": "incorrect"},
     "kd-then-grpo": PHASE_B["kd-then-grpo"],
 }
+KD_END = "kd-rkl-lr5e-5"
 # The beta curve, descriptive: beta = 0 is grpo, KDRL_BETA is kdrl, the KD-only end is KD-RKL at KDRL's rate.
 CURVE = {**{f"kdrl-beta{b:g}": {**KDRL, "beta": b} for b in (0.003, 0.03, 0.1, 1.0)},
-         "kd-rkl-lr5e-5": {**ARMS["kd-rkl"], "lr": GRPO_LR}}
+         KD_END: {**ARMS["kd-rkl"], "lr": GRPO_LR}}
 CURVE_OF = {"grpo": 0.0, "kdrl": KDRL_BETA, **{f"kdrl-beta{b:g}": b for b in (0.003, 0.03, 0.1, 1.0)}}
+BUDGET_ARMS = ("grpo", "kd-fkl", "kd-rkl", "kdrl")  # the budget figure's arms (with both baselines)
 STUDY_SEEDS = list(range(1, 9))   # 8: what 120 minutes hold (see the pre-registration's power table)
 CURVE_SEEDS = [1, 2, 3]           # the curve's extra arms and KD-FKL, the off-policy reference (in no claim)
 REFERENCE_ARMS = ("kd-fkl",)
@@ -251,8 +253,8 @@ def report(out: str | Path = STUDY_DIR) -> list[dict]:
     gates = v4_claims.gates(records, base["untrained"], base["teacher"])
     (out / "gates.md").write_text(v4_claims.gates_table(gates) + "\n")
     baselines = {"untrained": base["untrained"], "teacher": base["teacher"]}
-    v4_figures.budget_figure(records, baselines, ["grpo", "kd-fkl", "kd-rkl", "kdrl"], out / "budget.png")
-    v4_figures.beta_curve(records, baselines, CURVE_OF, "kd-rkl-lr5e-5", BUDGET, out / "beta_curve.png")
+    v4_figures.budget_figure(records, baselines, list(BUDGET_ARMS), out / "budget.png")
+    v4_figures.beta_curve(records, baselines, CURVE_OF, KD_END, BUDGET, out / "beta_curve.png")
     print(arms + "\n\n" + verdicts + "\n\n" + v4_claims.gates_table(gates))
     return records
 
@@ -285,9 +287,9 @@ if __name__ == "__main__":  # python -m kdrl_mini.study.v4 pilot A|B | table | d
         print(json.dumps(diagnose(), indent=1))
     elif command == "study":
         run_preregistered(STUDY_DIR)
-    elif command in ("report", "gates"):
-        if command == "report":
-            report(STUDY_DIR)
+    elif command == "report":
+        report(STUDY_DIR)
+    elif command == "gates":
         found = write_baselines(STUDY_DIR)
         print(v4_claims.gates_table(v4_claims.gates(collect(STUDY_DIR), found["untrained"], found["teacher"])))
     if command in ("pilot", "table", "diagnose"):
