@@ -61,14 +61,16 @@ def beta_curve(records: list[dict], baselines: dict[str, dict], curve: dict[str,
             ax.plot([beta] * len(ys), ys, "o", color="C0", alpha=0.4, ms=4)
         means = [statistics.fmean([_mean(records, a, key) for a, b in curve.items() if b == beta]) for beta in betas]
         ax.plot(betas, means, "-", color="C0", lw=2, label="KDRL (mean; dots: seeds)")
-        for i, (name, value) in enumerate([(kd_only, _mean(records, kd_only, key))]
+        for i, (name, value) in enumerate([(f"{kd_only} (KD only)", _mean(records, kd_only, key))]
                                            + [(n, b.get(key, float("nan"))) for n, b in baselines.items()]):
             ax.axhline(value, ls=":" if i else "--", color=f"C{i + 1}", label=name)
         ax.set_xscale("symlog", linthresh=low)
+        ax.set_xlim(-low / 3, max(betas) * 1.5)
+        ax.set_xticks(betas, [f"{b:g}" for b in betas], fontsize=7)
         ax.set_xlabel("beta (0 = GRPO)")
+        ax.set_ylabel("nats per token" if key == "probe_kl" else "greedy accuracy (1,000 rows)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("greedy accuracy (1,000 rows) / KL (nats per token)")
     axes[0].legend(fontsize=8, loc="best")
     fig.suptitle("The beta curve: does some beta make joint KD + RL beat both ends?")
     fig.tight_layout()
