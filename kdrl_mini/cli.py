@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="GRPO vs KD vs KDRL on the shipped world; --full runs the whole study")
     r.add_argument("--output-dir", type=_folder)
     r.add_argument("--steps", type=_at_least(1), help="training steps per run (default: the kdrl config's max_steps)")
-    r.add_argument("--full", action="store_true", help="the pre-registered study into data/study_v4 (resumable; "
+    r.add_argument("--full", action="store_true", help="the pre-registered study into data/study (resumable; "
                    "a second process started alongside shares its runs)")
     r.add_argument("--seeds", type=int, nargs="+")
     r.add_argument("--only", nargs="+", help="restrict to these variant names")

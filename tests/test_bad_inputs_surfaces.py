@@ -18,12 +18,12 @@ import pytest
 
 from kdrl_mini import commands
 from kdrl_mini.config import load_config, parse_set
-from kdrl_mini.study import runner, v3
+from kdrl_mini.study import runner, v4
 from kdrl_mini.tasks import source
 from test_bad_inputs import one_clear_line, recorded_configs, refused, run_main, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY = ROOT / "data" / "study_v3"
+STUDY = ROOT / v4.STUDY_DIR  # the committed study
 TINY = ["group_size=2", "prompts_per_step=1", "max_new_tokens=8", "eval_every=0", "eval_size=2",
         "student_quant=none", "teacher_quant=none"]
 
@@ -133,28 +133,17 @@ def test_other_fields_stay_strict(items, needle):
 
 
 # ============================================================================= study folders
-def _study_copy(tmp_path: Path, variant: str = "grpo", seed: int = 1) -> tuple[Path, Path]:
-    """The committed study's files and one finished run of it, copied: (study folder, run folder)."""
-    out = tmp_path / "study"
-    run = out / "runs" / variant / f"seed{seed}"
-    shutil.copytree(STUDY / "runs" / variant / f"seed{seed}", run)
-    for name in ("PREREGISTRATION.md", "untrained.json", "teacher.json"):
-        shutil.copy(STUDY / name, out / name)
-    return out, run
-
-
 def _v4_study_copy(tmp_path: Path) -> tuple[Path, Path]:
     """A study v4 folder for ``reproduce --full`` holding one finished run of its plan: the pilot's
     ``grpo-train48`` (study v4's ``grpo`` arm) on seed 1001, filed as ``grpo/seed1``; (study folder, run folder)."""
-    study = STUDY.parent / "study_v4"
     out = tmp_path / "study"
     run = out / "runs" / "grpo" / "seed1"
-    shutil.copytree(study / "pilot" / "runs" / "grpo-train48" / "seed1001", run)
+    shutil.copytree(STUDY / "pilot" / "runs" / "grpo-train48" / "seed1001", run)
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("seed: 1001", "seed: 1"))
     final = json.loads((run / "final.json").read_text())
     (run / "final.json").write_text(json.dumps({**final, "variant": "grpo", "seed": 1}, indent=1))
     for name in ("PREREGISTRATION.md", "untrained.json", "teacher.json"):
-        shutil.copy(study / name, out / name)
+        shutil.copy(STUDY / name, out / name)
     return out, run
 
 
@@ -218,31 +207,6 @@ def test_reproduce_full_on_a_damaged_run(tmp_path, capsys, monkeypatch, damage, 
     code, err = run_main(["reproduce", "--full", "--output-dir", str(out), "--only", "grpo", "--seeds", "1"], capsys)
     assert code == 2, err
     error_line(err, "kdrl-mini reproduce", *needles)
-    assert snapshot(out) == before
-
-
-GATES = [  # (id, damage(study folder), argv, needles) for python -m kdrl_mini.study.v3
-    ("final-json-truncated", lambda s: (s / "runs/grpo/seed1/final.json").write_text('{"variant": "gr'),
-     ["gates", "study"], ["runs/grpo/seed1/final.json is damaged"]),
-    ("untrained-missing", lambda s: (s / "untrained.json").unlink(), ["gates", "study"],
-     ["untrained.json is missing", "pilot"]),
-    ("teacher-truncated", lambda s: (s / "teacher.json").write_text("{"), ["gates", "study"],
-     ["teacher.json is damaged"]),
-    ("unknown-command", lambda s: None, ["gate"], ["unknown command 'gate'"]),
-    ("no-command", lambda s: None, [], ["unknown command ''", "pilot"]),
-    ("seed-not-a-number", lambda s: None, ["report", "x"], ["'x'"]),
-]
-
-
-@pytest.mark.parametrize("damage, argv, needles", [c[1:] for c in GATES], ids=[c[0] for c in GATES])
-def test_study_v3_command_on_damaged_files(tmp_path, capsys, monkeypatch, damage, argv, needles):
-    out, _ = _study_copy(tmp_path)
-    damage(out)
-    before = snapshot(out)
-    monkeypatch.setattr(v3, "STUDY_DIR", str(out))
-    monkeypatch.setattr(v3, "setup", lambda **kw: None)  # the test session's setup stands
-    assert v3.main(argv) == 2
-    error_line(capsys.readouterr().err, " ".join(["python -m kdrl_mini.study.v3", *argv[:1]]), *needles)
     assert snapshot(out) == before
 
 

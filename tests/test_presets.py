@@ -12,7 +12,7 @@ import pytest
 from kdrl_mini.gpu import memory as me
 from kdrl_mini.gpu import shapes
 from kdrl_mini.runs import metrics
-from kdrl_mini.gpu import preset_study
+from kdrl_mini.gpu import preset_results, preset_study
 from kdrl_mini.cli import main
 from kdrl_mini.config import TrainConfig
 from kdrl_mini.gpu.presets import estimate_preset, load_preset, preset_names
@@ -226,25 +226,56 @@ def test_plan_is_the_four_methods_at_equal_budget():
         preset_study.plan(cfg, info, only=["kd-fkl"])
 
 
-def test_results_are_written_from_run_files(tmp_path):
-    """Tables, claims and figures from per-run files (made up here: no model runs on CPU)."""
-    _, info = load_preset("t4-16gb")
+def _made_up_runs(root, seeds=(0,)):
+    """Finished runs of every arm with made-up metrics (no model runs on CPU): arm i, seed k scores
+    0.3 + 0.01 i + 0.001 k on test."""
     for i, variant in enumerate(preset_study.VARIANTS):
-        run = tmp_path / "runs" / variant / "seed0"
-        run.mkdir(parents=True)
-        rows = [metrics.train_row({"step": s, "reward": 0.1 * i, "response_length": 100.0}) for s in (1, 2)]
-        rows.append(metrics.eval_row(2, "test", {"accuracy": 0.3 + 0.01 * i, "mean_length": 90.0, "truncated": 0.0,
-                                                 "n": 8}))
-        (run / "metrics.jsonl").write_text("".join(metrics.json_line(r) for r in rows))
-        from kdrl_mini.study.reproduction import summarize
+        for k in seeds:
+            run = root / "runs" / variant / f"seed{k}"
+            run.mkdir(parents=True)
+            rows = [metrics.train_row({"step": s, "reward": 0.1 * i, "response_length": 100.0}) for s in (1, 2)]
+            rows.append(metrics.eval_row(2, "test", {"accuracy": 0.3 + 0.01 * i + 0.001 * k, "mean_length": 90.0,
+                                                     "truncated": 0.0, "n": 8}))
+            (run / "metrics.jsonl").write_text("".join(metrics.json_line(r) for r in rows))
+            summary = preset_results.summarize(run)
+            (run / "final.json").write_text(json.dumps({"variant": variant, "seed": k, **summary}))
 
-        (run / "final.json").write_text(json.dumps({"variant": variant, "seed": 0, **summarize(run)}))
+
+def test_results_are_written_from_run_files(tmp_path):
+    """Tables, claims and figures from per-run files; one seed: no claim is judged."""
+    _, info = load_preset("t4-16gb")
+    _made_up_runs(tmp_path)
     records = preset_study.write_results(tmp_path, info)
     assert len(records) == 4
     table = (tmp_path / "table.md").read_text()
-    assert "| kdrl-anneal | 1 | 0.330 ± n/a" in table
-    assert "P1" in (tmp_path / "claims.md").read_text()
+    assert "| kdrl-anneal | 1 | 0.330 ± n/a" in table and "untrained" not in table
+    claims = (tmp_path / "claims.md").read_text()
+    assert all(f"| {c.name} | {c.text} |" in claims for c in preset_results.CLAIMS) and claims.count("not run") == 4
     assert (tmp_path / "comparison.png").stat().st_size > 0 and (tmp_path / "forest.png").is_file()
+
+
+def test_two_seeds_and_the_untrained_student_give_verdicts(tmp_path):
+    """P3: KDRL (arm 2) beats GRPO (arm 0) by 0.02 on every seed, the smallest effect of interest."""
+    _made_up_runs(tmp_path, seeds=(0, 1))
+    (tmp_path / "untrained.json").write_text(json.dumps({"test_accuracy": 0.25, "test_length": 80.0}))
+    preset_study.write_results(tmp_path)
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[2].startswith("| untrained student | - | 0.250 |") and table[3].startswith("| grpo | 2 |")
+    p3 = next(line for line in (tmp_path / "claims.md").read_text().splitlines() if line.startswith("| P3 |"))
+    assert "+0.020 [+0.020, +0.020]" in p3 and p3.endswith("| reproduced |")
+
+
+def test_summary_averages_the_last_five_evaluations(tmp_path):
+    rows = [{"kind": "train", "step": s, "exact_kl": 1.0, "reward": 0.5, "response_length": 30.0} for s in range(1, 11)]
+    accs = [0.1, 0.2, 0.3, 0.5, 0.6, 0.6, 0.7, 0.7]
+    rows += [{"kind": "eval", "step": i + 1, "split": "test", "eval_accuracy": a, "eval_length": 20.0,
+              "eval_truncated": 0.0, "eval_n": 100} for i, a in enumerate(accs)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = preset_results.summarize(tmp_path)
+    assert s["test_accuracy"] == pytest.approx((0.5 + 0.6 + 0.6 + 0.7 + 0.7) / 5)
+    assert s["test_auc"] == pytest.approx(sum(accs) / len(accs))
+    assert s["steps_to_threshold"] == 4
+    assert s["train_exact_kl"] == 1.0
 
 
 # ---------------------------------------------------------------- the command line

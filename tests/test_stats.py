@@ -1,11 +1,9 @@
-"""The study's statistics and its pre-registered verdict rule, on hand-made numbers."""
+"""The studies' statistics (kdrl_mini.study.stats) and the verdict rule, on hand-made numbers."""
 
-import json
 import math
 
 import pytest
 
-from kdrl_mini.study import reproduction
 from kdrl_mini.study import stats
 
 
@@ -36,36 +34,6 @@ def test_power_grows_with_seeds_and_effect():
     assert 0.0 < stats.power(0.05, 5, 0.0) < 0.06  # no effect: about the false-positive rate
 
 
-def _records(effect, noise):
-    out = []
-    for seed in range(5):
-        wobble = noise * (seed - 2)
-        out.append({"variant": "kdrl", "seed": seed, "test_accuracy": 0.5 + effect + wobble})
-        out.append({"variant": "grpo", "seed": seed, "test_accuracy": 0.5 + wobble * 0.5})
-    return out
-
-
-def test_judge_reproduces_a_clear_gain_and_calls_a_null_equivalent():
-    claims = (reproduction.Claim("C1", "KDRL beats GRPO", "-", "kdrl", "grpo"),)
-    assert reproduction.judge_all(_records(0.1, 0.01), claims)["C1"]["verdict"] == "reproduced"
-    assert reproduction.judge_all(_records(0.0, 0.002), claims)["C1"]["verdict"] == "not reproduced (equivalent)"
-    assert reproduction.judge_all(_records(-0.1, 0.01), claims)["C1"]["verdict"] == "not reproduced (reversed)"
-    assert reproduction.judge_all(_records(0.02, 0.05), claims)["C1"]["verdict"] == "inconclusive"
-
-
-def test_summary_averages_the_last_five_evaluations(tmp_path):
-    rows = [{"kind": "train", "step": s, "exact_kl": 1.0, "reward": 0.5, "response_length": 30.0} for s in range(1, 11)]
-    accs = [0.1, 0.2, 0.3, 0.5, 0.6, 0.6, 0.7, 0.7]
-    rows += [{"kind": "eval", "step": i + 1, "split": "test", "eval_accuracy": a, "eval_length": 20.0,
-              "eval_truncated": 0.0, "eval_n": 100} for i, a in enumerate(accs)]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = reproduction.summarize(tmp_path)
-    assert s["test_accuracy"] == pytest.approx((0.5 + 0.6 + 0.6 + 0.7 + 0.7) / 5)
-    assert s["test_auc"] == pytest.approx(sum(accs) / len(accs))
-    assert s["steps_to_threshold"] == 4
-    assert s["train_exact_kl"] == 1.0
-
-
 @pytest.mark.parametrize("low, high, mean, expected", [
     (0.01, 0.09, 0.05, "reproduced"),                                      # estimate reaches the SESOI
     (0.005, 0.025, 0.015, "real but below the smallest effect of interest"),  # above 0, inside the margin
@@ -80,3 +48,16 @@ def test_seeds_for_power_reaches_the_target_and_respects_the_floor():
     assert stats.power(0.05, n, 0.05, 0.99) >= 0.8 > stats.power(0.05, n - 1, 0.05, 0.99)
     assert stats.seeds_for_power(0.001, 0.05, 0.95) == 8  # a tiny spread still gets the minimum
     assert stats.seeds_for_power(1.0, 0.01, 0.99, maximum=20) == 20
+
+
+def test_power_is_finite_far_in_the_tail():
+    """scipy's noncentral-t cdf is NaN far in its lower tail (nc = 8.6, df = 4); stats.power takes that
+    tail as the upper tail of -T, so a large effect has power near 1, not NaN."""
+    from scipy import stats as st
+
+    level = 1 - 0.05 / 9
+    p = stats.power(0.013, 5, 0.05, level)
+    upper = st.nct.sf(st.t.ppf(0.5 + level / 2, 4), 4, 0.05 / (0.013 / 5 ** 0.5))
+    assert p == p and upper <= p <= upper + (1 - level) / 2 and p > 0.9
+    assert stats.power(0.03, 5, 0.05, 0.95) == pytest.approx(0.79, abs=0.01)
+    assert stats.power(0.03, 5, -0.05, 0.95) == pytest.approx(stats.power(0.03, 5, 0.05, 0.95))  # two-sided

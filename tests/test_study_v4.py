@@ -53,3 +53,9 @@ def test_the_study_plan_is_the_pilots_choice():
     for claim in v4_claims.CLAIMS:
         assert seeds[claim.better] == seeds[claim.worse] == v4.STUDY_SEEDS, claim.name
     assert sum(len(s) for s in seeds.values()) == 82
+
+
+def test_no_two_claims_share_their_per_seed_differences():
+    """Issue 22: study v2's C3 and C4 were one test counted twice (both KD arms at 0 on blind)."""
+    keys = [(c.better, c.worse, c.metric) for c in v4_claims.CLAIMS]
+    assert len(set(keys)) == len(keys)

@@ -1,4 +1,4 @@
-"""Study v4's committed runs (data/study_v4/runs): each is the pre-registered plan at the frozen code, and its
+"""Study v4's committed runs (data/study/runs): each is the pre-registered plan at the frozen code, and its
 final.json is re-derived from its own metrics.jsonl. (The tables, claims and figures are re-derived once the
 82 runs are in.)"""
 
@@ -14,7 +14,7 @@ import yaml
 from kdrl_mini.study import v4, v4_claims, v4_figures
 from kdrl_mini.study.runner import collect
 
-STUDY = Path(__file__).resolve().parents[1] / "data" / "study_v4"
+STUDY = Path(__file__).resolve().parents[1] / v4.STUDY_DIR
 FROZEN = "8a69650ea9fcb6e17067776fe74cc7930ac974b9"  # the pre-registration's commit (its kdrl_mini is 5358687's)
 FINALS = sorted(STUDY.glob("runs/*/seed*/final.json"))
 

@@ -1,12 +1,12 @@
 """The paper's comparison on one GPU: GRPO, KD-RKL, KDRL and KDRL annealed on a preset.
 
 Every run has the same budget (the preset's steps, prompts, responses and token budget) and writes
-the same files as the tiny-world study (``out/runs/<variant>/seed<k>/`` with ``config.yaml``,
+the same files as the tiny-world studies (``out/runs/<variant>/seed<k>/`` with ``config.yaml``,
 ``metrics.jsonl``, ``final.json``), so :mod:`kdrl_mini.study.runner` runs it (resumable: finished runs
-are skipped, an interrupted one resumes from its checkpoint) and :mod:`kdrl_mini.study.reproduction`
-writes its tables. The variants come from :func:`kdrl_mini.study.reproduction.plan` with the preset's
-coefficients: KDRL at a constant beta, and KDRL annealed linearly to a floor within a fraction of
-the run, then held (the paper's shape).
+are skipped, an interrupted one resumes from its checkpoint) and :mod:`.preset_results` summarises each
+run and writes the tables and verdicts. The arms (:func:`arms`) take the preset's coefficients: KDRL at
+a constant beta, and KDRL annealed linearly to a floor within a fraction of the run, then held (the
+paper's shape).
 """
 
 from __future__ import annotations
@@ -23,35 +23,34 @@ from .. import engines, models
 from ..config import TrainConfig
 from ..runs.plots import comparison_figure
 from ..sampling_copy import check_copy_device
-from ..study import reproduction
-from ..study.claims import Claim
 from ..study.runner import collect, run_study
 from . import memory as me
-from .presets import PresetInfo, estimate_preset, fp16_refusal, load_preset, preset_names
+from . import preset_results
+from .presets import PresetInfo, StudyCoefficients, estimate_preset, fp16_refusal, load_preset, preset_names
 from .timing import run_seconds
 
 VARIANTS = ("grpo", "kd-rkl", "kdrl", "kdrl-anneal")
-CLAIMS = (
-    Claim("P1", "KDRL annealed beats GRPO", "paper: +2.6 avg. over GRPO (annealed) [2nd]",
-                       "kdrl-anneal", "grpo"),
-    Claim("P2", "KDRL annealed beats KD-RKL", "paper: +1.1 avg. over KD-RKL (annealed) [2nd]",
-                       "kdrl-anneal", "kd-rkl"),
-    Claim("P3", "KDRL (constant beta) beats GRPO", "paper: KDRL 56.8 vs GRPO 54.6 [2nd]", "kdrl", "grpo"),
-    Claim("P4", "KDRL (constant beta) beats KD-RKL", "paper: KDRL 56.8 vs KD-RKL 56.1 [2nd]",
-                       "kdrl", "kd-rkl"),
-)
+
+
+def arms(c: StudyCoefficients, max_steps: int) -> dict[str, dict]:
+    """variant -> config overrides of the four arms (``VARIANTS``), on one shared base config: GRPO,
+    KD-RKL, KDRL (k2 in the loss) at the constant ``c.beta``, and KDRL annealed linearly from
+    ``c.anneal_start`` to the floor ``c.anneal_floor`` within ``c.anneal_steps(max_steps)``, then held."""
+    return {"grpo": {"algorithm": "grpo"}, "kd-rkl": {"algorithm": "kd-rkl"},
+            "kdrl": {"algorithm": "kdrl", "beta": c.beta},
+            "kdrl-anneal": {"algorithm": "kdrl", "beta": c.anneal_start, "beta_end": c.anneal_floor,
+                            "beta_schedule": "linear", "anneal_steps": c.anneal_steps(max_steps)}}
 
 
 def plan(cfg: TrainConfig, info: PresetInfo, seeds: list[int] | None = None,
          only: list[str] | None = None) -> tuple[dict, dict]:
     """(variant -> config overrides, variant -> seeds) for the preset at ``cfg.max_steps``."""
-    c = info.study
-    variants, _ = reproduction.plan(c.beta, (c.anneal_start, c.anneal_floor), c.anneal_steps(cfg.max_steps))
-    names = [v for v in VARIANTS if not only or v in only]
     unknown = sorted(set(only or ()) - set(VARIANTS))
     if unknown:
         raise ValueError(f"--only {unknown}: the preset study's variants are {list(VARIANTS)}")
-    chosen = list(seeds) if seeds else list(c.seeds)
+    variants = arms(info.study, cfg.max_steps)
+    names = [v for v in VARIANTS if not only or v in only]
+    chosen = list(seeds) if seeds else list(info.study.seeds)
     return {v: variants[v] for v in names}, {v: chosen for v in names}
 
 
@@ -99,9 +98,9 @@ def run(cfg: TrainConfig, info: PresetInfo, out: str | Path, variants: dict, see
     out.mkdir(parents=True, exist_ok=True)
     untrained = out / "untrained.json"
     if baseline and not untrained.exists():
-        untrained.write_text(json.dumps(reproduction.untrained_summary(cfg.replace(seed=0)), indent=1))
+        untrained.write_text(json.dumps(preset_results.untrained_summary(cfg.replace(seed=0)), indent=1))
         models.free_memory()  # hand the untrained baseline's models back before the study loads its own
-    run_study(out, variants, seeds, cfg, summarize=reproduction.summarize, progress=progress,
+    run_study(out, variants, seeds, cfg, summarize=preset_results.summarize, progress=progress,
               step_progress=progress, engine=info.engine)
     return write_results(out, info)
 
@@ -111,7 +110,7 @@ def write_results(out: str | Path, info: PresetInfo | None = None) -> list[dict]
     out = Path(out)
     records = collect(out)
     base = json.loads((out / "untrained.json").read_text()) if (out / "untrained.json").exists() else None
-    reproduction.write_outputs(out, records, base, CLAIMS)
+    preset_results.write_outputs(out, records, base, VARIANTS)
     runs = {}
     for name in VARIANTS:
         first = sorted((out / "runs" / name).glob("seed*/metrics.jsonl"))

@@ -6,7 +6,7 @@ under which it learns alone; KDRL with the exact KL at the pilot's beta), shorte
 200-row greedy evaluations of mix, test and blind at 64 tokens. The two baselines are evaluated on the same
 rows. Two worker processes share the runs (one per core).
 
-A demonstration, not evidence: the pre-registered study is :mod:`.v4` (``data/study_v4``).
+A demonstration, not evidence: the pre-registered study is :mod:`.v4` (``data/study``).
 """
 
 from __future__ import annotations
@@ -147,5 +147,5 @@ def reproduce_brief(out: str | Path = "runs/reproduce", steps: int | None = None
     print("\n" + summary_sentence(table, baselines, steps or STEPS))
     print(f"\n{len(records)} runs in {time.time() - t0:.0f} s; table {out / 'table.csv'}, plot {out / 'comparison.png'}")
     print("One seed and a short budget: a demonstration, not evidence. The pre-registered study (verdicts with "
-          "intervals) lives in data/study_v4: kdrl-mini reproduce --full")
+          "intervals) lives in data/study: kdrl-mini reproduce --full")
     return 0

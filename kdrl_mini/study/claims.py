@@ -1,6 +1,6 @@
 """A claim of a study and its paired data: ``better`` against ``worse`` on one metric, seed by seed.
 
-Every study (the pre-registered ones, the preset study) states its claims as :class:`Claim` records and
+Every study (study v4, the preset study) states its claims as :class:`Claim` records and
 judges them on :func:`paired` differences with :mod:`kdrl_mini.study.stats`.
 """
 
@@ -63,7 +63,8 @@ def thresholds(claim: Claim, records: list[dict], th: "Thresholds") -> tuple[flo
 
 def judge_all(records: list[dict], untrained: dict, claims, th: "Thresholds", alpha: float = 0.05) -> dict[str, dict]:
     """Every claim's paired mean, Holm-adjusted interval, verdict, power at the SESOI at its level,
-    and (accuracy claims) ``better`` minus the untrained student at the same level."""
+    and (accuracy claims whose metric ``untrained`` holds) ``better`` minus the untrained student at the
+    same level."""
     records = with_untrained(records, untrained)
     diffs = {c.name: paired(c, records) for c in claims}
     judged = [c for c in claims if len(diffs[c.name]) >= 2]
@@ -76,7 +77,7 @@ def judge_all(records: list[dict], untrained: dict, claims, th: "Thresholds", al
         out[c.name] = {"mean": m, "low": lo, "high": hi, "level": level, "seeds": len(d), "p": stats.p_value(d),
                        "sesoi": sesoi, "margin": margin, "verdict": stats.verdict(lo, hi, margin, sesoi, m),
                        "power": stats.power(statistics.stdev(d), len(d), sesoi, level)}
-        if c.metric.endswith("accuracy") and c.worse != UNTRAINED:
+        if c.metric.endswith("accuracy") and c.worse != UNTRAINED and c.metric in untrained:
             vs = paired(Claim("", "", "", c.better, UNTRAINED, c.metric), records)
             out[c.name]["vs_untrained"] = stats.t_interval(vs, level)
     return out

@@ -12,8 +12,8 @@ steps that *all* of them logged, and summarised per step by
 Eval curves (greedy accuracy per split, every ``eval_every`` steps) are not smoothed. Training-step
 curves are first smoothed per seed with ``kdrl_mini.runs.plots.smooth`` (a trailing moving average over the
 steps where the metric applies: NaN marks a metric that does not apply, e.g. rollout reward for
-KD-FKL), then summarised. The untrained student's value (``data/study/untrained.json``) is drawn as
-a horizontal line on the eval panels.
+KD-FKL), then summarised. The untrained student's value (a study's ``untrained.json``) is drawn as a
+horizontal line on the eval panels.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def band_width(curve: Band) -> float:
 
 
 def forest_plot(judged: dict, claims, out_path: str | Path | None = None):
-    """Paired differences of every claim with their Holm-adjusted intervals (``reproduction.judge_all``),
+    """Paired differences of every claim with their Holm-adjusted intervals (``claims.judge_all``),
     one panel per unit: accuracy claims (absolute difference) and length claims (tokens) have their own
     x axis, so a length interval of several tokens does not hide an accuracy interval of a few points."""
     shown = [c for c in claims if "mean" in judged.get(c.name, {})]

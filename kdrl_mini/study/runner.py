@@ -6,7 +6,7 @@ checkpoint, so a study is resumable; a run another live worker holds is left to 
 processes can share one study (one per core). A run whose ``final.json`` went missing while its
 ``metrics.jsonl`` is whole is summarised again, never retrained (that would replace its metrics).
 ``collect`` reads the finished runs back. The brief comparison (:mod:`.brief`), the pre-registered
-study (:mod:`.v3`) and the preset study (:mod:`kdrl_mini.gpu.preset_study`) all run through here.
+study (:mod:`.v4`) and the preset study (:mod:`kdrl_mini.gpu.preset_study`) all run through here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Paired comparisons for the reproduction study: t-intervals, Holm's correction, equivalence, power.
+"""Paired comparisons for a study's claims: t-intervals, Holm's correction, equivalence, power.
 
 Pure functions over lists of numbers (scipy's t distribution only). A claim compares two variants
 run with the same seeds; its data are the per-seed differences d_s = better_s - worse_s, signed so

@@ -34,7 +34,7 @@ from . import v4_claims, v4_figures
 from .runner import collect, run_study
 from .v4_diagnosis import kl_by_token_kind
 
-STUDY_DIR = "data/study_v4"  # becomes data/study when the notebooks read v4 (issue 30, item 6)
+STUDY_DIR = "data/study"  # data/study_v4 until the 82 runs were in (the frozen code and its records say so)
 BUDGET, SHORT = 64, 48
 DECIDED = ("mix", "test", "blind")
 SPLITS = ",".join([f"{s}@{BUDGET}" for s in DECIDED] + [f"{s}@{SHORT}" for s in DECIDED])

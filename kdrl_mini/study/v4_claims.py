@@ -1,4 +1,4 @@
-"""Study v4's gates and claims, fixed in ``data/study_v4/PREREGISTRATION.md`` before its runs.
+"""Study v4's gates and claims, fixed in ``data/study/PREREGISTRATION.md`` before its runs.
 
 Every number is a greedy accuracy (or length) on the final 1,000 rows of a split at the decision budget
 (64 tokens: ``mix@64``), from :func:`kdrl_mini.study.v4.summarize`. A claim's data are the per-seed
