@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .claims import Claim, Thresholds
+from .claims import PAPER_GAP, Claim
 from .claims import claims_table as claims_markdown
 from .claims import judge_all as claims_judge_all
 from .plots import forest_plot
@@ -19,9 +19,7 @@ from .tables import variant_table
 
 D = "@64"  # the decision budget's split suffix (v4.BUDGET)
 ALPHA = 0.05
-# The paper's KDRL-over-GRPO gap is about 2 points of accuracy (KDRL 56.8, annealed 57.2, GRPO 54.6):
-# the smallest effect of interest here is the same two points; equivalence within 1.5.
-THRESHOLDS = Thresholds(sesoi=0.02, margin=0.015, length_sesoi=0.05, length_margin=0.03)
+THRESHOLDS = PAPER_GAP  # the smallest effect of interest is the paper's 2-point gap
 
 CLAIMS = (
     Claim("C1", "KDRL beats GRPO in-domain", "paper: KDRL 56.8 vs GRPO 54.6 [2nd]", "kdrl", "grpo", f"mix{D}_accuracy"),
