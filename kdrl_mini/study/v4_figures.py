@@ -13,13 +13,9 @@ import statistics
 from pathlib import Path
 
 from ..runs.plots import plt
+from .v4_claims import mean_of
 
 SPLITS = ("mix", "test", "blind")
-
-
-def _mean(records, variant, key):
-    values = [r[key] for r in records if r["variant"] == variant and r.get(key) == r.get(key)]
-    return statistics.fmean(values) if values else float("nan")
 
 
 def budget_figure(records: list[dict], baselines: dict[str, dict], arms: list[str], out_path: str | Path | None = None,
@@ -27,7 +23,7 @@ def budget_figure(records: list[dict], baselines: dict[str, dict], arms: list[st
     """One panel per split: per arm (and baseline) the mean accuracy at each budget, joined by a line."""
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(4.2 * len(SPLITS), 4), sharey=True)
     rows = [(name, lambda k, b=b: b[k]) for name, b in baselines.items()]
-    rows += [(arm, lambda k, a=arm: _mean(records, a, k)) for arm in arms]
+    rows += [(arm, lambda k, a=arm: mean_of(records, a, k)) for arm in arms]
     for ax, split in zip(axes, SPLITS):
         for i, (name, value) in enumerate(rows):
             ys = [value(f"{split}@{b}_accuracy") for b in budgets]
@@ -59,9 +55,9 @@ def beta_curve(records: list[dict], baselines: dict[str, dict], curve: dict[str,
         for arm, beta in curve.items():
             ys = [r[key] for r in records if r["variant"] == arm and r.get(key) == r.get(key)]
             ax.plot([beta] * len(ys), ys, "o", color="C0", alpha=0.4, ms=4)
-        means = [statistics.fmean([_mean(records, a, key) for a, b in curve.items() if b == beta]) for beta in betas]
+        means = [statistics.fmean([mean_of(records, a, key) for a, b in curve.items() if b == beta]) for beta in betas]
         ax.plot(betas, means, "-", color="C0", lw=2, label="KDRL (mean; dots: seeds)")
-        for i, (name, value) in enumerate([(f"{kd_only} (KD only)", _mean(records, kd_only, key))]
+        for i, (name, value) in enumerate([(f"{kd_only} (KD only)", mean_of(records, kd_only, key))]
                                            + [(n, b.get(key, float("nan"))) for n, b in baselines.items()]):
             ax.axhline(value, ls=":" if i else "--", color=f"C{i + 1}", label=name)
         ax.set_xscale("symlog", linthresh=low)
